@@ -1,0 +1,1 @@
+"""Model loading and the runtime interface: torch / onnxruntime / TensorRT backends."""

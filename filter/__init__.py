@@ -1,0 +1,1 @@
+"""The streaming filter graph, video I/O, keyframe renderers and the `rerender` command line."""

@@ -1,0 +1,1 @@
+"""Guided patch synthesis (the EbSynth algorithm) with a C++/OpenMP CPU backend and a CUDA twin."""

@@ -1,0 +1,35 @@
+"""Shared pytest fixtures and the `gpu` marker's skip rule."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+
+def _gpu_reason() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return "no CUDA device: torch.cuda.is_available() is False"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = _gpu_reason()
+    if reason is None:
+        return
+    skip = pytest.mark.skip(reason=f"gpu test: {reason}")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def nvcc() -> str:
+    path = shutil.which("nvcc")
+    if path is None:
+        pytest.skip("nvcc is not on PATH; the CUDA sources cannot be compiled here")
+    return path
