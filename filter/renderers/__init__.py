@@ -1,0 +1,1 @@
+"""Keyframe renderers: one interface, `render(frame, context) -> image` (classic, frames, diffusion)."""
