@@ -1,10 +1,29 @@
-"""Build of the native patch synthesizer (rerender.native._synth), compiled when `pip install` runs.
+"""Package discovery for the `rerender` namespace and the build of the native patch synthesizer
+(rerender.native._synth), compiled when `pip install` runs. Metadata lives in pyproject.toml."""
 
-Everything else about the package is declared in pyproject.toml.
-"""
+from pathlib import Path
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import setup
+
+ROOTS = {
+    "filter": "rerender.filter",
+    "engines": "rerender.engines",
+    "export": "rerender.export",
+    "native": "rerender.native",
+}
+
+
+def namespace_packages() -> list[str]:
+    """Every folder with an __init__.py below the four top-level folders, named inside `rerender`."""
+    here = Path(__file__).parent
+    names = []
+    for folder, name in ROOTS.items():
+        for init in sorted((here / folder).rglob("__init__.py")):
+            rel = init.parent.relative_to(here / folder)
+            names.append(".".join([name, *rel.parts]))
+    return names
+
 
 ext = Pybind11Extension(
     "rerender.native._synth",
@@ -15,4 +34,4 @@ ext = Pybind11Extension(
     extra_link_args=["-fopenmp"],
 )
 
-setup(ext_modules=[ext], cmdclass={"build_ext": build_ext})
+setup(packages=namespace_packages(), ext_modules=[ext], cmdclass={"build_ext": build_ext})

@@ -10,7 +10,10 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "info": ("rerender.filter.info", "versions, devices and native backends, with the reason for each missing piece"),
+    "info": (
+        "rerender.filter.info",
+        "versions, devices and native backends, with the reason for each missing piece",
+    ),
     "run": ("rerender.filter.run", "re-render a video (file or pipe)"),
     "export": ("rerender.export.cli", "export models to ONNX and build TensorRT engines"),
     "watch": ("rerender.filter.watch", "watch a folder and re-render every clip dropped into it"),
@@ -34,7 +37,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
-        print(f"rerender: error: unknown command {name!r}; expected one of {', '.join(COMMANDS)}", file=sys.stderr)
+        print(
+            f"rerender: error: unknown command {name!r}; expected one of {', '.join(COMMANDS)}",
+            file=sys.stderr,
+        )
         return 2
     module = importlib.import_module(COMMANDS[name][0])
     try:

@@ -17,7 +17,9 @@ def test_import_without_extras():
 
 
 def test_unknown_command_is_usage_error():
-    out = subprocess.run([sys.executable, "-m", "rerender.filter.cli", "frobnicate"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "rerender.filter.cli", "frobnicate"], capture_output=True, text=True
+    )
     assert out.returncode == 2
     assert "unknown command" in out.stderr
     assert "Traceback" not in out.stderr
