@@ -1,0 +1,33 @@
+"""Which synthesis backends can run here, and why not (also shown by `rerender info`)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+
+
+def cpu_unavailable_reason() -> str | None:
+    try:
+        from rerender.native import _synth  # noqa: F401
+    except ImportError as exc:
+        return f"the compiled module rerender.native._synth cannot be imported ({exc}); reinstall with pip."
+    return None
+
+
+def cuda_unavailable_reason() -> str | None:
+    if importlib.util.find_spec("pycuda") is None:
+        return "pycuda is not installed (pip install 'rerender[gpu]')."
+    try:
+        import torch
+    except ImportError:
+        return "torch is not installed, and the CUDA backend shares torch's CUDA context."
+    if not torch.cuda.is_available():
+        return "no CUDA device is visible (torch.cuda.is_available() is False)."
+    if shutil.which("nvcc") is None:
+        return "nvcc is not on PATH, and the CUDA kernels are compiled at run time."
+    return None
+
+
+def available_backends() -> dict[str, str | None]:
+    """Backend name -> None if usable here, else a one-sentence reason why not."""
+    return {"cpu": cpu_unavailable_reason(), "cuda": cuda_unavailable_reason()}

@@ -1,0 +1,384 @@
+// CPU backend: the search-vote loop of ebsynth.md §A3 over the per-pixel functions of synth_core.h.
+//
+// Differences from the reference CPU build that make it fast and deterministic (see README, Native synthesizer):
+// * passes are Jacobi steps (jump flood 4-2-1 propagation, then random search), parallel over rows; a pixel's
+//   decision reads only frozen inputs, so the thread count does not change the result;
+// * the occupancy (uniformity) sum over a p x p patch is a precomputed map (O(1) per candidate, checked before
+//   the SSD so the SSD's early exit uses the tightest bound), kept exact in integers and updated per pass;
+// * the stop-threshold mask of the CUDA reference (§A8) is used on CPU as well;
+// * channels are interleaved floats pre-multiplied by sqrt(weight) so a patch row is one contiguous dot.
+#include "synth_cpu.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "pyramid.h"
+#include "synth_core.h"
+
+namespace rr {
+namespace {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// Stream ids of the per-pixel RNG: one per (level, search-vote iteration, PatchMatch iteration, pass).
+unsigned int pass_id(int level, int sv, int pm, int pass) {
+    return (unsigned int)(((level * 64 + sv) * 64 + pm) * 8 + pass);
+}
+
+template <class F>
+void parallel_rows(int h, int threads, F&& f) {
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int y = 0; y < h; ++y) f(y);
+}
+
+// Occupancy map Ω and the sum of Ω over each p x p source patch (§A5), kept as exact integers:
+// occ[s] = sum over matched source positions m of (p - |dx|)(p - |dy|) with (dx, dy) = s - m, |dx|, |dy| < p,
+// i.e. the box filter applied twice to the match histogram. Rebuilt in O(|S|) or updated per changed match.
+class Occupancy {
+  public:
+    Occupancy(int sw, int sh, int p, int threads) : sw_(sw), sh_(sh), p_(p), threads_(threads) {
+        hist_.assign((size_t)sw * sh, 0);
+        a_.assign((size_t)sw * sh, 0);
+        b_.assign((size_t)sw * sh, 0);
+        occ_.assign((size_t)sw * sh, 0.0f);
+    }
+    const float* data() const { return occ_.data(); }
+
+    void rebuild(const int32_t* nnf, size_t n) {
+        std::fill(hist_.begin(), hist_.end(), 0);
+        for (size_t i = 0; i < n; ++i) ++hist_[(size_t)nnf[2 * i + 1] * sw_ + nnf[2 * i]];
+        box_h(hist_, a_);
+        box_h(a_, b_);
+        box_v(b_, a_);
+        box_v(a_, b_);
+        for (size_t i = 0; i < b_.size(); ++i) occ_[i] = (float)b_[i];
+    }
+
+    // Apply the matches that changed between two NNFs: -1 at the old source, +1 at the new one.
+    void update(const int32_t* before, const int32_t* after, size_t n) {
+        changed_.clear();
+        for (size_t i = 0; i < n; ++i)
+            if (before[2 * i] != after[2 * i] || before[2 * i + 1] != after[2 * i + 1]) changed_.push_back(i);
+        if (changed_.empty()) return;
+        // Splatting costs 2 (2p-1)^2 per change, a rebuild a few passes over |S|: pick the cheaper one.
+        if (changed_.size() * 16 > hist_.size()) {
+            rebuild(after, n);
+            return;
+        }
+        for (size_t i : changed_) {
+            splat(before[2 * i], before[2 * i + 1], -1);
+            splat(after[2 * i], after[2 * i + 1], +1);
+        }
+    }
+
+  private:
+    void splat(int mx, int my, int sign) {
+        for (int dy = -(p_ - 1); dy <= p_ - 1; ++dy) {
+            const int y = my + dy;
+            if (y < 0 || y >= sh_) continue;
+            const int wy = p_ - std::abs(dy);
+            for (int dx = -(p_ - 1); dx <= p_ - 1; ++dx) {
+                const int x = mx + dx;
+                if (x < 0 || x >= sw_) continue;
+                b_[(size_t)y * sw_ + x] += sign * wy * (p_ - std::abs(dx));
+                occ_[(size_t)y * sw_ + x] = (float)b_[(size_t)y * sw_ + x];
+            }
+        }
+    }
+    void box_h(const std::vector<int32_t>& in, std::vector<int32_t>& out) const {
+        const int r = p_ / 2, w = sw_;
+        parallel_rows(sh_, threads_, [&](int y) {
+            const int32_t* s = in.data() + (size_t)y * w;
+            int32_t* d = out.data() + (size_t)y * w;
+            int32_t acc = 0;
+            for (int x = 0; x < std::min(r, w); ++x) acc += s[x];
+            for (int x = 0; x < w; ++x) {
+                if (x + r < w) acc += s[x + r];
+                if (x - r - 1 >= 0) acc -= s[x - r - 1];
+                d[x] = acc;
+            }
+        });
+    }
+    void box_v(const std::vector<int32_t>& in, std::vector<int32_t>& out) const {
+        const int r = p_ / 2, w = sw_, h = sh_;
+        const int chunk = 64, nchunks = (w + chunk - 1) / chunk;
+        parallel_rows(nchunks, threads_, [&](int c) {
+            const int x0 = c * chunk, x1 = std::min(w, x0 + chunk);
+            int32_t acc[64];
+            for (int x = x0; x < x1; ++x) acc[x - x0] = 0;
+            for (int y = 0; y < std::min(r, h); ++y)
+                for (int x = x0; x < x1; ++x) acc[x - x0] += in[(size_t)y * w + x];
+            for (int y = 0; y < h; ++y) {
+                if (y + r < h)
+                    for (int x = x0; x < x1; ++x) acc[x - x0] += in[(size_t)(y + r) * w + x];
+                if (y - r - 1 >= 0)
+                    for (int x = x0; x < x1; ++x) acc[x - x0] -= in[(size_t)(y - r - 1) * w + x];
+                for (int x = x0; x < x1; ++x) out[(size_t)y * w + x] = acc[x - x0];
+            }
+        });
+    }
+
+    int sw_, sh_, p_, threads_;
+    std::vector<int32_t> hist_, a_, b_;
+    std::vector<float> occ_;
+    std::vector<size_t> changed_;
+};
+
+// Interleaved, weighted, padded float channels of one image: style (or estimate) channels, then guides.
+// Without a style (the target), the style channels stay 0 until the first vote fills them.
+std::vector<float> pack(const Image8* style, int ns, const Image8& guide, int np, const float* sw,
+                        const float* gw) {
+    const size_t n = (size_t)guide.w * guide.h;
+    std::vector<float> out(n * np, 0.0f);
+    for (size_t i = 0; i < n; ++i) {
+        float* o = out.data() + i * np;
+        if (style)
+            for (int c = 0; c < ns; ++c) o[c] = sw[c] * style->data[i * ns + c];
+        for (int g = 0; g < guide.c; ++g) o[ns + g] = gw[g] * guide.data[i * guide.c + g];
+    }
+    return out;
+}
+
+class Synthesizer {
+  public:
+    Synthesizer(const SynthInputs& in, const SynthConfig& cfg) : in_(in), cfg_(cfg) {
+        threads_ = cfg.threads > 0 ? cfg.threads : omp_get_max_threads();
+        ns_ = in.ns;
+        np_ = ((in.ns + in.ng) + 3) / 4 * 4;
+        for (int c = 0; c < in.ns; ++c) style_scale_[c] = std::sqrt(in.style_weights[c]);
+        guide_scale_.resize(in.ng);
+        for (int g = 0; g < in.ng; ++g) guide_scale_[g] = std::sqrt(in.guide_weights[g]);
+    }
+
+    void run(SynthOutputs& out) {
+        const int L = cfg_.levels;
+        const auto styles = build_pyramid(in_.style, in_.sw, in_.sh, in_.ns, L);
+        const auto sguides = build_pyramid(in_.source_guide, in_.sw, in_.sh, in_.ng, L);
+        const auto tguides = build_pyramid(in_.target_guide, in_.tw, in_.th, in_.ng, L);
+        for (int l = 0; l < L; ++l) {
+            const bool finest = l == L - 1;
+            setup_level(styles[l], sguides[l], tguides[l], l);
+            solve_level(l, cfg_.patch_size, cfg_.uniformity);
+            if (finest && cfg_.extra_pass_3x3) solve_level(L, 3, 0.0f);  // §A3 step 5
+        }
+        const size_t n = (size_t)tw_ * th_;
+        out.image = est_;
+        out.error = err_;
+        out.nnf.assign(nnf_.begin(), nnf_.begin() + 2 * n);
+    }
+
+  private:
+    void setup_level(const Image8& style, const Image8& sguide, const Image8& tguide, int l) {
+        const int ptw = tw_, pth = th_;
+        sw_ = style.w;
+        sh_ = style.h;
+        tw_ = tguide.w;
+        th_ = tguide.h;
+        style_ = &style;
+        src_ = pack(&style, ns_, sguide, np_, style_scale_, guide_scale_.data());
+        tgt_ = pack(nullptr, ns_, tguide, np_, style_scale_, guide_scale_.data());
+        const size_t n = (size_t)tw_ * th_;
+        std::vector<int32_t> nnf(2 * n);
+        const int r = cfg_.patch_size / 2;
+        if (l == 0) {
+            for (int y = 0; y < th_; ++y)
+                for (int x = 0; x < tw_; ++x) {
+                    const size_t i = (size_t)y * tw_ + x;
+                    if (in_.init_nnf) {
+                        init_candidate(x, y, nnf[2 * i], nnf[2 * i + 1]);
+                    } else {
+                        const unsigned int h = pixel_stream(cfg_.seed, 0xFFFFFFFFu, x, y);
+                        nnf[2 * i] = r + (int)(h % (unsigned int)(sw_ - 2 * r));
+                        nnf[2 * i + 1] = r + (int)(hash32(h) % (unsigned int)(sh_ - 2 * r));
+                    }
+                }
+        } else {
+            // NNF upsampling (§A3 step 1): the child takes its parent's match x2 plus its own parity.
+            for (int y = 0; y < th_; ++y)
+                for (int x = 0; x < tw_; ++x) {
+                    const int px = std::min(x / 2, ptw - 1), py = std::min(y / 2, pth - 1);
+                    const size_t j = (size_t)py * ptw + px, i = (size_t)y * tw_ + x;
+                    nnf[2 * i] = clampi(nnf_[2 * j] * 2 + (x & 1), r, sw_ - r - 1);
+                    nnf[2 * i + 1] = clampi(nnf_[2 * j + 1] * 2 + (y & 1), r, sh_ - r - 1);
+                }
+        }
+        nnf_.swap(nnf);
+        nnf2_.assign(2 * n, 0);
+        err_.assign(n, 0.0f);
+        err2_.assign(n, 0.0f);
+        est_.assign(n * ns_, 0);
+        prev_est_.assign(n * ns_, 0);
+        active_.assign(n, 1);
+        changed_.assign(n, 0);
+    }
+
+    // The caller's finest-level NNF mapped to this level's target and source sizes.
+    void init_candidate(int x, int y, int32_t& sx, int32_t& sy) const {
+        const int r = cfg_.patch_size / 2;
+        const int fx = std::min(in_.tw - 1, (int)((x + 0.5) * in_.tw / tw_));
+        const int fy = std::min(in_.th - 1, (int)((y + 0.5) * in_.th / th_));
+        const size_t j = (size_t)fy * in_.tw + fx;
+        sx = clampi((int)((in_.init_nnf[2 * j] + 0.5) * sw_ / in_.sw), r, sw_ - r - 1);
+        sy = clampi((int)((in_.init_nnf[2 * j + 1] + 0.5) * sh_ / in_.sh), r, sh_ - r - 1);
+    }
+
+    SynthView view(int p, const Occupancy* occ, float occ_scale) const {
+        SynthView v;
+        v.src = src_.data();
+        v.tgt = tgt_.data();
+        v.occ = occ ? occ->data() : nullptr;
+        v.sw = sw_;
+        v.sh = sh_;
+        v.tw = tw_;
+        v.th = th_;
+        v.np = np_;
+        v.p = p;
+        v.r = p / 2;
+        v.occ_scale = occ_scale;
+        return v;
+    }
+
+    void vote(int p, bool weighted) {
+        prev_est_.swap(est_);
+        const int r = p / 2;
+        parallel_rows(th_, threads_, [&](int y) {
+            for (int x = 0; x < tw_; ++x)
+                vote_pixel(style_->data.data(), sw_, ns_, nnf_.data(), err_.data(), tw_, th_, r, weighted,
+                           style_scale_, x, y, est_.data(), tgt_.data(), np_);
+        });
+    }
+
+    // Stop-threshold mask (§A8): pixels whose estimate changed by >= threshold, dilated by the patch radius.
+    void update_mask(int r) {
+        const size_t n = (size_t)tw_ * th_;
+        parallel_rows(th_, threads_, [&](int y) {
+            for (int x = 0; x < tw_; ++x) {
+                const size_t i = (size_t)y * tw_ + x;
+                changed_[i] = style_changed(est_.data(), prev_est_.data(), ns_, cfg_.stop_threshold, i);
+            }
+        });
+        std::vector<uint8_t> rowmax(n);
+        parallel_rows(th_, threads_, [&](int y) {
+            for (int x = 0; x < tw_; ++x) {
+                uint8_t m = 0;
+                for (int dx = -r; dx <= r && !m; ++dx) {
+                    const int xx = x + dx;
+                    if (xx >= 0 && xx < tw_) m = changed_[(size_t)y * tw_ + xx];
+                }
+                rowmax[(size_t)y * tw_ + x] = m;
+            }
+        });
+        parallel_rows(th_, threads_, [&](int y) {
+            for (int x = 0; x < tw_; ++x) {
+                uint8_t m = 0;
+                for (int dy = -r; dy <= r && !m; ++dy) {
+                    const int yy = y + dy;
+                    if (yy >= 0 && yy < th_) m = rowmax[(size_t)yy * tw_ + x];
+                }
+                active_[(size_t)y * tw_ + x] = m;
+            }
+        });
+    }
+
+    void recompute_error(const SynthView& v) {
+        parallel_rows(th_, threads_, [&](int y) {
+            for (int x = 0; x < tw_; ++x) {
+                const size_t i = (size_t)y * tw_ + x;
+                err_[i] = patch_error(v, x, y, nnf_[2 * i], nnf_[2 * i + 1], kInf);
+            }
+        });
+    }
+
+    // One Jacobi pass: every active pixel computes its new match from (nnf_, err_) into (nnf2_, err2_).
+    template <class F>
+    void pass(Occupancy* occ, F&& pixel) {
+        parallel_rows(th_, threads_, [&](int y) {
+            for (int x = 0; x < tw_; ++x) {
+                const size_t i = (size_t)y * tw_ + x;
+                Match m;
+                if (active_[i]) {
+                    m = pixel(x, y);
+                } else {
+                    m.x = nnf_[2 * i];
+                    m.y = nnf_[2 * i + 1];
+                    m.err = err_[i];
+                }
+                nnf2_[2 * i] = m.x;
+                nnf2_[2 * i + 1] = m.y;
+                err2_[i] = m.err;
+            }
+        });
+        if (occ) occ->update(nnf_.data(), nnf2_.data(), (size_t)tw_ * th_);
+        nnf_.swap(nnf2_);
+        err_.swap(err2_);
+    }
+
+    void solve_level(int l, int p, float uniformity) {
+        const int r = p / 2;
+        const size_t n = (size_t)tw_ * th_;
+        // Keep matches inside the valid area of this patch size (the 3x3 pass inherits 5x5 matches).
+        for (size_t i = 0; i < n; ++i) {
+            nnf_[2 * i] = clampi(nnf_[2 * i], r, sw_ - r - 1);
+            nnf_[2 * i + 1] = clampi(nnf_[2 * i + 1], r, sh_ - r - 1);
+        }
+        std::fill(active_.begin(), active_.end(), 1);
+        // Uniformity (§A5): lambda * (occupancy sum / p^2) / omega*, omega* = |T| / |S| * p^2.
+        const float omega = (float)n / ((float)sw_ * sh_) * p * p;
+        const float occ_scale = uniformity / ((float)p * p * omega);
+        Occupancy occ(sw_, sh_, p, threads_);
+        Occupancy* occp = uniformity > 0.0f ? &occ : nullptr;
+        vote(p, false);  // §A3 step 2: initial vote (errors not known yet, so plain)
+        const int sv_iters = cfg_.search_vote_iters, pm_iters = cfg_.patchmatch_iters;
+        for (int sv = 0; sv < sv_iters; ++sv) {
+            if (occp) occp->rebuild(nnf_.data(), n);
+            const SynthView v = view(p, occp, occ_scale);
+            recompute_error(v);
+            if (sv == 0 && in_.init_nnf && l > 0 && l < cfg_.levels) {
+                // Offer the caller's NNF (mapped to this level) as a candidate next to the upsampled one.
+                pass(occp, [&](int x, int y) {
+                    Match best = current_match(v, nnf_.data(), err_.data(), x, y);
+                    int32_t sx, sy;
+                    init_candidate(x, y, sx, sy);
+                    try_candidate(v, x, y, sx, sy, best);
+                    return best;
+                });
+            }
+            for (int pm = 0; pm < pm_iters; ++pm) {
+                for (int k = 4, pi = 0; k >= 1; k /= 2, ++pi) {
+                    pass(occp, [&](int x, int y) { return propagate_pixel(v, nnf_.data(), err_.data(), x, y, k); });
+                }
+                const unsigned int pid = pass_id(l, sv, pm, 3);
+                pass(occp, [&](int x, int y) {
+                    const Match cur = current_match(v, nnf_.data(), err_.data(), x, y);
+                    return random_search_pixel(v, cur, x, y, cfg_.seed, pid);
+                });
+            }
+            vote(p, cfg_.weighted_vote);
+            if (sv + 1 < sv_iters) update_mask(r);
+        }
+        if (sv_iters == 0) recompute_error(view(p, nullptr, 0.0f));
+    }
+
+    const SynthInputs& in_;
+    SynthConfig cfg_;
+    int threads_ = 1, ns_ = 0, np_ = 0;
+    float style_scale_[8] = {0};
+    std::vector<float> guide_scale_;
+    int sw_ = 0, sh_ = 0, tw_ = 0, th_ = 0;
+    const Image8* style_ = nullptr;
+    std::vector<float> src_, tgt_, err_, err2_;
+    std::vector<int32_t> nnf_, nnf2_;
+    std::vector<uint8_t> est_, prev_est_, active_, changed_;
+};
+
+}  // namespace
+
+void synthesize_cpu(const SynthInputs& in, const SynthConfig& cfg, SynthOutputs& out) {
+    Synthesizer(in, cfg).run(out);
+}
+
+}  // namespace rr

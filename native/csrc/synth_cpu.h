@@ -1,0 +1,42 @@
+// CPU backend of guided patch synthesis: the coarse-to-fine search-vote loop of ebsynth.md §A2-§A3 driving
+// the per-pixel functions of synth_core.h with OpenMP. Every pass is a Jacobi step over the target, so the
+// result is a function of the inputs and the seed only, not of the thread count or scheduling.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace rr {
+
+struct SynthConfig {
+    int patch_size = 5;
+    int levels = 1;  // already resolved and clamped by the caller (ebsynth.md §A2)
+    int search_vote_iters = 12;
+    int patchmatch_iters = 6;
+    float uniformity = 3500.0f;
+    int stop_threshold = 5;
+    bool extra_pass_3x3 = false;
+    bool weighted_vote = false;
+    uint32_t seed = 0;
+    int threads = 0;  // <= 0: OpenMP default
+};
+
+struct SynthInputs {
+    const uint8_t* style;         // [sh][sw][ns]
+    const uint8_t* source_guide;  // [sh][sw][ng]
+    const uint8_t* target_guide;  // [th][tw][ng]
+    int sw, sh, tw, th, ns, ng;
+    const float* style_weights;  // [ns] per-channel weights (already split, §A4)
+    const float* guide_weights;  // [ng]
+    const int32_t* init_nnf;     // [th][tw][2] or null
+};
+
+struct SynthOutputs {
+    std::vector<uint8_t> image;  // [th][tw][ns]
+    std::vector<float> error;    // [th][tw]
+    std::vector<int32_t> nnf;    // [th][tw][2]
+};
+
+void synthesize_cpu(const SynthInputs& in, const SynthConfig& cfg, SynthOutputs& out);
+
+}  // namespace rr

@@ -1,0 +1,105 @@
+"""Options and results of guided patch synthesis (ebsynth.md §A10; the defaults are the paper pipeline's,
+rerender-reference.md §D.3)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+MAX_STYLE_CHANNELS = 8
+MAX_GUIDE_CHANNELS = 24
+
+
+def _check_uint8_image(name: str, a: object) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise ValueError(
+            f"{name} must be a numpy array of uint8 (height, width, channels), got {type(a).__name__}."
+        )
+    if a.dtype != np.uint8:
+        raise ValueError(f"{name} must have dtype uint8, got {a.dtype}; convert it with .astype(np.uint8).")
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3:
+        raise ValueError(f"{name} must have shape (height, width, channels), got shape {a.shape}.")
+    if a.shape[0] < 1 or a.shape[1] < 1 or a.shape[2] < 1:
+        raise ValueError(f"{name} must not be empty, got shape {a.shape}.")
+    return a
+
+
+@dataclass(frozen=True, eq=False)
+class Guide:
+    """One guide pair (§A1): `source` has the style's size, `target` the output's; same channel count.
+    `weight` is the guide's total weight, split equally over its channels (§A4)."""
+
+    source: np.ndarray
+    target: np.ndarray
+    weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        source = _check_uint8_image("Guide.source", self.source)
+        target = _check_uint8_image("Guide.target", self.target)
+        object.__setattr__(self, "source", source)
+        object.__setattr__(self, "target", target)
+        if source.shape[2] != target.shape[2]:
+            raise ValueError(
+                f"Guide.source and Guide.target must have the same number of channels, "
+                f"got {source.shape[2]} and {target.shape[2]}."
+            )
+        if not (isinstance(self.weight, int | float) and math.isfinite(self.weight) and self.weight >= 0):
+            raise ValueError(f"Guide.weight must be a finite number >= 0, got {self.weight!r}.")
+
+
+@dataclass(frozen=True)
+class SynthParams:
+    """Synthesis options (ebsynth.md §A10). `pyramid_levels=None` uses the maximum the sizes allow (§A2);
+    `stop_threshold`: pixels whose estimate changed less than this since the last vote are not searched again
+    (§A8); `threads=None` uses every core OpenMP sees."""
+
+    patch_size: int = 5
+    pyramid_levels: int | None = None
+    search_vote_iters: int = 12
+    patchmatch_iters: int = 6
+    uniformity: float = 3500.0
+    stop_threshold: int = 5
+    extra_pass_3x3: bool = False
+    style_weight: float = 1.0
+    vote: Literal["plain", "weighted"] = "plain"
+    seed: int = 0
+    threads: int | None = None
+
+    def __post_init__(self) -> None:
+        def is_int(v: object) -> bool:
+            return isinstance(v, int | np.integer) and not isinstance(v, bool)
+
+        if not is_int(self.patch_size) or self.patch_size < 3 or self.patch_size % 2 == 0:
+            raise ValueError(f"patch_size must be an odd integer >= 3, got {self.patch_size!r}.")
+        if self.pyramid_levels is not None and (not is_int(self.pyramid_levels) or self.pyramid_levels < 1):
+            raise ValueError(f"pyramid_levels must be None or an integer >= 1, got {self.pyramid_levels!r}.")
+        for name in ("search_vote_iters", "patchmatch_iters", "stop_threshold"):
+            v = getattr(self, name)
+            if not is_int(v) or v < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {v!r}.")
+        for name in ("uniformity", "style_weight"):
+            v = getattr(self, name)
+            if not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name} must be a finite number >= 0, got {v!r}.")
+        if self.vote not in ("plain", "weighted"):
+            raise ValueError(f"vote must be 'plain' or 'weighted', got {self.vote!r}.")
+        if not is_int(self.seed) or not 0 <= self.seed < 2**32:
+            raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}.")
+        if self.threads is not None and (not is_int(self.threads) or self.threads < 1):
+            raise ValueError(f"threads must be None or an integer >= 1, got {self.threads!r}.")
+
+
+@dataclass(frozen=True, eq=False)
+class SynthResult:
+    """`image` uint8 [Ht, Wt, C]; `error` float32 [Ht, Wt], the patch error E of each target pixel's match at
+    the finest level (§A4, without the uniformity term); `nnf` int32 [Ht, Wt, 2], (x, y) into the style."""
+
+    image: np.ndarray
+    error: np.ndarray
+    nnf: np.ndarray
+    backend: str = "cpu"

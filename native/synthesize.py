@@ -1,0 +1,148 @@
+"""`synthesize`: guided patch synthesis of a style exemplar onto a target (the EbSynth algorithm, ebsynth.md).
+
+Validates inputs into one sentence per problem, splits the style and guide weights over channels (§A4),
+resolves the pyramid depth (§A2) and hands the arrays to a backend (C++ CPU or CUDA)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Literal
+
+import numpy as np
+from rerender.native.backends import cpu_unavailable_reason, cuda_unavailable_reason
+from rerender.native.params import (
+    MAX_GUIDE_CHANNELS,
+    MAX_STYLE_CHANNELS,
+    Guide,
+    SynthParams,
+    SynthResult,
+    _check_uint8_image,
+)
+
+Backend = Literal["auto", "cpu", "cuda"]
+
+
+def max_pyramid_levels(style_hw: tuple[int, int], target_hw: tuple[int, int], patch_size: int) -> int:
+    """1 + the largest k such that the smaller side of min(style, target) halved k times is >= 2p + 1 (§A2)."""
+    side = min(style_hw[0], style_hw[1], target_hw[0], target_hw[1])
+    k = 0
+    while (side >> (k + 1)) >= 2 * patch_size + 1:
+        k += 1
+    return k + 1
+
+
+def _validate(style, guides, params, init_nnf):
+    style = _check_uint8_image("style", style)
+    hs, ws, ns = style.shape
+    if ns > MAX_STYLE_CHANNELS:
+        raise ValueError(f"style must have 1 to {MAX_STYLE_CHANNELS} channels, got {ns}.")
+    if not isinstance(params, SynthParams):
+        raise ValueError(f"params must be a SynthParams, got {type(params).__name__}.")
+    if isinstance(guides, Guide):
+        guides = [guides]
+    if not isinstance(guides, Sequence) or len(guides) == 0:
+        raise ValueError(
+            "guides must be a non-empty list of Guide(source, target, weight); the target size comes from them."
+        )
+    for i, g in enumerate(guides):
+        if not isinstance(g, Guide):
+            raise ValueError(f"guides[{i}] must be a Guide, got {type(g).__name__}.")
+        if g.source.shape[:2] != (hs, ws):
+            raise ValueError(
+                f"guides[{i}].source must have the style's size {hs}x{ws} (height x width), got "
+                f"{g.source.shape[0]}x{g.source.shape[1]}."
+            )
+    ht, wt = guides[0].target.shape[:2]
+    for i, g in enumerate(guides):
+        if g.target.shape[:2] != (ht, wt):
+            raise ValueError(
+                f"every guide target must have the same size; guides[0] is {ht}x{wt} but guides[{i}] is "
+                f"{g.target.shape[0]}x{g.target.shape[1]}."
+            )
+    ng = sum(g.source.shape[2] for g in guides)
+    if ng > MAX_GUIDE_CHANNELS:
+        raise ValueError(
+            f"the guides have {ng} channels in total; at most {MAX_GUIDE_CHANNELS} are supported."
+        )
+    p = params.patch_size
+    if p > min(hs, ws, ht, wt):
+        raise ValueError(
+            f"patch_size {p} is larger than the images (style {hs}x{ws}, target {ht}x{wt}); use a smaller "
+            f"odd patch size."
+        )
+    if init_nnf is not None:
+        if not isinstance(init_nnf, np.ndarray) or init_nnf.shape != (ht, wt, 2):
+            got = init_nnf.shape if isinstance(init_nnf, np.ndarray) else type(init_nnf).__name__
+            raise ValueError(f"init_nnf must be an int32 array of shape ({ht}, {wt}, 2), got {got}.")
+        if init_nnf.dtype != np.int32:
+            raise ValueError(f"init_nnf must have dtype int32, got {init_nnf.dtype}.")
+        x, y = init_nnf[..., 0], init_nnf[..., 1]
+        if x.min() < 0 or y.min() < 0 or x.max() >= ws or y.max() >= hs:
+            raise ValueError(f"init_nnf holds (x, y) positions outside the {ws}x{hs} (width x height) style.")
+    return style, list(guides)
+
+
+def synthesize(
+    style: np.ndarray,
+    guides: Sequence[Guide],
+    params: SynthParams = SynthParams(),
+    backend: Backend = "auto",
+    init_nnf: np.ndarray | None = None,
+) -> SynthResult:
+    """Synthesize the target-sized image whose patches come from `style`, guided by `guides` (ebsynth.md §A).
+
+    The GIL is released while the backend runs, so two calls can run in two threads at once."""
+    style, guides = _validate(style, guides, params, init_nnf)
+    name = _pick_backend(backend)
+    ns = style.shape[2]
+    source = np.ascontiguousarray(np.concatenate([g.source for g in guides], axis=2))
+    target = np.ascontiguousarray(np.concatenate([g.target for g in guides], axis=2))
+    # §A4: style weight split equally over the style's channels, each guide's weight over its channels.
+    style_w = np.full(ns, params.style_weight / ns, np.float32)
+    guide_w = np.concatenate(
+        [np.full(g.source.shape[2], g.weight / g.source.shape[2], np.float32) for g in guides]
+    )
+    max_levels = max_pyramid_levels(style.shape[:2], target.shape[:2], params.patch_size)
+    levels = max_levels if params.pyramid_levels is None else min(params.pyramid_levels, max_levels)
+    args = (np.ascontiguousarray(style), source, target, style_w, guide_w, levels, params, init_nnf)
+    if name == "cuda":
+        from rerender.native.cuda_backend import synthesize_cuda
+
+        image, error, nnf = synthesize_cuda(*args)
+    else:
+        image, error, nnf = _synthesize_cpu(*args)
+    return SynthResult(image=image, error=error, nnf=nnf, backend=name)
+
+
+def _pick_backend(backend: str) -> str:
+    if backend not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"backend must be 'auto', 'cpu' or 'cuda', got {backend!r}.")
+    if backend == "auto":
+        return "cuda" if cuda_unavailable_reason() is None else "cpu"
+    reason = cpu_unavailable_reason() if backend == "cpu" else cuda_unavailable_reason()
+    if reason is not None:
+        raise ValueError(f"backend {backend!r} cannot run here: {reason}")
+    return backend
+
+
+def _synthesize_cpu(style, source, target, style_w, guide_w, levels, params: SynthParams, init_nnf):
+    from rerender.native import _synth
+
+    return _synth.synthesize(
+        style,
+        source,
+        target,
+        style_w,
+        guide_w,
+        patch_size=params.patch_size,
+        levels=levels,
+        search_vote_iters=params.search_vote_iters,
+        patchmatch_iters=params.patchmatch_iters,
+        uniformity=float(params.uniformity),
+        stop_threshold=params.stop_threshold,
+        extra_pass_3x3=params.extra_pass_3x3,
+        weighted_vote=params.vote == "weighted",
+        seed=params.seed,
+        threads=params.threads or 0,
+        init_nnf=None if init_nnf is None else np.ascontiguousarray(init_nnf),
+    )
