@@ -211,22 +211,23 @@ def full_range_clip(folder: Path, name: str = "full_range.mkv", **kwargs) -> Pat
 def corrupt_clip(
     folder: Path, name: str = "corrupt.mkv", frames: int = 24, broken: int = 3, **kwargs
 ) -> Path:
-    """Intra-only H.264 in Matroska whose video packets `frames//2 .. +broken` have garbage payloads.
+    """Intra-only H.264 in Matroska whose video packets `frames//2 .. +broken` have zeroed payloads.
 
-    The container framing stays intact, so demuxing goes on; the decoder rejects the damaged packets and
-    the frames before and after them decode (issue 2: corrupt packets in the middle of a stream).
+    The container framing stays intact, so demuxing goes on; the decoder rejects the damaged packets
+    ("Invalid NAL unit size") and the frames before and after them decode (issue 2: corrupt packets in
+    the middle of a stream). Exactly `broken` frames are lost.
     """
     kwargs.setdefault("encoder_options", {"preset": "ultrafast", "g": "1"})
     path = write_clip(Path(folder) / name, frames=frames, **kwargs)
-    damage = []
+    data = bytearray(path.read_bytes())
     with av.open(str(path)) as container:
         video_packets = [p for p in container.demux(video=0) if p.size]
         for packet in video_packets[frames // 2 : frames // 2 + broken]:
-            damage.append((packet.pos, packet.size))
-    data = bytearray(path.read_bytes())
-    rng = np.random.default_rng(7)
-    for pos, size in damage:
-        data[pos : pos + size] = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+            payload = bytes(packet)
+            offset = data.find(payload, packet.pos)  # `pos` is the block header; the payload follows it
+            if offset < 0:
+                raise RuntimeError("could not locate a video packet's payload in the file")
+            data[offset : offset + len(payload)] = bytes(len(payload))
     path.write_bytes(bytes(data))
     return path
 

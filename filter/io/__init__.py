@@ -1,0 +1,24 @@
+"""Video I/O on PyAV: the Source and Sink of the graph (architecture.md, Data flow).
+
+    with open_source("in.mp4") as src, open_sink("out.mp4", src, SinkOptions()) as sink:
+        for frame in src.frames():
+            sink.write(frame)
+
+`-` is standard input/output. See `source.py` and `sink.py` for what is kept and why.
+"""
+
+from .args import add_io_arguments, sink_options_from_args
+from .formats import VideoInfo
+from .sink import Sink, SinkOptions, open_sink
+from .source import Source, open_source
+
+__all__ = [
+    "Sink",
+    "SinkOptions",
+    "Source",
+    "VideoInfo",
+    "add_io_arguments",
+    "open_sink",
+    "open_source",
+    "sink_options_from_args",
+]

@@ -1,0 +1,351 @@
+"""Sink of the graph: encode the output frames with PyAV and remux the input's other streams untouched.
+
+What the output keeps from the input (issue 2, item 4): frame count, every pts (VFR included) and the
+time_base, size, sample aspect ratio, rotation (display matrix; stream metadata in NUT, which has no
+display matrix), colour range/matrix/transfer/primaries. Audio, subtitle and data packets are copied
+byte for byte (no re-encode) and interleaved by time with the video packets.
+
+A file output is written under a temporary name in the same folder and renamed when complete; on an
+exception, or when fewer frames arrive than the Source delivered, the temporary file is removed, so a
+failed run never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.error
+import numpy as np
+
+from ..errors import RerenderError, UsageError
+from ..frames import Frame
+from .formats import (
+    DEFAULT_PIPE_FORMAT,
+    DISPLAY_MATRIX_MUXERS,
+    FRAGMENTABLE_MP4_MUXERS,
+    FRAGMENTED_MP4_FLAGS,
+    default_codec,
+    default_pix_fmt,
+)
+from .source import Source, _packet_time, _reason, _sws_colorspace
+
+
+@dataclass(frozen=True)
+class SinkOptions:
+    """Output settings (`-f`, `--codec`, `--crf`, `--pix-fmt`, `--encoder-option`, `--no-audio`)."""
+
+    format: str | None = None  # muxer; None = from the file extension, `nut` for `-`
+    codec: str | None = None  # None = libx264 (libvpx-vp9 for webm, rawvideo for y4m)
+    crf: float | None = 18  # applied when the encoder has a `crf` option
+    pix_fmt: str | None = None  # None = yuv420p, yuv420p10le for 10/12-bit input (4:4:4 for odd sizes)
+    encoder_options: tuple[tuple[str, str], ...] = ()
+    audio: bool = True  # False drops the audio streams (subtitles and data are still copied)
+
+
+def open_sink(path: str | os.PathLike, source: Source, options: SinkOptions | None = None) -> Sink:
+    """Open the output for `source`'s video; `-` is standard output."""
+    return Sink(path, source, options or SinkOptions())
+
+
+class Sink:
+    def __init__(self, path: str | os.PathLike, source: Source, options: SinkOptions) -> None:
+        self.path = str(path)
+        self.is_pipe = self.path == "-"
+        self.options = options
+        self._source = source
+        self._info = source.info
+        self.written = 0
+        self.warnings: list[str] = []
+        self._closed = False
+        self._temp: Path | None = None
+        self._last_video_time: float | None = None
+        self._container = self._open_container()
+        try:
+            self._video = self._add_video_stream()
+            self._copies = self._add_remux_streams()
+        except BaseException:
+            self._discard()
+            raise
+
+    # --- opening -------------------------------------------------------------------------------------
+
+    def _open_container(self) -> av.container.OutputContainer:
+        fmt = self.options.format
+        if fmt is not None and fmt not in av.formats_available:
+            raise UsageError(
+                f"unknown output format {fmt!r}; expected a muxer name such as nut, matroska, mp4"
+            )
+        container_options: dict[str, str] = {}
+        if self.is_pipe:
+            fmt = fmt or DEFAULT_PIPE_FORMAT
+            if sys.stdout is not None and sys.stdout.isatty():
+                raise UsageError(
+                    "refusing to write video to a terminal; redirect standard output or give a file"
+                )
+            if fmt in FRAGMENTABLE_MP4_MUXERS:
+                # MP4/MOV need a seekable output for their index unless fragmented (ecosystem.md §4).
+                container_options["movflags"] = FRAGMENTED_MP4_FLAGS
+            if sys.stdout is not None:
+                sys.stdout.flush()
+            target = "pipe:1"
+        else:
+            final = Path(self.path)
+            folder = final.parent
+            if not folder.is_dir():
+                raise UsageError(f"output folder {folder} does not exist; create it or choose another path")
+            # Same folder (so the final rename is atomic) and same extension (so the muxer guess matches).
+            fd, temp = tempfile.mkstemp(
+                prefix=f".{final.stem}.", suffix=f".partial{final.suffix}", dir=folder
+            )
+            os.close(fd)
+            self._temp = Path(temp)
+            if fmt is None:
+                fmt = _guess_muxer(final)
+            target = str(self._temp)
+        try:
+            return av.open(target, "w", format=fmt, container_options=container_options)
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            self._remove_temp()
+            raise UsageError(f"cannot write {self._name()} as {fmt} ({_reason(exc)})") from None
+
+    def _add_video_stream(self) -> av.video.stream.VideoStream:
+        info, opts = self._info, self.options
+        muxer = self._container.format.name
+        codec_name = opts.codec or default_codec(muxer)
+        try:
+            codec = av.codec.Codec(codec_name, "w")
+        except (av.error.FFmpegError, ValueError):
+            raise UsageError(
+                f"unknown video encoder {codec_name!r}; expected e.g. libx264, libx265, ffv1"
+            ) from None
+        if codec.type != "video":
+            raise UsageError(
+                f"{codec_name} is a {codec.type} encoder; expected a video encoder such as libx264"
+            )
+        supported = [f.name for f in codec.video_formats] if codec.video_formats else None
+        pix_fmt = opts.pix_fmt or default_pix_fmt(supported, info.bit_depth, info.width, info.height)
+        if supported is not None and pix_fmt not in supported:
+            raise UsageError(f"{codec_name} cannot encode {pix_fmt}; expected one of {', '.join(supported)}")
+        encoder_options = dict(opts.encoder_options)
+        if opts.crf is not None and "crf" not in encoder_options and _has_private_option(codec_name, "crf"):
+            encoder_options["crf"] = f"{opts.crf:g}"
+        try:
+            stream = self._container.add_stream(codec_name, options=encoder_options)
+        except ValueError as exc:
+            raise UsageError(f"the {muxer} format cannot hold {codec_name} video ({_reason(exc)})") from None
+        cc = stream.codec_context
+        stream.width, stream.height, stream.pix_fmt = info.width, info.height, pix_fmt
+        # The encoder gets the input's own time base and pts, so VFR timestamps pass through unchanged
+        # (ecosystem.md §4: set both stream.time_base and codec_context.time_base).
+        stream.time_base = info.time_base
+        cc.time_base = info.time_base
+        if info.average_rate:
+            cc.framerate = info.average_rate
+        if info.sample_aspect_ratio:
+            cc.sample_aspect_ratio = info.sample_aspect_ratio
+        cc.color_range, cc.colorspace = info.color_range, info.colorspace
+        cc.color_trc, cc.color_primaries = info.color_trc, info.color_primaries
+        if info.rotation:
+            stream.set_display_rotation(info.rotation)
+            if muxer not in DISPLAY_MATRIX_MUXERS:
+                stream.metadata["rotate"] = str(info.rotation)
+        self._pix_fmt = pix_fmt
+        self._codec_name = codec_name
+        return stream
+
+    def _add_remux_streams(self) -> dict[int, av.stream.Stream]:
+        copies: dict[int, av.stream.Stream] = {}
+        muxer = self._container.format.name
+        for stream in self._source.remux_streams:
+            if stream.type == "audio" and not self.options.audio:
+                continue
+            try:
+                copies[stream.index] = self._container.add_stream_from_template(stream)
+            except (ValueError, av.error.FFmpegError) as exc:
+                self._warn(
+                    f"dropping {stream.type} stream #{stream.index} ({stream.codec_context.name}): "
+                    f"the {muxer} format cannot hold it ({_reason(exc)})"
+                )
+        return copies
+
+    # --- writing -------------------------------------------------------------------------------------
+
+    def write(self, frame: Frame) -> None:
+        """Encode one output frame; its pts/time_base are the input frame's."""
+        info = self._info
+        image = frame.image
+        if image.ndim != 3 or image.shape != (info.height, info.width, 3):
+            raise RerenderError(
+                f"frame {frame.index} is {image.shape}, expected ({info.height}, {info.width}, 3) RGB"
+            )
+        if image.dtype == np.uint8:
+            rgb_format = "rgb24"
+        elif image.dtype == np.uint16:
+            rgb_format = "rgb48le"
+        else:
+            raise RerenderError(f"frame {frame.index} has dtype {image.dtype}, expected uint8 or uint16")
+        out = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format=rgb_format)
+        out = out.reformat(
+            format=self._pix_fmt,
+            src_color_range=2,
+            dst_colorspace=_sws_colorspace(info.colorspace),
+            dst_color_range=info.color_range or None,
+        )
+        out.color_range, out.colorspace = info.color_range, info.colorspace
+        out.color_trc, out.color_primaries = info.color_trc, info.color_primaries
+        pts = frame.pts if frame.pts is not None else frame.index
+        if frame.time_base != info.time_base and frame.pts is not None:
+            pts = round(frame.pts * Fraction(frame.time_base) / info.time_base)
+        out.pts, out.time_base = pts, info.time_base
+        self._mux_video(self._encode(out))
+        self.written += 1
+
+    def _encode(self, frame: av.VideoFrame | None) -> list[av.Packet]:
+        try:
+            return self._video.encode(frame)
+        except av.error.FFmpegError as exc:
+            raise UsageError(
+                f"the {self._codec_name} encoder failed ({_reason(exc)}); check --codec, --pix-fmt and "
+                f"--encoder-option"
+            ) from None
+
+    def _mux_video(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            t = _packet_time(packet)
+            if t is not None:
+                # Side packets up to this video packet's time go first: the output stays interleaved.
+                self._mux_side(self._source.take_side_packets(until=t))
+                self._last_video_time = t
+            self._mux(packet)
+
+    def _mux_side(self, packets: list[av.Packet]) -> None:
+        for packet in packets:
+            copy = self._copies.get(packet.stream.index)
+            if copy is None:
+                continue
+            packet.stream = copy
+            self._mux(packet)
+
+    def _mux(self, packet: av.Packet) -> None:
+        try:
+            self._container.mux(packet)
+        except BrokenPipeError:
+            raise RerenderError(
+                "the reader of standard output closed the pipe; nothing more can be written"
+            ) from None
+        except av.error.FFmpegError as exc:
+            if getattr(exc, "errno", None) == 32:  # EPIPE
+                raise RerenderError("the reader of standard output closed the pipe") from None
+            raise RerenderError(f"writing {self._name()} failed ({_reason(exc)})") from None
+
+    # --- closing -------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Flush the encoder, copy the remaining side packets, finish the file and move it into place."""
+        if self._closed:
+            return
+        try:
+            self._mux_video(self._encode(None))
+            if self._source.exhausted:
+                self._mux_side(self._source.take_side_packets())
+            elif self._last_video_time is not None:
+                # The caller stopped early: keep the other streams up to the last video frame only.
+                self._mux_side(self._source.take_side_packets(until=self._last_video_time))
+            expected = self._source.delivered
+            if self.written < expected:
+                raise RerenderError(
+                    f"only {self.written} of {expected} frames reached the output; "
+                    f"{'nothing was written' if not self.is_pipe else 'the stream is incomplete'}"
+                )
+            self._container.close()
+        except BaseException:
+            self._discard()
+            raise
+        self._closed = True
+        if self._temp is not None:
+            os.replace(self._temp, self.path)
+            self._temp = None
+
+    def abort(self) -> None:
+        """Give up: close the container and remove the temporary file (a pipe just stops)."""
+        self._discard()
+
+    def __enter__(self) -> Sink:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _discard(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._container.close()
+        except Exception:  # noqa: BLE001 - the output is being thrown away; its close errors do not matter
+            pass
+        self._remove_temp()
+
+    def _remove_temp(self) -> None:
+        if self._temp is not None:
+            self._temp.unlink(missing_ok=True)
+            self._temp = None
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        print(f"rerender: warning: {message}", file=sys.stderr)
+
+    def _name(self) -> str:
+        return "standard output" if self.is_pipe else self.path
+
+
+def _guess_muxer(path: Path) -> str:
+    """The muxer FFmpeg picks for this file name; a sentence when the extension is unknown."""
+    suffix = path.suffix.lower().lstrip(".")
+    if not suffix:
+        raise UsageError(f"cannot tell the container of {path} (no extension); add one like .mp4 or give -f")
+    return _MUXER_BY_EXTENSION.get(suffix) or _muxer_from_ffmpeg(path)
+
+
+def _muxer_from_ffmpeg(path: Path) -> str:
+    for name in sorted(av.formats_available):
+        try:
+            fmt = av.format.ContainerFormat(name, "w")
+        except ValueError:
+            continue
+        if path.suffix.lower().lstrip(".") in (fmt.extensions or ()):
+            return name
+    raise UsageError(
+        f"cannot tell the container of {path} from its extension; use .mp4, .mkv, .mov or give -f"
+    )
+
+
+_MUXER_BY_EXTENSION = {
+    "mp4": "mp4",
+    "m4v": "mp4",
+    "mov": "mov",
+    "mkv": "matroska",
+    "webm": "webm",
+    "nut": "nut",
+    "ts": "mpegts",
+    "m2ts": "mpegts",
+    "y4m": "yuv4mpegpipe",
+    "avi": "avi",
+}
+
+
+def _has_private_option(codec_name: str, option: str) -> bool:
+    try:
+        context = av.codec.CodecContext.create(codec_name, "w")
+    except (av.error.FFmpegError, ValueError):
+        return False
+    return any(o.name == option for o in context.supported_options.private)

@@ -1,0 +1,330 @@
+"""Source of the graph: demux and decode one video stream with PyAV, keep the other streams' packets.
+
+Frames leave as `Frame`s: RGB at the input's size, uint8 for 8-bit and uint16 (full 16-bit scale) for
+10/12-bit pixel formats, with the decoder's pts and the stream's time_base untouched (ecosystem.md §4:
+keep frame.pts/time_base, never re-derive them from a frame rate; that is what keeps VFR intact). Audio,
+subtitle and data packets met while demuxing wait in a queue until the Sink remuxes them.
+
+Colour: the YUV->RGB conversion is told the frame's matrix and range explicitly (ecosystem.md §4, PyAV
+#1430/#2149/#2230 are all wrong-colour bugs from implicit defaults); the Sink uses the same tags back.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import sys
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import av.error
+import numpy as np
+
+from ..errors import InputError, UsageError
+from ..frames import Frame
+from .formats import (
+    SUPPORTED_BIT_DEPTHS,
+    VideoInfo,
+    component_bits,
+    graph_bit_depth,
+    is_float_format,
+)
+
+REMUXED_STREAM_TYPES = ("audio", "subtitle", "data")
+# Demuxer errors in a row after which the rest of the input is treated as unreadable.
+MAX_DEMUX_ERRORS = 32
+
+
+def open_source(path: str | os.PathLike, format: str | None = None) -> Source:
+    """Open a video file, or standard input for `-`; `format` forces the demuxer (nut, matroska, ...)."""
+    return Source(path, format=format)
+
+
+class Source:
+    """One pass over the input: `frames()` yields each decoded video frame once, in presentation order."""
+
+    def __init__(self, path: str | os.PathLike, format: str | None = None) -> None:
+        self.path = str(path)
+        self.is_pipe = self.path == "-"
+        self._name = "standard input" if self.is_pipe else self.path
+        self._container = self._open(format)
+        try:
+            self._setup()
+        except BaseException:
+            self._container.close()
+            raise
+
+    # --- opening -------------------------------------------------------------------------------------
+
+    def _open(self, format: str | None) -> av.container.InputContainer:
+        if format is not None and format not in av.formats_available:
+            raise UsageError(
+                f"unknown input format {format!r}; expected a demuxer name such as nut, matroska, mpegts"
+            )
+        if not self.is_pipe:
+            p = Path(self.path)
+            if not p.exists():
+                raise InputError(
+                    f"{self.path}: no such file; expected a video file, or '-' for standard input"
+                )
+            if p.is_dir():
+                raise InputError(f"{self.path} is a folder; expected a video file")
+        elif sys.stdin is not None and sys.stdin.isatty():
+            raise InputError(
+                "standard input is a terminal; pipe a video into it, e.g. ffmpeg -i IN -f nut - |"
+            )
+        target = "pipe:0" if self.is_pipe else self.path
+        try:
+            return av.open(target, "r", format=format)
+        except PermissionError:
+            raise InputError(f"{self._name}: permission denied; make the file readable") from None
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            hint = " (use -f to name the format of a pipe)" if self.is_pipe else ""
+            raise InputError(
+                f"{self._name} is not a media file FFmpeg can read ({_reason(exc)}); "
+                f"expected a video such as MP4, MKV, MOV or NUT{hint}"
+            ) from None
+
+    def _setup(self) -> None:
+        container = self._container
+        if not container.streams.video:
+            kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
+            raise InputError(f"{self._name} has no video stream (it has {kinds}); expected a video")
+        self._video = _main_video_stream(container)
+        self._remux_streams = [s for s in container.streams if s.type in REMUXED_STREAM_TYPES]
+        remux_index = {s.index for s in self._remux_streams}
+        self._remux_index = remux_index
+        self._side_packets: collections.deque[av.Packet] = collections.deque()
+        self._demux = self._container.demux()
+        self._video_packets = 0
+        self._decode_errors = 0
+        self._delivered = 0
+        self._exhausted = False
+        self._last_pts: int | None = None
+        self._decoded = self._decode()
+        first = next(self._decoded, None)
+        if first is None:
+            raise InputError(f"{self._name} has a video stream with zero frames; expected at least one frame")
+        self._first = first
+        self.info = self._describe(first)
+        self._rgb_format = "rgb24" if self.info.bit_depth <= 8 else "rgb48le"
+        # Convert the first frame now so that an unconvertible pixel format fails at open, not mid-run.
+        self._first_image = self._to_rgb(first)
+
+    def _describe(self, first: av.VideoFrame) -> VideoInfo:
+        stream = self._video
+        fmt = first.format
+        name = fmt.name
+        bits = component_bits(fmt)
+        depth = graph_bit_depth(bits)
+        if is_float_format(name) or depth not in SUPPORTED_BIT_DEPTHS:
+            kind = "floating-point samples" if is_float_format(name) else f"{bits} bits per component"
+            raise InputError(
+                f"{self._name}: unsupported pixel format {name} ({kind}); expected 8, 10 or 12 bits per "
+                f"component, convert it first, e.g. ffmpeg -i IN -pix_fmt yuv420p10le OUT.mkv"
+            )
+        cc = stream.codec_context
+        rotation = first.rotation or _metadata_rotation(stream.metadata)
+        duration = None
+        if stream.duration is not None and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
+        elif self._container.duration is not None:
+            duration = self._container.duration / av.time_base
+        return VideoInfo(
+            width=first.width,
+            height=first.height,
+            frame_count=stream.frames or None,
+            time_base=stream.time_base or first.time_base or Fraction(1, 1000),
+            average_rate=stream.average_rate or stream.guessed_rate,
+            bit_depth=depth,
+            pix_fmt=name,
+            color_range=int(first.color_range or cc.color_range or 0),
+            colorspace=int(_specified(first.colorspace, cc.colorspace)),
+            color_trc=int(_specified(first.color_trc, cc.color_trc)),
+            color_primaries=int(_specified(first.color_primaries, cc.color_primaries)),
+            rotation=int(rotation) % 360,
+            sample_aspect_ratio=cc.sample_aspect_ratio or stream.sample_aspect_ratio or None,
+            codec=cc.name,
+            container_format=self._container.format.name,
+            duration=duration,
+        )
+
+    # --- public --------------------------------------------------------------------------------------
+
+    @property
+    def video_stream(self) -> av.video.stream.VideoStream:
+        return self._video
+
+    @property
+    def remux_streams(self) -> list[av.stream.Stream]:
+        """Audio, subtitle and data streams of the input, the templates of the Sink's copies."""
+        return list(self._remux_streams)
+
+    @property
+    def delivered(self) -> int:
+        """Frames handed out by `frames()` so far."""
+        return self._delivered
+
+    @property
+    def exhausted(self) -> bool:
+        return self._exhausted
+
+    @property
+    def dropped(self) -> int:
+        """Video packets that produced no frame (corrupt data); final once `frames()` is exhausted.
+
+        Counted as packets in minus frames out: FFmpeg's H.264 decoder often drops a damaged access unit
+        without raising, so counting exceptions alone would miss them. Before the end only the packets the
+        decoder rejected outright are known (others may still be in its reordering delay).
+        """
+        if self._exhausted:
+            return max(0, self._video_packets - self._delivered)
+        return self._decode_errors
+
+    def frames(self) -> Iterator[Frame]:
+        """Yield every decodable frame once; a second call continues where the first stopped."""
+        if self._first is not None:
+            frame, image = self._first, self._first_image
+            self._first = self._first_image = None
+            yield self._frame(frame, image)
+        for decoded in self._decoded:
+            yield self._frame(decoded, self._to_rgb(decoded))
+
+    def take_side_packets(self, until: float | None = None) -> list[av.Packet]:
+        """Pop queued audio/subtitle/data packets whose time is at most `until` seconds (all when None)."""
+        out = []
+        while self._side_packets:
+            packet = self._side_packets[0]
+            if until is not None:
+                t = _packet_time(packet)
+                if t is not None and t > until:
+                    break
+            out.append(self._side_packets.popleft())
+        return out
+
+    def drain_side_packets(self) -> list[av.Packet]:
+        """Read the rest of the input for its non-video packets (used when the Sink closes early)."""
+        if not self._exhausted:
+            for _ in self._decoded:
+                pass
+        return self.take_side_packets()
+
+    def close(self) -> None:
+        self._container.close()
+
+    def __enter__(self) -> Source:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- internals -----------------------------------------------------------------------------------
+
+    def _frame(self, frame: av.VideoFrame, image: np.ndarray) -> Frame:
+        pts = frame.pts if frame.pts is not None else frame.dts
+        if pts is None:
+            pts = self._guess_next_pts()
+        if self._last_pts is not None and pts <= self._last_pts:
+            # Encoders need strictly increasing pts; a duplicate stamp moves by one tick (keeps the order).
+            pts = self._last_pts + 1
+        self._last_pts = pts
+        out = Frame(index=self._delivered, pts=pts, time_base=self.info.time_base, image=image)
+        self._delivered += 1
+        return out
+
+    def _guess_next_pts(self) -> int:
+        if self._last_pts is None:
+            return 0
+        rate = self.info.average_rate or Fraction(25)
+        return self._last_pts + max(1, round(1 / (rate * self.info.time_base)))
+
+    def _to_rgb(self, frame: av.VideoFrame) -> np.ndarray:
+        try:
+            return frame.to_ndarray(
+                format=self._rgb_format,
+                src_colorspace=_sws_colorspace(frame.colorspace or self.info.colorspace),
+                src_color_range=frame.color_range or self.info.color_range or None,
+                dst_color_range=2,  # RGB is full range
+            )
+        except (ValueError, NotImplementedError, av.error.FFmpegError) as exc:
+            raise InputError(
+                f"{self._name}: unsupported pixel format {frame.format.name} ({_reason(exc)}); "
+                f"convert it first, e.g. ffmpeg -i IN -pix_fmt yuv420p OUT.mkv"
+            ) from None
+
+    def _decode(self) -> Iterator[av.VideoFrame]:
+        video_index = self._video.index
+        errors_in_a_row = 0
+        while True:
+            try:
+                packet = next(self._demux)
+            except StopIteration:
+                break
+            except av.error.FFmpegError:
+                # A damaged container block: skip it and resume demuxing after it.
+                errors_in_a_row += 1
+                if errors_in_a_row > MAX_DEMUX_ERRORS:
+                    break
+                self._demux = self._container.demux()
+                continue
+            errors_in_a_row = 0
+            index = packet.stream.index
+            if index == video_index:
+                if packet.size:
+                    self._video_packets += 1
+                yield from self._decode_packet(packet)
+            elif index in self._remux_index and packet.size:
+                self._side_packets.append(packet)
+        yield from self._decode_packet(None)
+        self._exhausted = True
+
+    def _decode_packet(self, packet: av.Packet | None) -> list[av.VideoFrame]:
+        try:
+            return self._video.decode(packet)
+        except av.error.EOFError:
+            return []
+        except av.error.FFmpegError:
+            self._decode_errors += 1
+            return []
+
+
+def _main_video_stream(container: av.container.InputContainer) -> av.video.stream.VideoStream:
+    """The first video stream that is a moving picture (not cover art attached to an audio file)."""
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    raise InputError(
+        f"{container.name} has only still pictures (cover art), no video stream; expected a video"
+    )
+
+
+def _specified(frame_value, stream_value) -> int:
+    # 2 is "unspecified" for colorspace, transfer and primaries alike.
+    value = int(frame_value or 2)
+    return value if value != 2 else int(stream_value or 2)
+
+
+def _sws_colorspace(colorspace: int) -> int | None:
+    """swscale's coefficient table is indexed by AVColorSpace; 'unspecified' and RGB use its default."""
+    return None if colorspace in (0, 2) else colorspace
+
+
+def _metadata_rotation(metadata: dict[str, str]) -> int:
+    try:
+        return int(float(metadata.get("rotate", "0")))
+    except ValueError:
+        return 0
+
+
+def _packet_time(packet: av.Packet) -> float | None:
+    ts = packet.dts if packet.dts is not None else packet.pts
+    if ts is None or not packet.time_base:
+        return None
+    return float(ts * packet.time_base)
+
+
+def _reason(exc: BaseException) -> str:
+    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+    return str(text).strip().rstrip(".").replace("\n", " ")
