@@ -1,0 +1,369 @@
+"""The onnxruntime backend: the runtime contract (engines/runtime.py) served by exported ONNX graphs.
+
+Two layers, so that the TensorRT backend reuses the second:
+- a *graph runner* runs one network by tensor names (`run(feed) -> outputs`): `OrtGraph` here (CPU
+  provider, or CUDA with I/O bound to torch CUDA tensors so no host round trip happens per step),
+  `TensorRTEngine` in engines/tensorrt_backend.py;
+- *graph networks* (`GraphTextEncoder`, `GraphVaeEncoder`, `GraphVaeDecoder`, `GraphControlNet`,
+  `GraphUNet`) adapt a runner to the contract's callables: they flatten ControlResiduals and
+  ReferenceStates into the named inputs of the network's I/O spec and rebuild the outputs.
+
+The sampler gets a `Networks` whose members are these callables and runs unchanged (style.md practice 3).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from .runtime import ControlResiduals, Networks, ReferenceStates, ScheduleConfig, SelfAttentionLayer
+from .specs import NetworkSpec, Precision
+
+TORCH_DTYPES = {
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "bool": torch.bool,
+}
+
+MANIFEST = "manifest.json"
+
+
+class BackendUnavailable(RuntimeError):
+    """A backend cannot serve on this machine or with these files; the message says why."""
+
+
+class GraphRunner(Protocol):
+    spec: NetworkSpec  # in the graph's precision
+
+    def run(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]: ...
+
+
+def ort_providers(device: torch.device) -> list[str]:
+    """CUDA provider for a CUDA device (when onnxruntime has it), else CPU."""
+    import onnxruntime as ort
+
+    if device.type == "cuda":
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise BackendUnavailable(
+                "onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu) for device "
+                f"{device}; available: {', '.join(ort.get_available_providers())}"
+            )
+        return ["CUDAExecutionProvider"]
+    return ["CPUExecutionProvider"]
+
+
+class OrtGraph:
+    """One onnxruntime session for one exported network."""
+
+    def __init__(self, path: Path, spec: NetworkSpec, device: torch.device, threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        if not path.is_file():
+            raise BackendUnavailable(
+                f"ONNX graph {path} is missing; run `rerender export --onnx-only --out DIR`"
+            )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.spec = spec
+        self.device = device
+        providers = ort_providers(device)
+        if device.type == "cuda":
+            providers = [("CUDAExecutionProvider", {"device_id": device.index or 0})]
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self._dtypes = {t.name: TORCH_DTYPES[t.dtype] for t in (*spec.inputs, *spec.outputs)}
+
+    def _input(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.to(device=self.device, dtype=self._dtypes[name]).contiguous()
+
+    def run(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        inputs = {name: self._input(name, feed[name]) for name in self.spec.input_names}
+        if self.device.type != "cuda":
+            results = self.session.run(self.spec.output_names, {k: v.numpy() for k, v in inputs.items()})
+            return {
+                name: torch.from_numpy(r) for name, r in zip(self.spec.output_names, results, strict=True)
+            }
+        return self._run_bound(inputs)
+
+    def _run_bound(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # I/O binding to torch CUDA memory: onnxruntime reads and writes the tensors in place.
+        binding = self.session.io_binding()
+        for name, t in inputs.items():
+            binding.bind_input(
+                name, "cuda", self.device.index or 0, _NUMPY_NAMES[t.dtype], tuple(t.shape), t.data_ptr()
+            )
+        for name in self.spec.output_names:
+            binding.bind_output(name, "cuda", self.device.index or 0)
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        return {
+            name: torch.from_dlpack(value.to_dlpack())
+            for name, value in zip(self.spec.output_names, outputs, strict=True)
+        }
+
+
+_NUMPY_NAMES = {
+    torch.float32: np.float32,
+    torch.float16: np.float16,
+    torch.int64: np.int64,
+    torch.int32: np.int32,
+    torch.bool: np.bool_,
+}
+
+
+def _as_batch(timestep: torch.Tensor, batch: int) -> torch.Tensor:
+    timestep = torch.as_tensor(timestep)
+    return timestep.reshape(1).expand(batch) if timestep.ndim == 0 else timestep
+
+
+class GraphTextEncoder:
+    def __init__(self, runner: GraphRunner, dtype: torch.dtype) -> None:
+        self.runner, self.dtype = runner, dtype
+
+    def __call__(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return self.runner.run({"token_ids": token_ids})["embeddings"].to(self.dtype)
+
+
+class GraphVaeEncoder:
+    def __init__(self, runner: GraphRunner, dtype: torch.dtype) -> None:
+        self.runner, self.dtype = runner, dtype
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        return self.runner.run({"image": image})["moments"].to(self.dtype)
+
+
+class GraphVaeDecoder:
+    def __init__(self, runner: GraphRunner, dtype: torch.dtype) -> None:
+        self.runner, self.dtype = runner, dtype
+
+    def __call__(self, latent_sample: torch.Tensor) -> torch.Tensor:
+        return self.runner.run({"latent_sample": latent_sample})["image"].to(self.dtype)
+
+
+class GraphControlNet:
+    def __init__(self, runner: GraphRunner, dtype: torch.dtype) -> None:
+        self.runner, self.dtype = runner, dtype
+        self.down_names = [n for n in runner.spec.output_names if n.startswith("down_residual_")]
+
+    def __call__(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        text_embeddings: torch.Tensor,
+        control_image: torch.Tensor,
+        conditioning_scale: torch.Tensor,
+    ) -> ControlResiduals:
+        out = self.runner.run(
+            {
+                "sample": sample,
+                "timestep": _as_batch(timestep, sample.shape[0]),
+                "text_embeddings": text_embeddings,
+                "control_image": control_image,
+                "conditioning_scale": torch.as_tensor(conditioning_scale, dtype=torch.float32).reshape(1),
+            }
+        )
+        return ControlResiduals(
+            tuple(out[n].to(self.dtype) for n in self.down_names), out["mid_residual"].to(self.dtype)
+        )
+
+
+class GraphUNet:
+    """The UNet with ControlNet residual inputs and cross-frame state inputs/outputs (runtime.UNet)."""
+
+    def __init__(
+        self, runner: GraphRunner, layers: tuple[SelfAttentionLayer, ...], dtype: torch.dtype
+    ) -> None:
+        self.runner, self.layers, self.dtype = runner, layers, dtype
+        spec = runner.spec
+        self.down_names = [n for n in spec.input_names if n.startswith("down_residual_")]
+        self.state_names = [f"reference_state_{i}" for i in range(len(layers))]
+        self.own_names = [f"own_state_{i}" for i in range(len(layers))]
+        self._zeros: dict[tuple, ControlResiduals] = {}
+
+    def _no_control(self, sample: torch.Tensor) -> ControlResiduals:
+        # "zeros when there is none" (runtime.py): one cached set per size, so no allocation per step.
+        b, _, h, w = sample.shape
+        key = (b, h, w, sample.device, sample.dtype)
+        if key not in self._zeros:
+            shapes = self.runner.spec.input_shapes(b, 8 * h, 8 * w)
+            down = tuple(
+                torch.zeros(shapes[n], device=sample.device, dtype=sample.dtype) for n in self.down_names
+            )
+            mid = torch.zeros(shapes["mid_residual"], device=sample.device, dtype=sample.dtype)
+            self._zeros = {key: ControlResiduals(down, mid)}
+        return self._zeros[key]
+
+    def __call__(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        text_embeddings: torch.Tensor,
+        control: ControlResiduals | None,
+        reference: ReferenceStates,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        control = control if control is not None else self._no_control(sample)
+        feed = {
+            "sample": sample,
+            "timestep": _as_batch(timestep, sample.shape[0]),
+            "text_embeddings": text_embeddings,
+            "mid_residual": control.mid,
+            "reference_mask": reference.mask,
+        }
+        feed.update(zip(self.down_names, control.down, strict=True))
+        feed.update(zip(self.state_names, reference.states, strict=True))
+        out = self.runner.run(feed)
+        return out["noise"].to(self.dtype), tuple(out[n] for n in self.own_names)
+
+
+# --- the export directory: graphs + manifest -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportManifest:
+    """What `rerender export` wrote into a directory (manifest.json), enough to serve without torch models.
+
+    `model`, `loras` (merged into the graphs, with scales) and `controlnets` (paths; their scales are
+    runtime inputs) identify the source; a run whose options differ is refused rather than served stale.
+    """
+
+    model: str
+    loras: tuple[tuple[str, float], ...]
+    controlnets: tuple[str, ...]
+    precision: Precision
+    min_size: tuple[int, int]
+    opt_size: tuple[int, int]
+    max_size: tuple[int, int]
+    unet_config: dict
+    hidden_size: int
+    scaling_factor: float
+    schedule: dict
+    graphs: dict  # network name -> file name
+
+    def save(self, directory: Path) -> Path:
+        from dataclasses import asdict
+
+        path = directory / MANIFEST
+        path.write_text(json.dumps(asdict(self), indent=1))
+        return path
+
+    @staticmethod
+    def load(directory: Path) -> ExportManifest:
+        path = Path(directory) / MANIFEST
+        if not path.is_file():
+            raise BackendUnavailable(
+                f"{directory} has no {MANIFEST}; create it with `rerender export --onnx-only --out {directory}`"
+            )
+        data = json.loads(path.read_text())
+        return ExportManifest(
+            model=data["model"],
+            loras=tuple((p, float(s)) for p, s in data["loras"]),
+            controlnets=tuple(data["controlnets"]),
+            precision=data["precision"],
+            min_size=tuple(data["min_size"]),
+            opt_size=tuple(data["opt_size"]),
+            max_size=tuple(data["max_size"]),
+            unet_config=data["unet_config"],
+            hidden_size=int(data["hidden_size"]),
+            scaling_factor=float(data["scaling_factor"]),
+            schedule=data["schedule"],
+            graphs=data["graphs"],
+        )
+
+    def specs(self) -> dict[str, NetworkSpec]:
+        from .runtime import up_self_attention_layers
+        from .specs import controlnet_spec, text_encoder_spec, unet_spec, vae_decoder_spec, vae_encoder_spec
+
+        latent = self.unet_config.get("in_channels", 4)
+        specs = {
+            "text_encoder": text_encoder_spec(self.hidden_size),
+            "vae_encoder": vae_encoder_spec(latent),
+            "vae_decoder": vae_decoder_spec(latent),
+            "unet": unet_spec(self.unet_config, up_self_attention_layers(self.unet_config), self.hidden_size),
+        }
+        for i in range(len(self.controlnets)):
+            specs[f"controlnet_{i}"] = controlnet_spec(f"controlnet_{i}", self.unet_config, self.hidden_size)
+        return {name: spec.with_dtype(self.precision) for name, spec in specs.items()}
+
+    def check_matches(
+        self, model: str, loras: tuple[tuple[str, float], ...], controlnets: tuple[str, ...]
+    ) -> None:
+        """Refuse graphs exported from another model, LoRA set or ControlNet set (never serve them stale)."""
+        want = (str(model), tuple((str(p), float(s)) for p, s in loras), tuple(str(c) for c in controlnets))
+        have = (self.model, self.loras, self.controlnets)
+        labels = ("model", "LoRA set", "ControlNet set")
+        for label, w, h in zip(labels, want, have, strict=True):
+            if w != h:
+                raise BackendUnavailable(
+                    f"the exported graphs were made for {label} {h!r}, not {w!r}; re-run `rerender export` "
+                    "with the same --model/--lora/--controlnet"
+                )
+
+
+def assemble_networks(
+    manifest: ExportManifest,
+    runners: Mapping[str, GraphRunner],
+    tokenize,
+    controlnet_scales: tuple[float, ...],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> Networks:
+    """The contract's `Networks` from one runner per network (shared by onnxruntime and TensorRT)."""
+    from .runtime import up_self_attention_layers
+
+    layers = up_self_attention_layers(manifest.unet_config)
+    controlnets = tuple(
+        (GraphControlNet(runners[f"controlnet_{i}"], dtype), float(scale))
+        for i, scale in enumerate(controlnet_scales)
+    )
+    fields = set(ScheduleConfig.__dataclass_fields__)
+    return Networks(
+        text_encoder=GraphTextEncoder(runners["text_encoder"], dtype),
+        tokenize=tokenize,
+        vae_encoder=GraphVaeEncoder(runners["vae_encoder"], dtype),
+        vae_decoder=GraphVaeDecoder(runners["vae_decoder"], dtype),
+        unet=GraphUNet(runners["unet"], layers, dtype),
+        controlnets=controlnets,
+        scaling_factor=manifest.scaling_factor,
+        schedule=ScheduleConfig(**{k: v for k, v in manifest.schedule.items() if k in fields}),
+        device=device,
+        dtype=dtype,
+        storage_dtype=torch.float16 if device.type == "cuda" else torch.float32,
+    )
+
+
+def load_tokenize(directory: Path):
+    from transformers import CLIPTokenizer
+
+    from .tokenizer import make_tokenize
+
+    return make_tokenize(CLIPTokenizer.from_pretrained(str(Path(directory) / "tokenizer")))
+
+
+def load_onnx_networks(
+    directory: str | Path,
+    controlnet_scales: tuple[float, ...] | None = None,
+    device: torch.device | str = "cpu",
+    threads: int = 0,
+) -> Networks:
+    """Serve the graphs of an export directory with onnxruntime (CPU, or CUDA where present)."""
+    directory = Path(directory)
+    device = torch.device(device)
+    manifest = ExportManifest.load(directory)
+    scales = controlnet_scales if controlnet_scales is not None else tuple(1.0 for _ in manifest.controlnets)
+    if len(scales) != len(manifest.controlnets):
+        raise BackendUnavailable(
+            f"{len(scales)} ControlNet scales given for {len(manifest.controlnets)} exported ControlNets"
+        )
+    runners = {
+        name: OrtGraph(directory / manifest.graphs[name], spec, device, threads)
+        for name, spec in manifest.specs().items()
+    }
+    return assemble_networks(manifest, runners, load_tokenize(directory), scales, device, torch.float32)
