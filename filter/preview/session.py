@@ -1,0 +1,274 @@
+"""One preview session: the input clip, the job running on it (at most one at a time) and its status.
+
+Every run is the one `run_job` of the streaming filter (no second pipeline, issue 8): a preview stage of the
+ladder (first keyframe → all keyframes → full propagation, ecosystem.md §6) or "render to file" with the
+full settings and `rerender run` semantics. Starting a run cancels the one in flight: there are two cores,
+and the user wants the newest settings, not the older ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shlex
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ..errors import RerenderError, UsageError
+from ..frames import Frame
+from .latest import LatestImages
+from .settings import FastPreview, PageSettings, fast_argv, form_fields, page_argv, split_run_argv
+
+Stage = Literal["first-keyframe", "keyframes", "full"]
+STAGES: tuple[Stage, ...] = ("first-keyframe", "keyframes", "full")
+# How long close() waits for a cancelled job; the filter checks `cancel` between frames.
+CANCEL_WAIT_S = 30.0
+
+
+def render_path(input_path: Path, output_dir: Path | None) -> Path:
+    """`<stem>.rerender<ext>` next to the input (or in output_dir), never over an existing file:
+    `-2`, `-3`, ... are added, so an earlier render is kept."""
+    folder = output_dir if output_dir is not None else input_path.parent
+    suffix = input_path.suffix or ".mp4"
+    candidate = folder / f"{input_path.stem}.rerender{suffix}"
+    n = 2
+    while candidate.exists():
+        candidate = folder / f"{input_path.stem}.rerender-{n}{suffix}"
+        n += 1
+    return candidate
+
+
+def _expected_keyframes(options: object, total: int | None, stage: Stage) -> int | None:
+    """How many keyframes a stage renders, when the schedule is known up front (uniform K; the adaptive
+    schedule decides as it goes)."""
+    if stage == "first-keyframe":
+        return 1
+    if total is None or getattr(options, "keyframes", "uniform") != "uniform":
+        return None
+    k = getattr(options, "keyframe_interval", None) or getattr(options, "k", None)
+    if not isinstance(k, int) or k < 1:
+        return None
+    return len(set(range(0, total, k)) | {total - 1})
+
+
+class PreviewSession:
+    def __init__(
+        self,
+        input_path: Path,
+        run_argv: list[str],
+        *,
+        workdir: Path,
+        output_dir: Path | None = None,
+        fast: FastPreview = FastPreview(),
+    ) -> None:
+        from .. import job
+
+        self._job = job
+        self.input_path = input_path
+        self.workdir = workdir
+        self.output_dir = output_dir
+        self.fast = fast
+        self.parser = job.build_run_parser()
+        self.fields = form_fields(self.parser)
+        self.initial_values, self.initial_extra = split_run_argv(run_argv, self.fields, self.parser)
+        self.images = LatestImages()
+        self._lock = threading.Lock()
+        self._start_lock = threading.Lock()  # one start at a time: two clicks never leave two jobs running
+        self._thread: threading.Thread | None = None
+        self._cancel: threading.Event | None = None
+        self._run_id = 0
+        self._status: dict = {"run_id": 0, "state": "idle", "stage": None, "kind": None}
+
+    # -- what the page reads -------------------------------------------------------------------------
+
+    def settings_json(self) -> dict:
+        return {
+            "input": self.input_path.name,
+            "fields": [
+                {"flag": f.flag, "label": f.label, "help": f.help, "default": f.default, "choices": f.choices}
+                for f in self.fields
+            ],
+            "values": self.initial_values,
+            "extra": self.initial_extra,
+            "fast": {"size": self.fast.size, "steps": self.fast.steps},
+            "stages": list(STAGES),
+        }
+
+    def status(self) -> dict:
+        with self._lock:
+            status = dict(self._status)
+            status["keyframes"] = list(status.get("keyframes", []))
+        if status["state"] == "running":
+            status["elapsed"] = round(time.monotonic() - status["started"], 2)
+        status.pop("started", None)
+        return status
+
+    # -- runs ----------------------------------------------------------------------------------------
+
+    def check_initial(self) -> None:
+        """Validate the command line's run options as `rerender run` would (UsageError otherwise)."""
+        argv = page_argv(
+            str(self.input_path), PageSettings(self.initial_values, self.initial_extra), self.fields
+        )
+        self._job.parse_run_options(self._output_argv(argv, self.workdir / f"check{self.input_path.suffix}"))
+
+    def _output_argv(self, argv: list[str], path: Path) -> list[str]:
+        return [*argv, "-o", str(path)]
+
+    def start(
+        self, kind: Literal["preview", "render"], stage: str, settings: PageSettings, fast: bool
+    ) -> dict:
+        """Validate the settings exactly as `rerender run` does and start the run; UsageError otherwise."""
+        if stage not in STAGES:
+            raise UsageError(f"stage must be one of {', '.join(STAGES)}; got {stage!r}")
+        argv = page_argv(str(self.input_path), settings, self.fields)
+        # The user's own values are validated first (before fast mode appends its caps, which would hide a
+        # bad --size or --steps): the page shows the message `rerender run` prints for them.
+        self._job.parse_run_options(self._output_argv(argv, self.workdir / f"check{self.input_path.suffix}"))
+        if kind == "render":
+            stage, output = "full", render_path(self.input_path, self.output_dir)
+            run_argv = self._output_argv(argv, output)
+        else:
+            run_argv = fast_argv(argv, self.fast, self.parser) if fast else argv
+            output = self.workdir / f"preview{self.input_path.suffix or '.mp4'}"
+            run_argv = self._output_argv(run_argv, output)
+        options = self._job.parse_run_options(run_argv)
+        # Keyframes rendered by an earlier stage with the same settings are reused by the later stages.
+        key = hashlib.sha256(shlex.join(run_argv[:-2]).encode()).hexdigest()[:16]
+        cache = self.workdir / "keyframes" / key
+        with self._start_lock:
+            self.stop()
+            return self._launch(kind, stage, fast, run_argv, options, cache, output)
+
+    def _launch(self, kind, stage, fast, run_argv, options, cache, output) -> dict:
+        with self._lock:
+            self._run_id += 1
+            cancel = threading.Event()
+            self._cancel = cancel
+            self._status = {
+                "run_id": self._run_id,
+                "kind": kind,
+                "stage": stage,
+                "fast": bool(fast and kind == "preview"),
+                "state": "running",
+                "message": "",
+                "command": "rerender run " + shlex.join(run_argv),
+                "total": None,
+                "done": 0,
+                "fps": None,
+                "eta": None,
+                "keyframes": [],
+                "keyframes_expected": None,
+                "output": None,
+                "started": time.monotonic(),
+                "elapsed": 0.0,
+            }
+            run_id = self._run_id
+        thread = threading.Thread(
+            target=self._run,
+            args=(run_id, options, stage, cache, cancel, kind, output),
+            name=f"preview-run-{run_id}",
+            daemon=True,
+        )
+        self._thread = thread
+        thread.start()
+        return {"run_id": run_id, "stage": stage, "kind": kind}
+
+    def _update(self, run_id: int, **changes) -> None:
+        with self._lock:
+            if self._status.get("run_id") == run_id:
+                self._status.update(changes)
+
+    def _run(self, run_id, options, stage, cache, cancel, kind, output) -> None:
+        started = time.monotonic()
+        keyframes: list[int] = []
+
+        def on_event(event: dict) -> None:
+            name = event.get("event")
+            if name == "start":
+                total = event.get("total")
+                self._update(
+                    run_id, total=total, keyframes_expected=_expected_keyframes(options, total, stage)
+                )
+            elif name == "frame":
+                self._update(
+                    run_id,
+                    done=event.get("done"),
+                    total=event.get("total"),
+                    fps=event.get("fps"),
+                    eta=event.get("eta"),
+                )
+
+        def on_keyframe(index: int, source: np.ndarray, stylized: np.ndarray) -> None:
+            keyframes.append(index)
+            self.images.put("keyframe", stylized)
+            if stage != "full":  # the full stage streams every frame through on_frame instead
+                self.images.put("input", source)
+                self.images.put("output", stylized)
+            with self._lock:
+                if self._status.get("run_id") != run_id:
+                    return
+                status = self._status
+                status["keyframes"] = list(keyframes)
+                expected = status.get("keyframes_expected")
+                if stage != "full":
+                    # Keyframe stages emit no frame events: progress and ETA come from the keyframe rate.
+                    elapsed = time.monotonic() - started
+                    status["fps"] = round(len(keyframes) / elapsed, 3) if elapsed > 0 else None
+                    if expected:
+                        left = max(0, expected - len(keyframes))
+                        status["eta"] = round(elapsed / len(keyframes) * left, 1)
+
+        def on_frame(frame: Frame, output_image: np.ndarray) -> None:
+            self.images.put("input", frame.image)
+            self.images.put("output", output_image)
+
+        try:
+            self._job.run_job(
+                options,
+                on_event=on_event,
+                cancel=cancel,
+                on_frame=on_frame,
+                on_keyframe=on_keyframe,
+                stage=stage,
+                keyframe_cache=cache,
+            )
+        except self._job.Cancelled:
+            self._update(run_id, state="cancelled", message="cancelled", eta=None)
+        except RerenderError as exc:
+            self._update(run_id, state="error", message=str(exc), eta=None)
+        except Exception as exc:  # a bug: keep serving, show it, and print the traceback for a report
+            traceback.print_exc(file=sys.stderr)
+            self._update(
+                run_id, state="error", message=f"internal error: {type(exc).__name__}: {exc}", eta=None
+            )
+        else:
+            self._update(
+                run_id,
+                state="done",
+                eta=0.0,
+                message=f"wrote {output}" if kind == "render" else "",
+                output=str(output) if kind == "render" else None,
+            )
+        finally:
+            self._update(run_id, elapsed=round(time.monotonic() - started, 2))
+            if kind == "preview" and stage == "full":
+                Path(output).unlink(missing_ok=True)  # the preview's file is a by-product; the page saw it
+
+    def stop(self) -> None:
+        """Cancel the run in flight (if any) and wait for it to end."""
+        with self._lock:
+            thread, cancel = self._thread, self._cancel
+        if cancel is not None:
+            cancel.set()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(CANCEL_WAIT_S)
+
+    def close(self) -> None:
+        self.stop()
+        self.images.close()
