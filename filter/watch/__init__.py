@@ -1,0 +1,5 @@
+"""`rerender watch`: a watch-folder daemon for video editors (issue 7). `main(argv)` is the CLI entry."""
+
+from .cli import main
+
+__all__ = ["main"]

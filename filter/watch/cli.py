@@ -1,0 +1,162 @@
+"""`rerender watch`: the command line of the watch-folder daemon (issue 7)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sqlite3
+import sys
+from pathlib import Path
+
+from ..errors import UsageError
+from .daemon import JobApi, Watcher, WatchOptions
+from .ledger import Ledger
+from .output import HIDDEN_FOLDER, Layout
+from .report import Reporter, format_status
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line through the CLI's error path, not argparse's exit
+        raise UsageError(f"{message}; see `rerender watch --help`")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="rerender watch",
+        description="Re-render every clip dropped into INBOX (and its sub-folders) into OUTBOX. "
+        "A clip is taken once its size and time stopped changing for --stable seconds; results appear in "
+        "OUTBOX only when complete.",
+    )
+    p.add_argument("inbox", nargs="?", type=Path, metavar="INBOX", help="folder the editor renders into")
+    p.add_argument("--out", type=Path, metavar="OUTBOX", help="folder the results appear in")
+    p.add_argument("--status", type=Path, metavar="OUTBOX", help="print OUTBOX's ledger and exit")
+    p.add_argument(
+        "--preset", type=Path, metavar="FILE", help="TOML with `rerender run` flags for the folder"
+    )
+    p.add_argument("--poll", type=float, default=2.0, metavar="SECONDS", help="scan interval (default 2)")
+    p.add_argument(
+        "--stable",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="size and time unchanged this long = fully written (default 5; 20 or more on network shares)",
+    )
+    p.add_argument("--jobs", type=int, default=1, metavar="N", help="clips rendered at once (default 1)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output instead of numbering")
+    p.add_argument(
+        "--done-action",
+        choices=["keep", "move"],
+        default="keep",
+        help="keep originals in INBOX (default) or move them to INBOX/done/ (failed ones to INBOX/failed/)",
+    )
+    p.add_argument("--progress", choices=["text", "json"], default="text", help="json: events on stdout")
+    p.add_argument("--once", action="store_true", help="process what is in INBOX, then exit")
+    p.add_argument(
+        "--max-attempts",
+        type=int,
+        default=5,
+        metavar="N",
+        help="a clip whose render was interrupted by a crash this many times is marked failed (default 5)",
+    )
+    p.add_argument(
+        "--stale-lock",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="a lock of another machine whose heartbeat stopped this long is taken over (default 120)",
+    )
+    return p
+
+
+def _folder(path: Path, what: str, create: bool) -> Path:
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create {what} {path}: {exc.strerror or exc}; check the path") from None
+    if not path.is_dir():
+        raise UsageError(f"{what} {path} is not a folder; give an existing folder")
+    return path.resolve()
+
+
+def parse_options(argv: list[str]) -> WatchOptions | Path:
+    """WatchOptions, or the OUTBOX path for `--status`."""
+    args = build_parser().parse_args(argv)
+    if args.status is not None:
+        if args.inbox is not None or args.out is not None:
+            raise UsageError("--status takes only OUTBOX; run `rerender watch --status OUTBOX`")
+        return args.status
+    if args.inbox is None or args.out is None:
+        raise UsageError(
+            "expected INBOX and --out OUTBOX, e.g. `rerender watch ~/Renders --out ~/Rerendered`"
+        )
+    for name, value, low in (("--poll", args.poll, 0.05), ("--stable", args.stable, 0.0)):
+        if not value >= low:
+            raise UsageError(f"{name} must be at least {low} seconds, got {value}")
+    if args.jobs < 1:
+        raise UsageError(f"--jobs must be 1 or more, got {args.jobs}")
+    if args.max_attempts < 1:
+        raise UsageError(f"--max-attempts must be 1 or more, got {args.max_attempts}")
+    inbox = _folder(args.inbox, "INBOX", create=False)
+    outbox = _folder(args.out, "OUTBOX", create=True)
+    if inbox == outbox or inbox in outbox.parents or outbox in inbox.parents:
+        raise UsageError("INBOX and OUTBOX must be separate folders, neither inside the other")
+    if not os.access(inbox, os.W_OK):
+        raise UsageError(f"INBOX {inbox} is not writable; the per-clip locks live in it")
+    preset = args.preset
+    if preset is not None and not preset.is_file():
+        raise UsageError(f"the preset {preset} does not exist; give a TOML file with `rerender run` flags")
+    return WatchOptions(
+        inbox=inbox,
+        outbox=outbox,
+        preset=preset.resolve() if preset is not None else None,
+        poll=args.poll,
+        stable=args.stable,
+        jobs=args.jobs,
+        overwrite=args.overwrite,
+        done_action=args.done_action,
+        progress=args.progress,
+        once=args.once,
+        max_attempts=args.max_attempts,
+        stale_lock=args.stale_lock,
+    )
+
+
+def _status(outbox: Path) -> int:
+    ledger_path = Layout(outbox, outbox).ledger_path
+    if not ledger_path.is_file():
+        raise UsageError(
+            f"no ledger in {outbox} (expected {HIDDEN_FOLDER}/ledger.sqlite); give the --out folder of a watch"
+        )
+    try:
+        ledger = Ledger(ledger_path)
+        print(format_status(ledger.rows()))
+        ledger.close()
+    except sqlite3.Error as exc:
+        raise UsageError(f"cannot read the ledger {ledger_path}: {exc}") from None
+    return 0
+
+
+def _job_api() -> JobApi:
+    from ..job import Cancelled, build_run_parser, parse_run_options, run_job
+
+    return JobApi(build_parser=build_run_parser, parse=parse_run_options, run=run_job, cancelled=Cancelled)
+
+
+def main(argv: list[str]) -> int:
+    parsed = parse_options(argv)
+    if isinstance(parsed, Path):
+        return _status(parsed)
+    watcher = Watcher(parsed, _job_api(), Reporter(parsed.progress))
+
+    def on_signal(signum, _frame):
+        watcher.request_stop(f"{signal.Signals(signum).name}: abandoning the running jobs cleanly")
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return watcher.run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        sys.stdout.flush()

@@ -1,0 +1,402 @@
+"""The watch loop: scan, wait for stability, lock, record in the ledger, run one job per clip in a worker
+thread (at most `--jobs` at once), rename the result into OUTBOX, and recover from crashes.
+
+Crash safety rests on three orderings (issue 7 items 4, 5):
+  * the ledger says `running` before anything is written, and the clip's lock is taken before that, so a
+    `running` row whose lock we can take belongs to a dead process and is re-queued (its partial output
+    deleted, its keyframe checkpoints kept for the resume);
+  * the staged file is complete and fsynced before the ledger says `committing` with the output name, and
+    the rename happens after, so a crash in between is finished by the recovery, never rendered twice;
+  * the ledger says `done` before the original is moved and the lock released.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from ..errors import RerenderError
+from .ledger import Ledger, Row
+from .lock import ClipLocks, Owner
+from .output import Layout, fsync_path, numbered
+from .report import Reporter
+from .scan import SeenClip, StabilityTracker, scan_inbox
+from .settings import ClipSettings, SettingsSource
+from .wake import WakeHint
+
+
+@dataclass(frozen=True)
+class WatchOptions:
+    inbox: Path
+    outbox: Path
+    preset: Path | None = None
+    poll: float = 2.0
+    stable: float = 5.0
+    jobs: int = 1
+    overwrite: bool = False
+    done_action: Literal["keep", "move"] = "keep"
+    progress: Literal["text", "json"] = "text"
+    once: bool = False
+    max_attempts: int = 5
+    stale_lock: float = 120.0
+
+
+@dataclass(frozen=True)
+class JobApi:
+    """The filter's job entry points (rerender.filter.job), passed in so this module imports no renderer."""
+
+    build_parser: Any
+    parse: Any
+    run: Any
+    cancelled: type[BaseException]
+
+
+@dataclass
+class _Running:
+    rel: str
+    thread: threading.Thread
+    cancel: threading.Event
+    log: list[str] = field(default_factory=list)
+
+
+class _ThreadLog(logging.Handler):
+    """Collects the log records of one worker thread for its `.error.txt`."""
+
+    def __init__(self, thread_id: int, sink: list[str]) -> None:
+        super().__init__(logging.INFO)
+        self._thread_id = thread_id
+        self._sink = sink
+        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.thread == self._thread_id:
+            self._sink.append(self.format(record))
+
+
+class Watcher:
+    def __init__(self, options: WatchOptions, api: JobApi, reporter: Reporter) -> None:
+        self.options = options
+        self.api = api
+        self.reporter = reporter
+        self.layout = Layout(options.inbox, options.outbox)
+        self.owner = Owner.me()
+        self.ledger = Ledger(self.layout.ledger_path)
+        self.locks = ClipLocks(options.inbox, self.owner, stale_after=options.stale_lock)
+        self.settings = SettingsSource(options.preset, api.build_parser, api.parse)
+        self.tracker = StabilityTracker(options.stable)
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self._running: dict[str, _Running] = {}
+        self._mutex = threading.Lock()
+
+    # -- control -------------------------------------------------------------------------------------------
+
+    def request_stop(self, reason: str) -> None:
+        """From a signal handler: stop taking clips and cancel the running jobs (they clean up)."""
+        if not self.stop.is_set():
+            self.reporter.emit({"event": "stopping", "message": reason})
+        self.stop.set()
+        with self._mutex:
+            for job in self._running.values():
+                job.cancel.set()
+        self.wake.set()
+
+    def run(self) -> int:
+        self.reporter.emit(
+            {
+                "event": "watching",
+                "message": f"{self.options.inbox} -> {self.options.outbox} ({self.owner.describe()})",
+                "inbox": str(self.options.inbox),
+                "outbox": str(self.options.outbox),
+            }
+        )
+        self._recover_all()
+        hint = WakeHint.start(self.options.inbox, self.wake)
+        warned: set[str] = set()
+        try:
+            while not self.stop.is_set():
+                self.locks.refresh()
+                self._reap()
+                result = scan_inbox(self.options.inbox)
+                for error in result.errors:
+                    if error not in warned:  # a share that went away: said once, retried every poll
+                        warned.add(error)
+                        self.reporter.emit({"event": "warning", "message": f"cannot scan {error}"})
+                stable = self.tracker.update(result.clips, complete=not result.errors)
+                waiting = 0
+                for clip in stable:
+                    if self.stop.is_set():
+                        break
+                    try:
+                        waiting += self._consider(clip)
+                    except (
+                        OSError,
+                        sqlite3.Error,
+                        RerenderError,
+                    ) as exc:  # e.g. the share went away mid-step
+                        self.reporter.emit({"event": "warning", "message": f"{clip.rel}: {exc}"})
+                if self.options.once:
+                    busy = bool(self._running)
+                    if not busy and not waiting and not self.tracker.unsettled(result.clips):
+                        break
+                # Sleep one poll, or less when a clip's stability window ends sooner.
+                due = self.tracker.next_due()
+                self.wake.wait(self.options.poll if due is None else min(self.options.poll, due + 0.01))
+                self.wake.clear()
+        finally:
+            hint.close()
+            if self._running:  # an exception in the loop: abandon the jobs cleanly as a signal would
+                self.request_stop("the watch loop ended")
+            for job in list(self._running.values()):
+                job.thread.join()
+            self._reap()
+            self.locks.release_all()
+            self.reporter.emit({"event": "stopped", "message": "ledger consistent, no job running"})
+        return 0
+
+    # -- scheduling ------------------------------------------------------------------------------------------
+
+    def _consider(self, clip: SeenClip) -> int:
+        """Queue or start a stable clip. Returns 1 if it still waits for a free slot, else 0."""
+        if clip.rel in self._running:
+            return 0
+        source = self.layout.source(clip.rel)
+        settings = self.settings.for_clip(source)
+        row = self.ledger.find(clip.rel, clip.size, clip.mtime_ns, settings.digest)
+        if row is not None and row.state in ("done", "failed"):
+            # Done before, but the original is still here: a crash came between the ledger and the move.
+            if self.options.done_action == "move" and self.locks.acquire(clip.rel):
+                try:
+                    if self._unchanged(clip):
+                        self.layout.move_original(clip.rel, row.state)
+                finally:
+                    self.locks.release(clip.rel)
+            return 0
+        if row is None:
+            row = self.ledger.enqueue(clip.rel, clip.size, clip.mtime_ns, settings.digest)
+        if len(self._running) >= self.options.jobs:
+            return 1
+        if not self.locks.acquire(clip.rel):
+            return 0  # another daemon has it
+        try:
+            row = self.ledger.get(row.id)
+            if row.state == "running":
+                # We hold the lock, so whoever marked it running is gone.
+                row = self._recover(row)
+            if row.state != "queued" or not self._unchanged(clip):
+                self.locks.release(clip.rel)
+                return 0
+        except BaseException:
+            self.locks.release(clip.rel)
+            raise
+        self._start(clip, row, settings)
+        return 0
+
+    def _unchanged(self, clip: SeenClip) -> bool:
+        try:
+            st = os.stat(self.layout.source(clip.rel))
+        except OSError:
+            return False
+        return (st.st_size, st.st_mtime_ns) == (clip.size, clip.mtime_ns)
+
+    def _start(self, clip: SeenClip, row: Row, settings: ClipSettings) -> None:
+        cancel = threading.Event()
+        job = _Running(clip.rel, threading.Thread(target=lambda: None), cancel)
+        job.thread = threading.Thread(
+            target=self._work, args=(clip, row, settings, job), name=f"job-{row.id}", daemon=True
+        )
+        with self._mutex:
+            self._running[clip.rel] = job
+            if self.stop.is_set():
+                cancel.set()
+        job.thread.start()
+
+    def _reap(self) -> None:
+        with self._mutex:
+            for rel, job in list(self._running.items()):
+                if not job.thread.is_alive():
+                    del self._running[rel]
+
+    # -- one job ---------------------------------------------------------------------------------------------
+
+    def _work(self, clip: SeenClip, row: Row, settings: ClipSettings, job: _Running) -> None:
+        rel = clip.rel
+        layout = self.layout
+        handler = _ThreadLog(threading.get_ident(), job.log)
+        logging.getLogger().addHandler(handler)
+        staged = layout.staged_output(row.id, rel)
+        try:
+            layout.clear_staged_output(row.id)
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            row = self.ledger.start(row.id, self.owner.describe(), str(staged))
+            cache = layout.keyframe_cache(row.id)
+            reused = len(list(cache.iterdir())) if cache.is_dir() else 0
+            cache.mkdir(parents=True, exist_ok=True)
+            self.reporter.emit(
+                {"event": "start", "clip": rel, "attempt": row.attempts, "reused_keyframes": reused}
+            )
+            job.log.append(
+                f"clip {rel} ({clip.size} bytes), attempt {row.attempts}, settings {row.settings_hash}"
+            )
+            try:
+                options = self.settings.options(settings, [str(layout.source(rel)), "-o", str(staged)])
+                result = self.api.run(
+                    options,
+                    on_event=lambda event: self._job_event(rel, job, event),
+                    cancel=job.cancel,
+                    keyframe_cache=cache,
+                )
+            except self.api.cancelled:
+                layout.clear_staged_output(row.id)
+                self.ledger.requeue(row.id, count_attempt=False)
+                self.reporter.emit({"event": "abandoned", "clip": rel, "reason": "stopped by a signal"})
+                return
+            except RerenderError as exc:
+                self._fail(row, rel, str(exc), job)
+                return
+            except Exception as exc:  # a bug in one clip's job must not stop the daemon
+                job.log.append(traceback.format_exc())
+                self._fail(row, rel, f"internal error: {type(exc).__name__}: {exc}", job)
+                return
+            frames = _frames_of(result)
+            if not staged.is_file() or staged.stat().st_size == 0:
+                self._fail(row, rel, "the job finished without writing an output file", job)
+                return
+            if job.cancel.is_set():
+                layout.clear_staged_output(row.id)
+                self.ledger.requeue(row.id, count_attempt=False)
+                self.reporter.emit({"event": "abandoned", "clip": rel, "reason": "stopped by a signal"})
+                return
+            fsync_path(staged)
+            if not self.locks.holds(rel):
+                layout.clear_staged_output(row.id)
+                self.reporter.emit(
+                    {"event": "abandoned", "clip": rel, "reason": "its lock was taken by another daemon"}
+                )
+                return
+            final = self._commit(row, staged, frames)
+            self.reporter.emit(
+                {
+                    "event": "done",
+                    "clip": rel,
+                    "output": layout.relative_output(final),
+                    "frames": frames,
+                    "seconds": self.ledger.get(row.id).seconds or 0.0,
+                }
+            )
+            if self.options.done_action == "move":
+                layout.move_original(rel, "done")
+        except Exception as exc:  # ledger or file-system failure around the job: keep the daemon alive
+            job.log.append(traceback.format_exc())
+            self.reporter.emit({"event": "warning", "message": f"{rel}: {type(exc).__name__}: {exc}"})
+        finally:
+            logging.getLogger().removeHandler(handler)
+            self.locks.release(rel)
+            self.wake.set()
+
+    def _job_event(self, rel: str, job: _Running, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind in ("start", "done"):
+            # The daemon's own start/done events (with attempt, output) carry these; keep them in the log.
+            job.log.append(f"job {kind}: {event}")
+            if kind == "start":
+                self.reporter.emit({**event, "event": "job-start", "clip": rel})
+            return
+        if kind == "error":
+            job.log.append(f"job error: {event.get('message')}")
+        self.reporter.emit({**event, "clip": rel})
+
+    def _commit(self, row: Row, staged: Path, frames: int | None) -> Path:
+        """Rename the staged output to its final name; the ledger knows the name before the rename."""
+        target = self.layout.final_output(row.path)
+        if self.options.overwrite:
+            self.ledger.committing(row.id, str(target), frames)
+            final = self.layout.commit(staged, target, overwrite=True)
+        else:
+            for n in range(1, 10_000):
+                candidate = numbered(target, n)
+                if candidate.exists():
+                    continue
+                self.ledger.committing(row.id, str(candidate), frames)
+                try:
+                    final = self.layout.commit(staged, candidate, overwrite=False)
+                except FileExistsError:
+                    continue
+                break
+            else:
+                raise OSError(f"no free output name next to {target}")
+        self.ledger.done(row.id, self.layout.relative_output(final), frames)
+        self.layout.remove_staging(row.id)
+        return final
+
+    def _fail(self, row: Row, rel: str, reason: str, job: _Running | None) -> None:
+        reason = " ".join(reason.split())  # one line, whatever the exception said
+        self.layout.remove_staging(row.id)
+        log = "\n".join(job.log) if job is not None else ""
+        report = self.layout.write_report(rel, row.id, f"{reason}\n\n--- log ---\n{log}\n")
+        self.ledger.failed(row.id, reason)
+        self.reporter.emit(
+            {"event": "failed", "clip": rel, "reason": reason, "report": self.layout.relative_output(report)}
+        )
+        if self.options.done_action == "move":
+            self.layout.move_original(rel, "failed")
+
+    # -- recovery --------------------------------------------------------------------------------------------
+
+    def _recover_all(self) -> None:
+        """At start: every `running` row whose clip lock can be taken was left by a dead process."""
+        for row in self.ledger.rows("running"):
+            if not self.locks.acquire(row.path):
+                continue
+            try:
+                self._recover(row)
+            finally:
+                self.locks.release(row.path)
+
+    def _recover(self, row: Row) -> Row:
+        """Bring a dead job's row back to a consistent state (the caller holds the clip's lock)."""
+        staged = Path(row.staged) if row.staged else None
+        if row.phase == "committing" and row.output:
+            output = Path(row.output)
+            staged_there = staged is not None and staged.exists()
+            if staged_there and output.exists() and os.path.samefile(staged, output):
+                staged.unlink()  # crashed between the hard link and the unlink
+                staged_there = False
+            if not staged_there and output.exists():
+                self.ledger.done(row.id, self.layout.relative_output(output), row.frames)
+                self.layout.remove_staging(row.id)
+                self.reporter.emit({"event": "recovered", "clip": row.path, "action": "output was complete"})
+                return self.ledger.get(row.id)
+            if staged_there:
+                final = self._commit(row, staged, row.frames)
+                self.reporter.emit(
+                    {"event": "recovered", "clip": row.path, "action": f"finished renaming to {final.name}"}
+                )
+                return self.ledger.get(row.id)
+        self.layout.clear_staged_output(row.id)
+        if row.attempts >= self.options.max_attempts:
+            reason = (
+                f"the daemon stopped while rendering this clip {row.attempts} times (killed or crashed); "
+                "fix the cause or raise --max-attempts, then touch the clip to retry"
+            )
+            self._fail(row, row.path, reason, None)
+        else:
+            self.ledger.requeue(row.id, count_attempt=True)
+            self.reporter.emit(
+                {"event": "recovered", "clip": row.path, "action": "re-queued after an interrupted run"}
+            )
+        return self.ledger.get(row.id)
+
+
+def _frames_of(result: Any) -> int | None:
+    for name in ("frames", "frames_written", "frame_count", "written"):
+        value = getattr(result, name, None)
+        if isinstance(value, int):
+            return value
+    return None
