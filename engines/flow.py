@@ -1,0 +1,163 @@
+"""Optical flow for propagation: a pluggable estimator, forward-backward occlusion, warping.
+
+rerender-reference.md Part 1 decision 8: OpenCV DIS by default (no weights, CPU); other estimators (RAFT
+with user weights) plug in through the `FlowEstimator` protocol from their own module, registered in
+`ESTIMATOR_MODULES` and created by `make_flow_estimator("name[:arg]")`.
+
+Convention used everywhere in rerender: `estimate(image, reference)` returns, for every pixel p of
+`image`, the offset f(p) = (dx, dy) such that image(p) ~ reference(p + f(p)). This is the "backward flow"
+of Part 2 §C when `image` is the current frame: it warps the reference (or anything aligned with it) into
+the current frame by sampling it at p + f(p).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+import cv2
+import numpy as np
+
+# Part 2 §C: the forward-backward check of UnFlow with the official constants.
+OCCLUSION_ALPHA = 0.01
+OCCLUSION_BETA = 0.5
+
+
+class FlowEstimator(Protocol):
+    """Dense optical flow between two RGB uint8 images of the same size."""
+
+    name: str
+
+    def estimate(self, image: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        """HxWx2 float32 flow of `image`'s pixels into `reference` (see the module doc)."""
+        ...
+
+
+DisPreset = Literal["ultrafast", "fast", "medium"]
+_DIS_PRESETS = {
+    "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+    "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+    "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+}
+
+
+class DISFlow:
+    """OpenCV's Dense Inverse Search flow on the luma channel.
+
+    One OpenCV object per estimator: it is not safe to share across threads, so each thread that
+    estimates flow builds its own estimator.
+    """
+
+    def __init__(self, preset: DisPreset = "medium"):
+        if preset not in _DIS_PRESETS:
+            raise ValueError(f"DIS preset must be one of {', '.join(_DIS_PRESETS)}; got {preset!r}")
+        self.name = f"dis:{preset}"
+        self._dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[preset])
+
+    def estimate(self, image: np.ndarray, reference: np.ndarray) -> np.ndarray:
+        if image.shape != reference.shape:
+            raise ValueError(f"flow needs two images of one size; got {image.shape} and {reference.shape}")
+        a = cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)
+        b = cv2.cvtColor(reference, cv2.COLOR_RGB2GRAY)
+        # calc(prev, next) returns f with prev(p) ~ next(p + f(p)): our convention with prev = image.
+        return self._dis.calc(a, b, None)
+
+
+# Other estimators live in their own modules; each module has `make_estimator(arg: str | None)`.
+ESTIMATOR_MODULES: dict[str, str] = {"raft": "rerender.engines.raft"}
+
+
+def make_flow_estimator(spec: str) -> FlowEstimator:
+    """`dis`, `dis:fast`, `dis:ultrafast`, or `<name>[:arg]` of a module in ESTIMATOR_MODULES."""
+    name, _, arg = spec.partition(":")
+    if name == "dis":
+        preset = arg or "medium"
+        if preset not in _DIS_PRESETS:
+            raise ValueError(
+                f"--flow dis:PRESET expects a preset among {', '.join(_DIS_PRESETS)}; got {preset!r}"
+            )
+        return DISFlow(preset)  # type: ignore[arg-type]
+    if name in ESTIMATOR_MODULES:
+        try:
+            module = importlib.import_module(ESTIMATOR_MODULES[name])
+        except ImportError as exc:
+            raise ValueError(f"the {name} flow estimator is not available in this build ({exc})") from None
+        return module.make_estimator(arg or None)
+    known = ", ".join(["dis", "dis:fast", "dis:ultrafast", *ESTIMATOR_MODULES])
+    raise ValueError(f"--flow expects one of {known}; got {spec!r}")
+
+
+def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    return xs, ys
+
+
+def warp(image: np.ndarray, flow: np.ndarray, nearest: bool = False) -> np.ndarray:
+    """Sample `image` at p + flow(p) for every p of the flow's grid (backward warping).
+
+    Samples that fall outside are clamped to the border; such pixels are flagged by the occlusion check
+    anyway (their forward-backward flows disagree) or by `outside(flow)`.
+    """
+    h, w = flow.shape[:2]
+    xs, ys = _grid(h, w)
+    map_x = xs + flow[..., 0]
+    map_y = ys + flow[..., 1]
+    interpolation = cv2.INTER_NEAREST if nearest else cv2.INTER_LINEAR
+    if image.dtype == np.bool_:
+        warped = cv2.remap(
+            image.astype(np.uint8), map_x, map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE
+        )
+        return warped.astype(bool)
+    return cv2.remap(image, map_x, map_y, interpolation, borderMode=cv2.BORDER_REPLICATE)
+
+
+def outside(flow: np.ndarray) -> np.ndarray:
+    """Pixels whose flow points outside the frame (no match there: treated as occluded)."""
+    h, w = flow.shape[:2]
+    xs, ys = _grid(h, w)
+    x = xs + flow[..., 0]
+    y = ys + flow[..., 1]
+    return (x < -0.5) | (x > w - 0.5) | (y < -0.5) | (y > h - 0.5)
+
+
+def occlusion(flow: np.ndarray, reverse: np.ndarray) -> np.ndarray:
+    """Pixels of the first frame with no valid match in the second (bool HxW).
+
+    `flow` maps the first frame into the second and `reverse` the second into the first. Part 2 §C: p is
+    occluded when |flow(p) + reverse(p + flow(p))| > alpha (|flow(p)| + |reverse(p)|) + beta, with the
+    magnitudes taken at p without warping, alpha = 0.01, beta = 0.5 px; pixels that leave the frame too.
+    """
+    back = warp(reverse, flow)
+    diff = np.linalg.norm(flow + back, axis=2)
+    magnitude = np.linalg.norm(flow, axis=2) + np.linalg.norm(reverse, axis=2)
+    return (diff > OCCLUSION_ALPHA * magnitude + OCCLUSION_BETA) | outside(flow)
+
+
+@dataclass(frozen=True)
+class FlowPair:
+    """Flows between two consecutive frames `earlier` and `later`, both directions, with occlusions.
+
+    `later_to_earlier` warps anything aligned with the earlier frame into the later one (the forward
+    propagation chain); `earlier_to_later` does the converse (the backward chain).
+    """
+
+    later_to_earlier: np.ndarray
+    earlier_to_later: np.ndarray
+    occluded_later: np.ndarray  # pixels of the later frame with no match in the earlier one
+    occluded_earlier: np.ndarray
+
+    @property
+    def occluded_fraction(self) -> float:
+        return float(self.occluded_later.mean())
+
+    @property
+    def mean_motion(self) -> float:
+        return float(np.linalg.norm(self.later_to_earlier, axis=2).mean())
+
+
+def estimate_pair(estimator: FlowEstimator, earlier: np.ndarray, later: np.ndarray) -> FlowPair:
+    """Two flow estimations per consecutive pair serve both chains and both occlusion masks."""
+    backward = estimator.estimate(later, earlier)
+    forward = estimator.estimate(earlier, later)
+    return FlowPair(backward, forward, occlusion(backward, forward), occlusion(forward, backward))

@@ -1,0 +1,354 @@
+"""The streaming filter graph: frames in, the same frames out, stylized, strictly in input order.
+
+architecture.md (Data flow) and style.md practice 9: `push(frame)` feeds a frame, `push(None)` flushes,
+`pull()` returns the next output frame and raises `BlockingIOError` while none is ready and `EOFError`
+after the last one (PyAV's filter-graph semantics). The CLI, the preview server and the watch-folder
+daemon all drive this one object.
+
+Per pushed frame: convert to 8 bit and to the propagation space; estimate the flow pair with the previous
+frame (both directions: it serves the scene-cut detector, the adaptive schedule, both propagation chains
+and the blend); let the schedule decide. A keyframe is rendered at the processing size
+(rerender-reference.md Part 1 decision 10) and closes the gap behind it: the frames since the previous
+keyframe are propagated from both sides (`propagation.propagate_gap`) and become ready, then the keyframe
+itself. A scene cut closes the gap at the frame before the cut (which becomes a keyframe) and makes the cut
+frame a new anchor: no propagation crosses it (decision 2). At the flush the last frame is a keyframe.
+
+Memory: the frames since the last keyframe (at most about K, or K * max_factor adaptive) with their flow
+pairs, plus the frames of one gap while they wait for `pull()`; never proportional to the video's length.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from ..engines.flow import FlowEstimator, FlowPair, estimate_pair, make_flow_estimator
+from .errors import InputError, UsageError
+from .frames import Frame
+from .geometry import Fit, ProcessingGeometry, to_depth, to_uint8
+from .propagation import KeySide, PropagationOptions, Timings, propagate_gap
+from .renderers.base import KeyframeContext, KeyframeRenderer, RenderedKeyframe
+from .schedule import (
+    Decision,
+    FixedSchedule,
+    KeyframeSchedule,
+    Motion,
+    ScheduleOptions,
+    colour_histogram,
+    histogram_distance,
+)
+
+
+@dataclass(frozen=True)
+class FilterOptions:
+    schedule: ScheduleOptions = field(default_factory=ScheduleOptions)
+    size: int = 512  # processing size: short side, a multiple of 64
+    fit: Fit = "pad"
+    propagate_at: Literal["processing", "output"] = "processing"
+    flow: str = "dis"
+    propagation: PropagationOptions = field(default_factory=PropagationOptions)
+    # False: keyframes only (the preview ladder's "keyframes" stage); in-between frames are not emitted.
+    propagate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.propagate_at not in ("processing", "output"):
+            raise ValueError(f"--propagate-at must be processing or output; got {self.propagate_at!r}")
+
+
+@dataclass
+class _Pending:
+    """A frame waiting for the keyframe on its right."""
+
+    frame: Frame
+    image: np.ndarray  # RGB uint8 in propagation space
+    pair: FlowPair | None  # relates the previous frame to this one (None at the start of a scene)
+
+
+@dataclass(frozen=True)
+class _Key:
+    frame: Frame
+    side: KeySide  # input and stylized images in propagation space
+    rendered: RenderedKeyframe  # at processing size (what renderers see as anchor / previous)
+
+
+class Filter:
+    """Push/pull streaming filter (module doc). Not thread-safe: one thread pushes and pulls."""
+
+    def __init__(
+        self,
+        renderer: KeyframeRenderer,
+        options: FilterOptions = FilterOptions(),
+        *,
+        flow: FlowEstimator | None = None,
+        on_keyframe: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+        on_warning: Callable[[str], None] | None = None,
+        keyframe_cache: Path | None = None,
+        check_cancel: Callable[[], None] | None = None,
+    ):
+        self.renderer = renderer
+        self.options = options
+        self._flow = flow if flow is not None else make_flow_estimator(options.flow)
+        self._on_keyframe = on_keyframe
+        self._on_warning = on_warning
+        self._cache = Path(keyframe_cache) if keyframe_cache is not None else None
+        if self._cache is not None:
+            self._cache.mkdir(parents=True, exist_ok=True)
+        self._check_cancel = check_cancel or (lambda: None)
+        indices = getattr(renderer, "keyframe_indices", None)
+        self._fixed = FixedSchedule(frozenset(indices)) if indices is not None else None
+        self._schedule = KeyframeSchedule(options.schedule)
+        self.timings = Timings()
+        self.keyframe_count = 0
+        self.frames_in = 0
+        self._processing: ProcessingGeometry | None = None
+        self._space: ProcessingGeometry | None = None  # propagation space
+        self._dtype: np.dtype | None = None
+        self._pending: list[_Pending] = []
+        self._last_key: _Key | None = None
+        self._anchor: RenderedKeyframe | None = None
+        self._previous_image: np.ndarray | None = None
+        self._previous_hist: np.ndarray | None = None
+        self._last_index = -1
+        self._ready: deque[tuple[Frame, Frame]] = deque()
+        self._flushed = False
+
+    # -- public API ---------------------------------------------------------------------------------
+
+    def push(self, frame: Frame | None) -> None:
+        if self._flushed:
+            raise ValueError("push() after push(None): the filter is flushed; make a new Filter per stream")
+        self._check_cancel()
+        if frame is None:
+            self._flush()
+            return
+        if frame.index <= self._last_index:
+            raise ValueError(
+                f"frames must be pushed in order; got index {frame.index} after {self._last_index}"
+            )
+        self._last_index = frame.index
+        self.frames_in += 1
+        if self._processing is None:
+            self._setup(frame)
+        elif frame.image.shape[:2] != self._processing.input_size:
+            h, w = self._processing.input_size
+            raise InputError(
+                f"frame {frame.index} is {frame.image.shape[1]}x{frame.image.shape[0]} but the video started at "
+                f"{w}x{h}; split the video where its size changes"
+            )
+        started = time.perf_counter()
+        image = self._space.to_processing(to_uint8(frame.image))
+        self.timings.add("resize", time.perf_counter() - started)
+        decision, pair = self._decide(frame, image)
+        entry = _Pending(frame, image, pair)
+        if decision is Decision.PROPAGATE:
+            if not self.options.propagate:
+                self._pending.clear()  # keyframes only: keep just the newest frame (it may end the stream)
+            self._pending.append(entry)
+            return
+        if decision is Decision.ANCHOR and self._last_key is not None:
+            self._close_scene()
+        self._key(entry, anchor=decision is Decision.ANCHOR)
+
+    def pull(self) -> Frame:
+        return self.pull_pair()[1]
+
+    def pull_pair(self) -> tuple[Frame, Frame]:
+        """(input frame, output frame); the output has the input's index, pts, size and bit depth."""
+        if self._ready:
+            return self._ready.popleft()
+        if self._flushed:
+            raise EOFError("the filter is flushed and every frame has been pulled")
+        raise BlockingIOError("no output frame is ready yet; push more frames")
+
+    @property
+    def processing_size(self) -> tuple[int, int] | None:
+        """(height, width) keyframes are rendered at, known after the first frame."""
+        return None if self._processing is None else self._processing.canvas
+
+    # -- scheduling -----------------------------------------------------------------------------------
+
+    def _setup(self, frame: Frame) -> None:
+        h, w = frame.image.shape[:2]
+        o = self.options
+        self._processing = ProcessingGeometry.for_input(h, w, o.size, o.fit)
+        self._space = (
+            self._processing if o.propagate_at == "processing" else ProcessingGeometry.identity(h, w)
+        )
+        self._dtype = frame.image.dtype
+
+    def _decide(self, frame: Frame, image: np.ndarray) -> tuple[Decision, FlowPair | None]:
+        previous = self._previous_image
+        self._previous_image = image
+        if self._fixed is not None:
+            pair = None
+            if previous is not None and self.options.propagate:
+                pair = self._estimate(previous, image)
+            if not self._fixed.is_keyframe(frame.index):
+                return Decision.PROPAGATE, pair
+            return (Decision.ANCHOR if self._last_key is None else Decision.KEYFRAME), pair
+        hist = colour_histogram(image) if self.options.schedule.scene_cuts else None
+        previous_hist, self._previous_hist = self._previous_hist, hist
+        if previous is None:
+            return self._schedule.decide(None), None
+        needs_pair = self.options.propagate or self._schedule.needs_motion
+        pair = self._estimate(previous, image) if needs_pair else None
+        motion = None
+        if pair is not None:
+            distance = histogram_distance(previous_hist, hist) if hist is not None else 0.0
+            motion = Motion(distance, pair.occluded_fraction, pair.mean_motion, min(image.shape[:2]))
+        return self._schedule.decide(motion), pair
+
+    def _estimate(self, earlier: np.ndarray, later: np.ndarray) -> FlowPair:
+        started = time.perf_counter()
+        pair = estimate_pair(self._flow, earlier, later)
+        self.timings.add("flow", time.perf_counter() - started)
+        return pair
+
+    # -- keyframes and gaps -----------------------------------------------------------------------------
+
+    def _key(self, entry: _Pending, anchor: bool) -> None:
+        key = self._render(entry.frame, entry.image, anchor)
+        left = self._last_key
+        gap = self._pending
+        self._pending = []
+        if gap or left is not None:
+            self._propagate(left, gap, key, entry.pair)
+        self._emit(key.frame, key.side.stylized)
+        self._last_key = key
+
+    def _close_scene(self) -> None:
+        """The frame before a cut becomes a keyframe so that the gap behind it is closed inside its scene."""
+        if self._pending:
+            last = self._pending.pop()
+            self._key(last, anchor=False)
+        self._last_key = None
+        self._anchor = None
+
+    def _flush(self) -> None:
+        self._flushed = True
+        if not self._pending:
+            if self._fixed is not None and self._last_key is None and self.frames_in:
+                raise self._no_keyframe_files()
+            self._warn_unused_files()
+            return
+        if self._fixed is not None:
+            if self._last_key is None:
+                raise self._no_keyframe_files()
+            # Frames after the user's last keyframe file: forward propagation only.
+            gap, self._pending = self._pending, []
+            self._propagate(self._last_key, gap, None, None)
+            self._warn_unused_files()
+            return
+        last = self._pending.pop()
+        self._key(last, anchor=self._last_key is None)
+
+    def _no_keyframe_files(self) -> UsageError:
+        first = min(self._fixed.indices)
+        return UsageError(
+            f"none of the keyframe files names a frame of this video (it has {self.frames_in} frames, the first "
+            f"file names frame {first}); check the file numbering or --keyframes-first-index"
+        )
+
+    def _warn_unused_files(self) -> None:
+        if self._fixed is None or self._on_warning is None:
+            return
+        extra = sorted(i for i in self._fixed.indices if i > self._last_index)
+        if extra:
+            self._on_warning(
+                f"{len(extra)} keyframe file(s) name frames after the video's last frame {self._last_index} "
+                f"(first unused: frame {extra[0]}); they were ignored"
+            )
+
+    def _render(self, frame: Frame, image: np.ndarray, anchor: bool) -> _Key:
+        self._check_cancel()
+        processing = self._processing
+        source = image if self._space is processing else processing.to_processing(to_uint8(frame.image))
+        context = KeyframeContext(
+            index=frame.index,
+            is_anchor=anchor or self._anchor is None,
+            anchor=None if anchor else self._anchor,
+            previous=None if anchor or self._last_key is None else self._last_key.rendered,
+        )
+        started = time.perf_counter()
+        stylized = self._cached(frame.index, processing.canvas)
+        if stylized is None:
+            stylized = self.renderer.render(source, context)
+            if stylized.shape != source.shape or stylized.dtype != np.uint8:
+                raise RuntimeError(
+                    f"the {self.renderer.name} renderer returned {stylized.dtype} {stylized.shape} for a "
+                    f"{source.shape} uint8 keyframe; renderers must keep the shape and return uint8"
+                )
+            self._store(frame.index, stylized)
+        self.timings.add("render", time.perf_counter() - started)
+        rendered = RenderedKeyframe(frame.index, source, stylized)
+        if context.is_anchor:
+            self._anchor = rendered
+        self.keyframe_count += 1
+        if self._on_keyframe is not None:
+            self._on_keyframe(frame.index, source, stylized)
+        side = KeySide(image, processing.resize_canvas_to(stylized, self._space))
+        return _Key(frame, side, rendered)
+
+    def _propagate(self, left: _Key | None, gap: list[_Pending], right: _Key | None, right_pair) -> None:
+        if not self.options.propagate:
+            return
+        pairs = [entry.pair for entry in gap] + ([right_pair] if right is not None else [])
+        if left is None:
+            pairs = [None, *pairs[1:]]  # no left keyframe: the first pair is never used
+        if right is None:
+            pairs.append(None)
+        images = propagate_gap(
+            left.side if left is not None else None,
+            right.side if right is not None else None,
+            [entry.image for entry in gap],
+            pairs,
+            self.options.propagation,
+            self.timings,
+            self._check_cancel,
+        )
+        for entry, image in zip(gap, images, strict=True):
+            self._emit(entry.frame, image)
+
+    def _emit(self, frame: Frame, image: np.ndarray) -> None:
+        started = time.perf_counter()
+        out = to_depth(self._space.to_output(image), self._dtype)
+        self.timings.add("resize", time.perf_counter() - started)
+        self._ready.append((frame, Frame(frame.index, frame.pts, frame.time_base, out)))
+
+    # -- keyframe cache (resume, preview ladder) --------------------------------------------------------
+
+    def _cache_path(self, index: int) -> Path | None:
+        return None if self._cache is None else self._cache / f"keyframe_{index:06d}.png"
+
+    def _cached(self, index: int, canvas: tuple[int, int]) -> np.ndarray | None:
+        path = self._cache_path(index)
+        if path is None or not path.exists():
+            return None
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None or image.shape[:2] != canvas:
+            return None  # unreadable or from another processing size: render again
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    def _store(self, index: int, stylized: np.ndarray) -> None:
+        path = self._cache_path(index)
+        if path is None:
+            return
+        # Write then rename, so that an interrupted run never leaves a truncated keyframe to resume from.
+        fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+        os.close(fd)
+        try:
+            if not cv2.imwrite(tmp, cv2.cvtColor(stylized, cv2.COLOR_RGB2BGR)):
+                raise OSError(f"could not write keyframe cache file {tmp}")
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)

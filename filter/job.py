@@ -1,0 +1,474 @@
+"""One re-rendering job: options, parsing, and `run_job`, the loop that drives one `Filter`.
+
+`rerender run` is a thin shell over this module; the watch-folder daemon and the preview server call
+`parse_run_options` and `run_job` directly (with `cancel`, the frame/keyframe callbacks and the preview
+ladder's `stage`), so every program behaves the same for the same options.
+
+Events (`on_event`, and what `--progress json` prints one per line): `start`, `keyframe`, `frame`,
+`warning`, `done` and `error`; see `run_job`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from ..engines.flow import ESTIMATOR_MODULES
+from .errors import InputError, RerenderError, UsageError
+from .frames import Frame
+from .geometry import ProcessingGeometry
+from .graph import Filter, FilterOptions
+from .io import SinkOptions, add_io_arguments, open_sink, open_source, sink_options_from_args
+from .propagation import PropagationOptions
+from .renderers import diffusion_options
+from .renderers.base import KeyframeRenderer
+from .renderers.classic import CLASSIC_STYLES, ClassicOptions, ClassicRenderer
+from .renderers.diffusion_options import DiffusionOptions
+from .renderers.frames import FramesRenderer
+from .schedule import ScheduleOptions
+
+Stage = Literal["first-keyframe", "keyframes", "full"]
+RendererName = Literal["classic", "frames", "diffusion"]
+ProgressMode = Literal["bar", "json", "none"]
+LAVFI_PREFIX = "lavfi:"
+
+
+class Cancelled(RerenderError):
+    """The job was cancelled through its `cancel` event; no output file was left behind."""
+
+    exit_status = 130
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    input: str  # path, '-' (standard input) or 'lavfi:GRAPH' (an FFmpeg test source)
+    output: str  # path or '-'
+    input_format: str | None = None
+    sink: SinkOptions = field(default_factory=SinkOptions)
+    strict: bool = False  # fail when corrupt packets made frames drop
+    filter: FilterOptions = field(default_factory=FilterOptions)
+    renderer: RendererName = "classic"
+    classic: ClassicOptions = field(default_factory=ClassicOptions)
+    keyframes_dir: Path | None = None
+    keyframes_first_index: int = 0
+    diffusion: DiffusionOptions | None = None
+    progress: ProgressMode = "bar"
+
+
+@dataclass(frozen=True)
+class JobResult:
+    frames: int
+    keyframes: int
+    seconds: float
+    dropped: int
+    output: Path | None  # None for standard output and for the preview stages that write nothing
+    timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (decode, flow, ...)
+    warnings: tuple[str, ...] = ()
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line, exit 2) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message}; see `rerender run --help`")
+
+
+def build_run_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="rerender run",
+        description="Re-render a video: keyframes are stylized, the frames between them propagated and blended. "
+        "Every input frame comes out once, in order, with its timestamp.",
+    )
+    p.add_argument(
+        "-i",
+        "--input",
+        required=True,
+        metavar="PATH",
+        help="input video, '-' for standard input, or lavfi:GRAPH for an FFmpeg test source "
+        "(e.g. lavfi:testsrc2=size=640x360:rate=25:duration=2)",
+    )
+    p.add_argument(
+        "-o", "--output", required=True, metavar="PATH", help="output video, or '-' for standard output"
+    )
+    add_io_arguments(p)
+    g = p.add_argument_group("keyframes and propagation")
+    g.add_argument(
+        "-K", "--keyframe-interval", type=int, default=10, metavar="K", help="frames between keyframes (10)"
+    )
+    g.add_argument(
+        "--keyframes",
+        choices=["uniform", "adaptive"],
+        default="uniform",
+        help="uniform: every K frames; adaptive: more where motion/occlusion is large, about one per K on average",
+    )
+    g.add_argument(
+        "--no-scene-cuts", action="store_true", help="do not detect scene cuts (a cut starts a new anchor)"
+    )
+    g.add_argument(
+        "--renderer",
+        choices=["classic", "frames", "diffusion"],
+        default=None,
+        help="keyframe renderer; default: diffusion when --model is given, else classic",
+    )
+    g.add_argument(
+        "--keyframes-dir", type=Path, metavar="DIR", help="frames renderer: folder of stylized keyframes"
+    )
+    g.add_argument(
+        "--keyframes-first-index",
+        type=int,
+        default=0,
+        metavar="N",
+        help="frames renderer: the number in the first frame's file name (0; 1 for ffmpeg's %%04d)",
+    )
+    g.add_argument(
+        "--classic-style", choices=CLASSIC_STYLES, default="stylization", help="classic renderer look"
+    )
+    g.add_argument("--classic-sigma-s", type=float, default=60.0, help="classic: spatial extent, 0..200 (60)")
+    g.add_argument("--classic-sigma-r", type=float, default=0.45, help="classic: colour extent, 0..1 (0.45)")
+    g.add_argument(
+        "--size", type=int, default=512, help="processing size: short side, a multiple of 64 (512)"
+    )
+    g.add_argument(
+        "--fit", choices=["pad", "crop"], default="pad", help="keep the aspect ratio by padding or cropping"
+    )
+    g.add_argument(
+        "--propagate-at",
+        choices=["processing", "output"],
+        default="processing",
+        help="propagate at the processing size and resize (default) or at the output size",
+    )
+    g.add_argument(
+        "--flow", default="dis", help="optical flow: dis, dis:fast, dis:ultrafast, raft:WEIGHTS (dis)"
+    )
+    g.add_argument(
+        "--threads", type=int, default=None, help="threads per synthesis chain (default: all cores)"
+    )
+    g.add_argument("--synth-backend", choices=["auto", "cpu", "cuda"], default="auto")
+    g.add_argument("--patch-size", type=int, default=5)
+    g.add_argument("--search-vote-iters", type=int, default=12)
+    g.add_argument("--patchmatch-iters", type=int, default=6)
+    g.add_argument("--pyramid-levels", type=int, default=None)
+    g.add_argument("--poisson", action="store_true", help="gradient-domain fusion in the blend")
+    diffusion_options.add_arguments(p)
+    out = p.add_argument_group("progress")
+    out.add_argument(
+        "--progress", choices=["bar", "json", "none"], default="bar", help="stderr progress format"
+    )
+    out.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress output (same as --progress none)"
+    )
+    return p
+
+
+def _check_flow(spec: str) -> str:
+    name = spec.partition(":")[0]
+    if name != "dis" and name not in ESTIMATOR_MODULES:
+        raise UsageError(
+            f"--flow expects dis, dis:fast, dis:ultrafast or {', '.join(ESTIMATOR_MODULES)}; got {spec!r}"
+        )
+    return spec
+
+
+def parse_run_options(argv: list[str]) -> RunOptions:
+    args = build_run_parser().parse_args(argv)
+    renderer = args.renderer or ("diffusion" if args.model else "classic")
+    if renderer != "diffusion" and args.model:
+        raise UsageError(
+            "--model is used by the diffusion renderer only; drop it or use --renderer diffusion"
+        )
+    if renderer == "frames" and args.keyframes_dir is None:
+        raise UsageError("--renderer frames needs --keyframes-dir DIR, a folder of stylized keyframes")
+    if renderer != "frames" and args.keyframes_dir is not None:
+        raise UsageError("--keyframes-dir is used by the frames renderer only; add --renderer frames")
+    if args.keyframe_interval < 1:
+        raise UsageError(f"-K/--keyframe-interval must be at least 1; got {args.keyframe_interval}")
+    if args.size < 64 or args.size % 64:
+        raise UsageError(f"--size must be a multiple of 64 and at least 64 (e.g. 512); got {args.size}")
+    if args.input != "-" and args.input == args.output:
+        raise UsageError("-o must differ from -i: the input would be overwritten while it is read")
+    if args.input.startswith(LAVFI_PREFIX):
+        _lavfi_graph(args.input)
+    if args.keyframes_first_index < 0:
+        raise UsageError(f"--keyframes-first-index must be >= 0; got {args.keyframes_first_index}")
+    try:
+        classic = ClassicOptions(args.classic_style, args.classic_sigma_s, args.classic_sigma_r)
+        propagation = PropagationOptions(
+            patch_size=args.patch_size,
+            pyramid_levels=args.pyramid_levels,
+            search_vote_iters=args.search_vote_iters,
+            patchmatch_iters=args.patchmatch_iters,
+            backend=args.synth_backend,
+            threads=args.threads,
+            poisson=args.poisson,
+        )
+        schedule = ScheduleOptions(args.keyframe_interval, args.keyframes, scene_cuts=not args.no_scene_cuts)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if args.pyramid_levels is not None and args.pyramid_levels < 1:
+        raise UsageError(f"--pyramid-levels must be at least 1; got {args.pyramid_levels}")
+    filter_options = FilterOptions(
+        schedule=schedule,
+        size=args.size,
+        fit=args.fit,
+        propagate_at=args.propagate_at,
+        flow=_check_flow(args.flow),
+        propagation=propagation,
+    )
+    return RunOptions(
+        input=args.input,
+        output=args.output,
+        input_format=args.input_format,
+        sink=sink_options_from_args(args),
+        strict=args.strict,
+        filter=filter_options,
+        renderer=renderer,
+        classic=classic,
+        keyframes_dir=args.keyframes_dir,
+        keyframes_first_index=args.keyframes_first_index,
+        diffusion=diffusion_options.from_args(args) if renderer == "diffusion" else None,
+        progress="none" if args.quiet else args.progress,
+    )
+
+
+def make_renderer(options: RunOptions, processing_size: tuple[int, int]) -> KeyframeRenderer:
+    """The keyframe renderer the options name; `processing_size` is (height, width)."""
+    f = options.filter
+    if options.renderer == "classic":
+        return ClassicRenderer(options.classic)
+    if options.renderer == "frames":
+        return FramesRenderer(options.keyframes_dir, options.keyframes_first_index, f.size, f.fit)
+    if options.diffusion is None:
+        raise UsageError(
+            "the diffusion renderer needs --model PATH (a diffusers folder or .safetensors file)"
+        )
+    if importlib.util.find_spec("rerender.filter.renderers.diffusion") is None:
+        raise UsageError(
+            "the diffusion renderer is not available in this build; use --renderer classic or --renderer frames"
+        )
+    module = importlib.import_module("rerender.filter.renderers.diffusion")
+    return module.DiffusionRenderer.from_options(options.diffusion, processing_size)
+
+
+# -- lavfi test sources -------------------------------------------------------------------------------------
+
+
+def _lavfi_graph(spec: str) -> str:
+    graph = spec[len(LAVFI_PREFIX) :]
+    keys = {part.partition("=")[0].strip() for part in graph.replace(",", ":").split(":")}
+    if not graph or not ({"duration", "d"} & keys):
+        raise UsageError(
+            f"-i {spec!r}: a lavfi source needs a duration, e.g. lavfi:testsrc2=size=640x360:rate=25:duration=2"
+        )
+    return graph
+
+
+def _materialize_lavfi(spec: str, folder: Path) -> Path:
+    """Decode an FFmpeg lavfi source (PyAV's `lavfi` demuxer) into a lossless NUT file the Source reads.
+
+    The I/O layer opens files and pipes only; a test source written once keeps one code path for every
+    input (and gives the Source a real container with a frame count)."""
+    import av
+
+    graph = _lavfi_graph(spec)
+    path = folder / "lavfi.nut"
+    try:
+        with av.open(graph, format="lavfi") as src, av.open(str(path), "w", format="nut") as dst:
+            video = src.streams.video[0]
+            rate = video.average_rate or 25
+            out = dst.add_stream("ffv1", rate=rate)
+            out.width, out.height, out.pix_fmt = (
+                video.codec_context.width,
+                video.codec_context.height,
+                "yuv420p",
+            )
+            out.time_base = video.time_base
+            for frame in src.decode(video):
+                frame = frame.reformat(format="yuv420p")
+                for packet in out.encode(frame):
+                    dst.mux(packet)
+            for packet in out.encode(None):
+                dst.mux(packet)
+    except (av.error.FFmpegError, ValueError, IndexError) as exc:
+        raise InputError(
+            f"-i {spec!r}: FFmpeg could not run this lavfi source ({exc}); check the filter graph"
+        ) from None
+    return path
+
+
+# -- the job ----------------------------------------------------------------------------------------------
+
+
+def run_job(
+    options: RunOptions,
+    *,
+    on_event: Callable[[dict], None] | None = None,
+    cancel: threading.Event | None = None,
+    on_frame: Callable[[Frame, np.ndarray], None] | None = None,
+    on_keyframe: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
+    stage: Stage = "full",
+    keyframe_cache: Path | None = None,
+) -> JobResult:
+    """Decode, filter and encode one video; returns what was done.
+
+    `stage` is the preview ladder: "first-keyframe" renders frame 0 only, "keyframes" renders every
+    keyframe (no propagation); neither writes an output file. `cancel.set()` stops the job at the next
+    frame or propagation step with `Cancelled`, leaving no output file. On any failure an `error` event is
+    sent and the exception re-raised (the Sink removes its partial output).
+    """
+    if stage not in ("first-keyframe", "keyframes", "full"):
+        raise ValueError(f"stage must be first-keyframe, keyframes or full; got {stage!r}")
+    emit = on_event or (lambda event: None)
+    warnings: list[str] = []
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def check_cancel() -> None:
+        if cancel is not None and cancel.is_set():
+            raise Cancelled("the job was cancelled; no output was written")
+
+    def warn(message: str) -> None:
+        warnings.append(message)
+        emit({"event": "warning", "message": message})
+
+    def timed(stage_name: str, seconds: float) -> None:
+        timings[stage_name] = timings.get(stage_name, 0.0) + seconds
+
+    try:
+        with ExitStack() as stack:
+            check_cancel()
+            source_path = options.input
+            if source_path.startswith(LAVFI_PREFIX):
+                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rerender-lavfi-")))
+                source_path = str(_materialize_lavfi(source_path, folder))
+            src = stack.enter_context(open_source(source_path, format=options.input_format))
+            info = src.info
+            f = options.filter
+            canvas = ProcessingGeometry.for_input(info.height, info.width, f.size, f.fit).canvas
+            renderer = make_renderer(options, canvas)
+            if stage == "keyframes":
+                f = FilterOptions(
+                    f.schedule, f.size, f.fit, f.propagate_at, f.flow, f.propagation, propagate=False
+                )
+            total = info.frame_count if stage != "first-keyframe" else 1
+            emit(
+                {
+                    "event": "start",
+                    "total": total,
+                    "input": options.input,
+                    "output": options.output if stage == "full" else None,
+                    "width": info.width,
+                    "height": info.height,
+                    "processing_size": [canvas[1], canvas[0]],
+                    "renderer": renderer.name,
+                    "keyframe_interval": f.schedule.interval,
+                    "keyframes": f.schedule.mode,
+                    "stage": stage,
+                }
+            )
+
+            def keyframe_done(index: int, source: np.ndarray, stylized: np.ndarray) -> None:
+                emit({"event": "keyframe", "index": index, "count": filt.keyframe_count})
+                if on_keyframe is not None:
+                    on_keyframe(index, source, stylized)
+
+            filt = Filter(
+                renderer,
+                f,
+                on_keyframe=keyframe_done,
+                on_warning=warn,
+                keyframe_cache=keyframe_cache,
+                check_cancel=check_cancel,
+            )
+            sink = (
+                stack.enter_context(open_sink(options.output, src, options.sink)) if stage == "full" else None
+            )
+            done = 0
+            loop_started = time.perf_counter()
+
+            def drain() -> None:
+                nonlocal done
+                while True:
+                    try:
+                        source_frame, out = filt.pull_pair()
+                    except (BlockingIOError, EOFError):
+                        return
+                    if sink is not None:
+                        t = time.perf_counter()
+                        sink.write(out)
+                        timed("encode", time.perf_counter() - t)
+                    if on_frame is not None:
+                        on_frame(source_frame, out.image)
+                    done += 1
+                    elapsed = time.perf_counter() - loop_started
+                    fps = done / elapsed if elapsed > 0 else 0.0
+                    eta = (total - done) / fps if total is not None and fps > 0 else None
+                    emit(
+                        {
+                            "event": "frame",
+                            "index": out.index,
+                            "done": done,
+                            "total": total,
+                            "fps": round(fps, 3),
+                            "eta": None if eta is None else round(max(0.0, eta), 1),
+                        }
+                    )
+
+            frames = src.frames()
+            while True:
+                t = time.perf_counter()
+                frame = next(frames, None)
+                timed("decode", time.perf_counter() - t)
+                if frame is None:
+                    break
+                check_cancel()
+                filt.push(frame)
+                drain()
+                if stage == "first-keyframe" and filt.keyframe_count:
+                    break
+            if stage != "first-keyframe":
+                filt.push(None)
+                drain()
+            if options.strict and src.dropped:
+                raise InputError(
+                    f"{src.dropped} corrupt video packet(s) produced no frame; drop --strict to accept this"
+                )
+            dropped = src.dropped
+            keyframes = filt.keyframe_count
+            for name, seconds in filt.timings.seconds.items():
+                timed(name, seconds)
+        seconds = time.perf_counter() - started
+        output = Path(options.output) if stage == "full" and options.output != "-" else None
+        result = JobResult(done, keyframes, seconds, dropped, output, timings, tuple(warnings))
+        if dropped:
+            warn(
+                f"{dropped} corrupt video packet(s) produced no frame; the output has the frames that decoded"
+            )
+        emit(
+            {
+                "event": "done",
+                "frames": done,
+                "keyframes": keyframes,
+                "seconds": round(seconds, 3),
+                "fps": round(done / seconds, 3) if seconds > 0 else None,
+                "dropped": dropped,
+                "output": None if output is None else str(output),
+            }
+        )
+        return result
+    except BaseException as exc:
+        message = str(exc) if isinstance(exc, RerenderError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, KeyboardInterrupt):
+            message = "interrupted"
+        emit({"event": "error", "message": message})
+        raise

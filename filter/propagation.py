@@ -1,0 +1,289 @@
+"""Propagation of two neighbouring keyframes over the frames between them, and their blend.
+
+rerender-reference.md Part 1 decision 9 and Part 2 §D. For a gap between keyframes L and R with frames
+1..n in between:
+- the forward chain synthesizes frames 1, 2, ..., n from L's stylized image, the backward chain frames
+  n, ..., 1 from R's; the two chains run in parallel threads (the native synthesizer releases the GIL);
+- each step uses the paper's four guides (Part 2 §D.2), source = keyframe side, target = frame t:
+  colour (the input frames, weight 6), edge (3x3 Laplacian of the inputs, 0.5), temporal (the chain's
+  previous output warped into frame t, 0.5) and positional (a coordinate ramp carried frame by frame along
+  the flow, 2); occluded pixels of the warped guides are Telea-inpainted with radius 30;
+- the chain's previous nearest-neighbour field, moved along the flow, seeds the next step (`init_nnf`):
+  most patches only move with the video, so PatchMatch starts close to the answer;
+- the two results are blended per frame (error-based selection whose mask is carried forward in time
+  along the flow, then the histogram-preserving blend: Part 2 §D.4) by `rerender.native.blend`.
+All images here are RGB uint8 in one propagation space (processing size by default).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Literal
+
+import cv2
+import numpy as np
+
+from ..engines.flow import FlowPair, warp
+
+# 3x3 Laplacian, 4 at the centre and -1 at the 4-neighbours (Part 2 §D.2), saturated to uint8 by filter2D.
+LAPLACIAN = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class GuideWeights:
+    """Guide weights of the official implementation (Part 2 §D.2): colour, edge, temporal, positional."""
+
+    colour: float = 6.0
+    edge: float = 0.5
+    temporal: float = 0.5
+    positional: float = 2.0
+
+
+@dataclass(frozen=True)
+class PropagationOptions:
+    """Synthesis parameters default to the official ones (Part 1 decision 9)."""
+
+    weights: GuideWeights = field(default_factory=GuideWeights)
+    patch_size: int = 5
+    pyramid_levels: int | None = None
+    search_vote_iters: int = 12
+    patchmatch_iters: int = 6
+    uniformity: float = 3500.0
+    stop_threshold: int = 5
+    backend: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int | None = None
+    inpaint_radius: int = 30
+    carry_nnf: bool = True
+    parallel_chains: bool = True
+    poisson: bool = False  # gradient-domain fusion in the blend (Part 1 decision 9: optional)
+
+    def __post_init__(self) -> None:
+        if self.patch_size < 3 or self.patch_size % 2 == 0:
+            raise ValueError(f"--patch-size must be an odd number >= 3; got {self.patch_size}")
+        if self.search_vote_iters < 1 or self.patchmatch_iters < 1:
+            raise ValueError("--search-vote-iters and --patchmatch-iters must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"--threads must be at least 1; got {self.threads}")
+
+
+class Timings:
+    """Seconds spent per stage, summed across threads (for progress and bench/filter.py)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.seconds: dict[str, float] = {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+
+
+def edge_guide(image: np.ndarray) -> np.ndarray:
+    return cv2.filter2D(image, -1, LAPLACIAN, borderType=cv2.BORDER_REPLICATE)
+
+
+def positional_ramp(height: int, width: int) -> np.ndarray:
+    """R = row / (H-1) * 255, G = col / (W-1) * 255, B = 0 (Part 2 §D.2, guide 4)."""
+    ramp = np.zeros((height, width, 3), np.uint8)
+    ramp[..., 0] = np.round(np.linspace(0, 255, height, dtype=np.float32))[:, None]
+    ramp[..., 1] = np.round(np.linspace(0, 255, width, dtype=np.float32))[None, :]
+    return ramp
+
+
+def identity_nnf(height: int, width: int) -> np.ndarray:
+    ys, xs = np.mgrid[0:height, 0:width]
+    return np.stack([xs, ys], axis=2).astype(np.int32)
+
+
+def inpaint_occluded(
+    image: np.ndarray, occluded: np.ndarray, radius: int, work_side: int = 128
+) -> np.ndarray:
+    """Fill occluded guide pixels by Telea inpainting with `radius` (Part 2 §D.2: r = 30, PR #72 there).
+
+    Telea's cost grows with the hole's area times radius squared (0.7 s for a 3% hole at 512x960), so large
+    frames are inpainted on a copy reduced to a short side of about `work_side`, with the radius reduced
+    alike: the reduction averages valid pixels only, Telea fills the blocks with no valid pixel, and the
+    result is enlarged back into the occluded pixels only. Guides need the fill's low frequencies, which
+    this keeps; known pixels are never touched.
+    """
+    if not occluded.any():
+        return image
+    h, w = occluded.shape
+    factor = max(1, min(h, w) // work_side)
+    if factor == 1:
+        return cv2.inpaint(image, occluded.astype(np.uint8), radius, cv2.INPAINT_TELEA)
+    size = (-(-w // factor), -(-h // factor))
+    valid = (~occluded).astype(np.float32)
+    total = cv2.resize(image.astype(np.float32) * valid[..., None], size, interpolation=cv2.INTER_AREA)
+    weight = cv2.resize(valid, size, interpolation=cv2.INTER_AREA)
+    small = total / np.maximum(weight, 1e-6)[..., None]
+    small = np.clip(small + 0.5, 0, 255).astype(np.uint8)
+    hole = weight < 1e-3
+    if hole.any():
+        small = cv2.inpaint(small, hole.astype(np.uint8), max(1, radius // factor), cv2.INPAINT_TELEA)
+    filled = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
+    out = image.copy()
+    out[occluded] = filled[occluded]
+    return out
+
+
+def carry_nnf(nnf: np.ndarray, flow: np.ndarray, style_size: tuple[int, int]) -> np.ndarray:
+    """Move a nearest-neighbour field one frame along the flow (nearest sampling, clipped to the style)."""
+    moved = warp(nnf.astype(np.float32), flow, nearest=True)
+    moved[..., 0] = np.clip(moved[..., 0], 0, style_size[1] - 1)
+    moved[..., 1] = np.clip(moved[..., 1], 0, style_size[0] - 1)
+    return np.ascontiguousarray(moved.astype(np.int32))
+
+
+@dataclass(frozen=True)
+class KeySide:
+    """A keyframe as a chain's starting point: its input and stylized images in propagation space."""
+
+    source: np.ndarray
+    stylized: np.ndarray
+
+    @property
+    def edge(self) -> np.ndarray:
+        return edge_guide(self.source)
+
+
+class PropagationChain:
+    """One direction of one gap: synthesizes frame after frame from a keyframe (Part 2 §D.1-D.2)."""
+
+    def __init__(self, key: KeySide, options: PropagationOptions, timings: Timings):
+        from ..native import SynthParams
+
+        self.key = key
+        self.options = options
+        self.timings = timings
+        h, w = key.source.shape[:2]
+        self._key_edge = key.edge
+        self._ramp = positional_ramp(h, w)
+        self._previous_output = key.stylized
+        self._previous_positional = self._ramp
+        self._previous_nnf = identity_nnf(h, w)
+        self._params = SynthParams(
+            patch_size=options.patch_size,
+            pyramid_levels=options.pyramid_levels,
+            search_vote_iters=options.search_vote_iters,
+            patchmatch_iters=options.patchmatch_iters,
+            uniformity=options.uniformity,
+            stop_threshold=options.stop_threshold,
+            threads=options.threads,
+        )
+
+    def step(self, target: np.ndarray, target_edge: np.ndarray, flow: np.ndarray, occluded: np.ndarray):
+        """`flow` maps the target's pixels into the previous frame of the chain; returns a SynthResult."""
+        from ..native import Guide, synthesize
+
+        o = self.options
+        w = o.weights
+        started = time.perf_counter()
+        temporal = inpaint_occluded(
+            warp(self._previous_output, flow, nearest=True), occluded, o.inpaint_radius
+        )
+        positional = inpaint_occluded(
+            warp(self._previous_positional, flow, nearest=True), occluded, o.inpaint_radius
+        )
+        init_nnf = carry_nnf(self._previous_nnf, flow, self.key.stylized.shape[:2]) if o.carry_nnf else None
+        guides = [
+            Guide(self.key.source, target, w.colour),
+            Guide(self._key_edge, target_edge, w.edge),
+            Guide(self.key.stylized, temporal, w.temporal),
+            Guide(self._ramp, positional, w.positional),
+        ]
+        self.timings.add("guides", time.perf_counter() - started)
+        started = time.perf_counter()
+        result = synthesize(self.key.stylized, guides, self._params, backend=o.backend, init_nnf=init_nnf)
+        self.timings.add("synthesis", time.perf_counter() - started)
+        self._previous_output = result.image
+        self._previous_positional = positional
+        self._previous_nnf = result.nnf
+        return result
+
+
+def propagate_gap(
+    left: KeySide | None,
+    right: KeySide | None,
+    targets: Sequence[np.ndarray],
+    pairs: Sequence[FlowPair],
+    options: PropagationOptions,
+    timings: Timings,
+    check_cancel: Callable[[], None] = lambda: None,
+) -> list[np.ndarray]:
+    """Stylize the n frames between two keyframes; returns n RGB uint8 images in order.
+
+    `targets` are the n in-between frames; `pairs[t]` relates position t to t + 1 where position 0 is the
+    left keyframe and position n + 1 the right one (so len(pairs) == n + 1). A missing side (None) makes
+    the gap one-sided: frames before the first or after the last of the user's keyframe files.
+    """
+    n = len(targets)
+    if n == 0:
+        return []
+    if len(pairs) != n + 1:
+        raise ValueError(f"a gap of {n} frames needs {n + 1} flow pairs; got {len(pairs)}")
+    if left is None and right is None:
+        raise ValueError("a gap needs at least one keyframe side")
+    edges = [edge_guide(t) for t in targets]
+
+    def forward() -> list:
+        chain = PropagationChain(left, options, timings)  # type: ignore[arg-type]
+        out = []
+        for t in range(n):
+            check_cancel()
+            out.append(chain.step(targets[t], edges[t], pairs[t].later_to_earlier, pairs[t].occluded_later))
+        return out
+
+    def backward() -> list:
+        chain = PropagationChain(right, options, timings)  # type: ignore[arg-type]
+        out: list = [None] * n
+        for t in range(n - 1, -1, -1):
+            check_cancel()
+            pair = pairs[t + 1]
+            out[t] = chain.step(targets[t], edges[t], pair.earlier_to_later, pair.occluded_earlier)
+        return out
+
+    if right is None:
+        return [r.image for r in forward()]
+    if left is None:
+        return [r.image for r in backward()]
+    if options.parallel_chains:
+        with ThreadPoolExecutor(max_workers=2, thread_name_prefix="rerender-chain") as pool:
+            forward_future = pool.submit(forward)
+            backward_future = pool.submit(backward)
+            forward_results = forward_future.result()
+            backward_results = backward_future.result()
+    else:
+        forward_results, backward_results = forward(), backward()
+    return blend_gap(forward_results, backward_results, pairs, options, timings)
+
+
+def blend_gap(
+    forward_results: list,
+    backward_results: list,
+    pairs: Sequence[FlowPair],
+    options: PropagationOptions,
+    timings: Timings,
+) -> list[np.ndarray]:
+    """Per-frame blend in time order; the selection mask is carried forward along the flow (Part 2 §D.4)."""
+    from ..native.blend import BlendParams, blend_pair
+
+    n = len(forward_results)
+    started = time.perf_counter()
+    params = BlendParams(poisson=options.poisson)
+    images = []
+    carried = None
+    for t in range(n):
+        # Distance weighting favours the nearer keyframe: the forward error counts more the farther the
+        # frame is from the left keyframe (position t + 1 of n + 1).
+        weight_forward = (t + 1) / (n + 1)
+        result = blend_pair(forward_results[t], backward_results[t], weight_forward, carried, params)
+        images.append(result.image)
+        if t + 1 < n:
+            carried = warp(result.mask, pairs[t + 1].later_to_earlier, nearest=True)
+    timings.add("blend", time.perf_counter() - started)
+    return images
