@@ -55,7 +55,7 @@ def sink_options_from_args(args: argparse.Namespace) -> SinkOptions:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise UsageError(
-                f"--encoder-option {item!r} is not KEY=VALUE; write e.g. --encoder-option preset=slow"
+                f"--encoder-option {item!r} is not KEY=VALUE; for example --encoder-option preset=slow"
             )
         pairs.append((key.strip(), value))
     if args.crf is not None and not 0 <= args.crf <= 63:

@@ -13,8 +13,8 @@ failed run never leaves a half-written output behind.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
-import tempfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -100,13 +100,11 @@ class Sink:
             if not folder.is_dir():
                 raise UsageError(f"output folder {folder} does not exist; create it or choose another path")
             # Same folder (so the final rename is atomic) and same extension (so the muxer guess matches).
-            fd, temp = tempfile.mkstemp(
-                prefix=f".{final.stem}.", suffix=f".partial{final.suffix}", dir=folder
-            )
-            os.close(fd)
-            self._temp = Path(temp)
             if fmt is None:
                 fmt = _guess_muxer(final)
+            # A random hidden name rather than mkstemp: FFmpeg creates the file, so it gets the usual
+            # umask permissions instead of mkstemp's 0600.
+            self._temp = folder / f".{final.stem}.{secrets.token_hex(4)}.partial{final.suffix}"
             target = str(self._temp)
         try:
             return av.open(target, "w", format=fmt, container_options=container_options)
@@ -122,7 +120,7 @@ class Sink:
             codec = av.codec.Codec(codec_name, "w")
         except (av.error.FFmpegError, ValueError):
             raise UsageError(
-                f"unknown video encoder {codec_name!r}; expected e.g. libx264, libx265, ffv1"
+                f"unknown video encoder {codec_name!r}; expected one such as libx264, libx265, ffv1"
             ) from None
         if codec.type != "video":
             raise UsageError(
@@ -169,7 +167,7 @@ class Sink:
                 copies[stream.index] = self._container.add_stream_from_template(stream)
             except (ValueError, av.error.FFmpegError) as exc:
                 self._warn(
-                    f"dropping {stream.type} stream #{stream.index} ({stream.codec_context.name}): "
+                    f"dropping {stream.type} stream #{stream.index} ({_codec_name(stream)}): "
                     f"the {muxer} format cannot hold it ({_reason(exc)})"
                 )
         return copies
@@ -349,3 +347,8 @@ def _has_private_option(codec_name: str, option: str) -> bool:
     except (av.error.FFmpegError, ValueError):
         return False
     return any(o.name == option for o in context.supported_options.private)
+
+
+def _codec_name(stream: av.stream.Stream) -> str:
+    context = stream.codec_context
+    return context.name if context is not None else "unknown codec"

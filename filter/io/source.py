@@ -73,7 +73,7 @@ class Source:
                 raise InputError(f"{self.path} is a folder; expected a video file")
         elif sys.stdin is not None and sys.stdin.isatty():
             raise InputError(
-                "standard input is a terminal; pipe a video into it, e.g. ffmpeg -i IN -f nut - |"
+                "standard input is a terminal; pipe a video into it (ffmpeg -i IN -f nut - | ...)"
             )
         target = "pipe:0" if self.is_pipe else self.path
         try:
@@ -81,7 +81,7 @@ class Source:
         except PermissionError:
             raise InputError(f"{self._name}: permission denied; make the file readable") from None
         except (av.error.FFmpegError, OSError, ValueError) as exc:
-            hint = " (use -f to name the format of a pipe)" if self.is_pipe else ""
+            hint = " (use --input-format to name the format of a pipe)" if self.is_pipe else ""
             raise InputError(
                 f"{self._name} is not a media file FFmpeg can read ({_reason(exc)}); "
                 f"expected a video such as MP4, MKV, MOV or NUT{hint}"
@@ -123,7 +123,7 @@ class Source:
             kind = "floating-point samples" if is_float_format(name) else f"{bits} bits per component"
             raise InputError(
                 f"{self._name}: unsupported pixel format {name} ({kind}); expected 8, 10 or 12 bits per "
-                f"component, convert it first, e.g. ffmpeg -i IN -pix_fmt yuv420p10le OUT.mkv"
+                f"component, convert it first (ffmpeg -i IN -pix_fmt yuv420p10le OUT.mkv)"
             )
         cc = stream.codec_context
         rotation = first.rotation or _metadata_rotation(stream.metadata)
@@ -251,7 +251,7 @@ class Source:
         except (ValueError, NotImplementedError, av.error.FFmpegError) as exc:
             raise InputError(
                 f"{self._name}: unsupported pixel format {frame.format.name} ({_reason(exc)}); "
-                f"convert it first, e.g. ffmpeg -i IN -pix_fmt yuv420p OUT.mkv"
+                f"convert it first (ffmpeg -i IN -pix_fmt yuv420p OUT.mkv)"
             ) from None
 
     def _decode(self) -> Iterator[av.VideoFrame]:
