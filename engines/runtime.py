@@ -157,12 +157,14 @@ def sample_posterior(moments: torch.Tensor, generator: torch.Generator | None) -
     """Draw z = mean + std · n from the VAE posterior moments (B, 8, h, w), unscaled.
 
     Matches diffusers' `DiagonalGaussianDistribution.sample` (log-variance clamped to [-30, 20]) so that the
-    same generator gives the same latent as a diffusers pipeline.
+    same generator gives the same latent as a diffusers pipeline. The noise is drawn on the generator's
+    device in fp32 and then moved, so a CPU generator gives the same realisation on every backend.
     """
     mean, logvar = torch.chunk(moments, 2, dim=1)
     std = torch.exp(0.5 * torch.clamp(logvar, -30.0, 20.0))
-    noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-    return mean + std * noise
+    device = generator.device if generator is not None else torch.device("cpu")
+    noise = torch.randn(mean.shape, generator=generator, device=device, dtype=torch.float32)
+    return mean + std * noise.to(device=mean.device, dtype=mean.dtype)
 
 
 class TextEncoder(Protocol):

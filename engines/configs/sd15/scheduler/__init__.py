@@ -1,0 +1,1 @@
+"""Shipped model configs (data only; see engines/configs/README.md)."""
