@@ -1,0 +1,221 @@
+"""Propagation benchmark of rerender.native (issue 3): speed and fidelity of guided patch synthesis.
+
+For each clip: keyframe = cv2.stylization(frame k, sigma_s=60, sigma_r=0.45); it is propagated along frames
+k+1 .. k+N with the paper's four guides (rerender-reference.md §D.2: colour 6, Laplacian edge 0.5, temporal
+0.5, positional 2; OpenCV DIS flow instead of GMFlow, forward-backward occlusion alpha 0.01 beta 0.5, Telea
+inpainting r = 30). Fidelity = PSNR and MAE against cv2.stylization applied to each target frame directly.
+Configurations are run side by side on the same frames, so their ratios are comparable even on a busy machine.
+
+    python bench/propagation.py [--frames 10] [--size 512] [--clips v1,v2,v3] [--configs paper,paper+init,fast]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+from rerender.native import Guide, SynthParams, synthesize
+
+MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+CLIPS = {
+    "v1": "pexels-antoni-shkraba-8048492-540x960-25fps.mp4",
+    "v2": "pexels-cottonbro-studio-6649832-960x506-25fps.mp4",
+    "v3": "pexels-koolshooters-7322716.mp4",
+}
+GUIDE_WEIGHTS = {"colour": 6.0, "edge": 0.5, "temporal": 0.5, "positional": 2.0}
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    params: SynthParams
+    carry_nnf: bool  # start each frame from the previous frame's NNF moved along the flow
+
+
+CONFIGS = {
+    "paper": Config("paper 12x6", SynthParams(), False),
+    "paper+init": Config("paper 12x6 + init_nnf", SynthParams(), True),
+    "default6x4": Config(
+        "6x4 (EbSynth defaults)", SynthParams(search_vote_iters=6, patchmatch_iters=4), False
+    ),
+    "fast": Config(
+        "fast: 3 levels 4x2 + init_nnf",
+        SynthParams(pyramid_levels=3, search_vote_iters=4, patchmatch_iters=2),
+        True,
+    ),
+}
+
+
+def read_clip(name: str, start: int, count: int, size: int) -> list[np.ndarray]:
+    """RGB frames start .. start+count-1, centre-cropped to size x size (generated when the media is absent)."""
+    path = MEDIA / CLIPS[name]
+    if not path.exists():
+        return generated_clip(count, size, seed=sum(map(ord, name)))
+    cap = cv2.VideoCapture(str(path))
+    cap.set(cv2.CAP_PROP_POS_FRAMES, start)
+    frames = []
+    while len(frames) < count:
+        ok, bgr = cap.read()
+        if not ok:
+            break
+        h, w = bgr.shape[:2]
+        y0, x0 = max(0, (h - size) // 2), max(0, (w - size) // 2)
+        frames.append(cv2.cvtColor(bgr[y0 : y0 + size, x0 : x0 + size], cv2.COLOR_BGR2RGB))
+    cap.release()
+    return frames
+
+
+def generated_clip(count: int, size: int, seed: int) -> list[np.ndarray]:
+    """A textured background with a moving, rotating blob: enough structure for flow and matching."""
+    rng = np.random.default_rng(seed)
+    tex = cv2.GaussianBlur((rng.random((size + 64, size + 64, 3)) * 255).astype(np.uint8), (0, 0), 3)
+    tex = cv2.normalize(tex, None, 0, 255, cv2.NORM_MINMAX)
+    frames = []
+    for i in range(count):
+        f = tex[2 * i : 2 * i + size, i : i + size].copy()
+        cv2.ellipse(
+            f, (size // 3 + 4 * i, size // 2), (size // 6, size // 9), 10 * i, 0, 360, (220, 60, 40), -1
+        )
+        frames.append(f)
+    return frames
+
+
+def stylize(rgb: np.ndarray) -> np.ndarray:
+    bgr = cv2.stylization(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), sigma_s=60, sigma_r=0.45)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def edge(rgb: np.ndarray) -> np.ndarray:
+    """§D.2: 3x3 Laplacian (4 at the centre, -1 at the 4-neighbours) per channel, saturated to uint8."""
+    k = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], np.float32)
+    return cv2.filter2D(rgb, -1, k)
+
+
+def positional(h: int, w: int) -> np.ndarray:
+    """§D.2: R = row / (H-1) * 255, G = col / (W-1) * 255, B = 0."""
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    return np.dstack([ys / (h - 1) * 255, xs / (w - 1) * 255, np.zeros_like(xs)]).round().astype(np.uint8)
+
+
+class FlowStep:
+    """Flow between consecutive frames prev -> cur: backward flow (cur pixel -> prev position) and occlusion."""
+
+    def __init__(self, dis, prev: np.ndarray, cur: np.ndarray):
+        g0, g1 = (cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in (prev, cur))
+        self.back = dis.calc(g1, g0, None)  # at each pixel of cur: displacement to prev
+        fwd = dis.calc(g0, g1, None)
+        h, w = g1.shape
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        self.map_x = xs + self.back[..., 0]
+        self.map_y = ys + self.back[..., 1]
+        fwd_at = cv2.remap(fwd, self.map_x, self.map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+        # Forward-backward consistency (alpha 0.01, beta 0.5), as in the reference's occlusion mask.
+        diff = ((self.back + fwd_at) ** 2).sum(-1)
+        mag = (self.back**2).sum(-1) + (fwd_at**2).sum(-1)
+        outside = (self.map_x < 0) | (self.map_x > w - 1) | (self.map_y < 0) | (self.map_y > h - 1)
+        self.occluded = ((diff > 0.01 * mag + 0.5) | outside).astype(np.uint8) * 255
+
+    def warp(self, prev_image: np.ndarray, inpaint: bool = True) -> np.ndarray:
+        out = cv2.remap(
+            prev_image, self.map_x, self.map_y, cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE
+        )
+        return cv2.inpaint(out, self.occluded, 30, cv2.INPAINT_TELEA) if inpaint else out
+
+    def carry_nnf(self, nnf: np.ndarray) -> np.ndarray:
+        """The previous frame's match of the pixel each current pixel came from."""
+        h, w = nnf.shape[:2]
+        xs = np.clip(np.rint(self.map_x), 0, w - 1).astype(np.intp)
+        ys = np.clip(np.rint(self.map_y), 0, h - 1).astype(np.intp)
+        return np.ascontiguousarray(nnf[ys, xs])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
+
+
+def propagate(frames, key_style, steps, config: Config, threads: int | None):
+    """Forward propagation of the keyframe along frames[1:], the reference pipeline's sequential chain."""
+    params = (
+        config.params if threads is None else SynthParams(**{**config.params.__dict__, "threads": threads})
+    )
+    key = frames[0]
+    h, w = key.shape[:2]
+    pos_src = positional(h, w)
+    pos_tgt, prev_out, nnf = pos_src, key_style, None
+    outputs, seconds = [], []
+    for j in range(1, len(frames)):
+        step = steps[j - 1]
+        pos_tgt = step.warp(pos_tgt)
+        guides = [
+            Guide(key, frames[j], GUIDE_WEIGHTS["colour"]),
+            Guide(edge(key), edge(frames[j]), GUIDE_WEIGHTS["edge"]),
+            Guide(key_style, step.warp(prev_out), GUIDE_WEIGHTS["temporal"]),
+            Guide(pos_src, pos_tgt, GUIDE_WEIGHTS["positional"]),
+        ]
+        init = step.carry_nnf(nnf) if (config.carry_nnf and nnf is not None) else None
+        t0 = time.perf_counter()
+        res = synthesize(key_style, guides, params, backend="cpu", init_nnf=init)
+        seconds.append(time.perf_counter() - t0)
+        prev_out, nnf = res.image, res.nnf
+        outputs.append(res.image)
+    return outputs, seconds
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clips", default="v1,v2,v3")
+    ap.add_argument("--start", type=int, default=0)
+    ap.add_argument("--frames", type=int, default=10, help="frames propagated after the keyframe")
+    ap.add_argument("--size", type=int, default=512)
+    ap.add_argument("--configs", default="paper,paper+init,fast")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+    configs = [CONFIGS[c] for c in args.configs.split(",")]
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    rows = []
+    for clip in args.clips.split(","):
+        frames = read_clip(clip, args.start, args.frames + 1, args.size)
+        source = "media" if (MEDIA / CLIPS[clip]).exists() else "generated"
+        key_style = stylize(frames[0])
+        truth = [stylize(f) for f in frames[1:]]
+        steps = [FlowStep(dis, frames[i - 1], frames[i]) for i in range(1, len(frames))]
+        for config in configs:
+            outputs, seconds = propagate(frames, key_style, steps, config, args.threads)
+            p = [psnr(o, t) for o, t in zip(outputs, truth, strict=True)]
+            mae = [
+                float(np.abs(o.astype(int) - t.astype(int)).mean())
+                for o, t in zip(outputs, truth, strict=True)
+            ]
+            rows.append(
+                (
+                    f"{clip} ({source})",
+                    config.name,
+                    np.mean(seconds),
+                    np.median(seconds),
+                    np.mean(p),
+                    p[-1],
+                    mae,
+                )
+            )
+            print(f"  done {clip} {config.name}: {np.mean(seconds):.2f} s/frame", flush=True)
+    h, w = args.size, args.size
+    print(f"\n{args.frames} frames propagated per clip at {w}x{h}, threads={args.threads or 'all'}")
+    print(
+        f"| clip | config | s/frame mean | s/frame median | PSNR mean (dB) | PSNR last | MAE f{args.frames // 2} / f{args.frames} |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for clip, name, mean_s, med_s, mean_p, last_p, mae in rows:
+        mid = mae[max(0, len(mae) // 2 - 1)]
+        print(
+            f"| {clip} | {name} | {mean_s:.2f} | {med_s:.2f} | {mean_p:.2f} | {last_p:.2f} | {mid:.2f} / {mae[-1]:.2f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

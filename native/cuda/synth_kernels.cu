@@ -1,0 +1,162 @@
+// CUDA backend of guided patch synthesis: one thread per target (or source) pixel, the per-pixel logic shared
+// with the CPU backend through synth_core.h. Compiled at run time by pycuda's SourceModule (include dir:
+// native/csrc) and driven by native/cuda_backend.py with the same pass schedule as synth_cpu.cpp, so both
+// backends compute the same result up to float summation order.
+#include "synth_core.h"
+
+using rr::Match;
+using rr::SynthView;
+
+__device__ __forceinline__ SynthView make_view(const float* src, const float* tgt, const float* occ, int sw, int sh,
+                                               int tw, int th, int np, int p, float occ_scale) {
+    SynthView v;
+    v.src = src;
+    v.tgt = tgt;
+    v.occ = occ;
+    v.sw = sw;
+    v.sh = sh;
+    v.tw = tw;
+    v.th = th;
+    v.np = np;
+    v.p = p;
+    v.r = p / 2;
+    v.occ_scale = occ_scale;
+    return v;
+}
+
+#define PIXEL_XY(W, H)                                   \
+    const int x = blockIdx.x * blockDim.x + threadIdx.x; \
+    const int y = blockIdx.y * blockDim.y + threadIdx.y; \
+    if (x >= (W) || y >= (H)) return;                    \
+    const size_t i = (size_t)y * (W) + x;
+
+__device__ __forceinline__ void store(int* nnf_out, float* err_out, size_t i, const Match& m) {
+    nnf_out[2 * i] = m.x;
+    nnf_out[2 * i + 1] = m.y;
+    err_out[i] = m.err;
+}
+
+__device__ __forceinline__ void keep(const int* nnf_in, const float* err_in, int* nnf_out, float* err_out, size_t i) {
+    nnf_out[2 * i] = nnf_in[2 * i];
+    nnf_out[2 * i + 1] = nnf_in[2 * i + 1];
+    err_out[i] = err_in[i];
+}
+
+extern "C" {
+
+// Random NNF of the coarsest level (§A3 step 1), same hash stream as the CPU backend.
+__global__ void random_nnf(int* nnf, int tw, int th, int sw, int sh, int r, unsigned int seed) {
+    PIXEL_XY(tw, th)
+    const unsigned int h = rr::pixel_stream(seed, 0xFFFFFFFFu, x, y);
+    nnf[2 * i] = r + (int)(h % (unsigned int)(sw - 2 * r));
+    nnf[2 * i + 1] = r + (int)(rr::hash32(h) % (unsigned int)(sh - 2 * r));
+}
+
+// NNF upsampling (§A3 step 1): the child takes its parent's match x2 plus its own parity, clamped.
+__global__ void upsample_nnf(const int* parent, int pw, int ph, int* nnf, int tw, int th, int sw, int sh, int r) {
+    PIXEL_XY(tw, th)
+    const int px = min(x / 2, pw - 1), py = min(y / 2, ph - 1);
+    const size_t j = (size_t)py * pw + px;
+    nnf[2 * i] = rr::clampi(parent[2 * j] * 2 + (x & 1), r, sw - r - 1);
+    nnf[2 * i + 1] = rr::clampi(parent[2 * j + 1] * 2 + (y & 1), r, sh - r - 1);
+}
+
+__global__ void clamp_nnf(int* nnf, int tw, int th, int sw, int sh, int r) {
+    PIXEL_XY(tw, th)
+    nnf[2 * i] = rr::clampi(nnf[2 * i], r, sw - r - 1);
+    nnf[2 * i + 1] = rr::clampi(nnf[2 * i + 1], r, sh - r - 1);
+}
+
+__global__ void patch_errors(const float* src, const float* tgt, int sw, int sh, int tw, int th, int np, int p,
+                             const int* nnf, float* err) {
+    PIXEL_XY(tw, th)
+    const SynthView v = make_view(src, tgt, nullptr, sw, sh, tw, th, np, p, 0.0f);
+    err[i] = rr::patch_error(v, x, y, nnf[2 * i], nnf[2 * i + 1], 3.0e38f);
+}
+
+// The caller's NNF, already mapped to this level, offered as one candidate (first search of a level).
+__global__ void try_init(const float* src, const float* tgt, const float* occ, int sw, int sh, int tw, int th,
+                         int np, int p, float occ_scale, const int* nnf_in, const float* err_in,
+                         const int* init, int* nnf_out, float* err_out) {
+    PIXEL_XY(tw, th)
+    const SynthView v = make_view(src, tgt, occ, sw, sh, tw, th, np, p, occ_scale);
+    Match best = rr::current_match(v, nnf_in, err_in, x, y);
+    rr::try_candidate(v, x, y, init[2 * i], init[2 * i + 1], best);
+    store(nnf_out, err_out, i, best);
+}
+
+// Jump-flood propagation step with distance k (§A8): Jacobi, reads *_in, writes *_out.
+__global__ void propagate(const float* src, const float* tgt, const float* occ, int sw, int sh, int tw, int th,
+                          int np, int p, float occ_scale, const int* nnf_in, const float* err_in,
+                          int* nnf_out, float* err_out, const unsigned char* active, int k) {
+    PIXEL_XY(tw, th)
+    if (!active[i]) {
+        keep(nnf_in, err_in, nnf_out, err_out, i);
+        return;
+    }
+    const SynthView v = make_view(src, tgt, occ, sw, sh, tw, th, np, p, occ_scale);
+    store(nnf_out, err_out, i, rr::propagate_pixel(v, nnf_in, err_in, x, y, k));
+}
+
+// Random search over all radii for one pixel (the CPU backend's schedule: one pass, radii ascending).
+__global__ void random_search(const float* src, const float* tgt, const float* occ, int sw, int sh, int tw,
+                              int th, int np, int p, float occ_scale, const int* nnf_in, const float* err_in,
+                              int* nnf_out, float* err_out, const unsigned char* active, unsigned int seed,
+                              unsigned int pass) {
+    PIXEL_XY(tw, th)
+    if (!active[i]) {
+        keep(nnf_in, err_in, nnf_out, err_out, i);
+        return;
+    }
+    const SynthView v = make_view(src, tgt, occ, sw, sh, tw, th, np, p, occ_scale);
+    const Match cur = rr::current_match(v, nnf_in, err_in, x, y);
+    store(nnf_out, err_out, i, rr::random_search_pixel(v, cur, x, y, seed, pass));
+}
+
+__global__ void vote(const unsigned char* style, int sw, int ns, const int* nnf, const float* err, int tw, int th,
+                     int r, int weighted, const float* style_scale, unsigned char* est, float* tgt, int np) {
+    PIXEL_XY(tw, th)
+    (void)i;
+    rr::vote_pixel(style, sw, ns, nnf, err, tw, th, r, weighted != 0, style_scale, x, y, est, tgt, np);
+}
+
+__global__ void changed_mask(const unsigned char* est, const unsigned char* prev, int tw, int th, int ns,
+                             int threshold, unsigned char* changed) {
+    PIXEL_XY(tw, th)
+    changed[i] = rr::style_changed(est, prev, ns, threshold, i) ? 1 : 0;
+}
+
+// Dilation of the changed mask by the patch radius, one axis per launch (dx = 1: rows, dx = 0: columns).
+__global__ void dilate(const unsigned char* in, unsigned char* out, int tw, int th, int r, int along_x) {
+    PIXEL_XY(tw, th)
+    unsigned char m = 0;
+    for (int d = -r; d <= r && !m; ++d) {
+        const int xx = along_x ? x + d : x, yy = along_x ? y : y + d;
+        if (xx >= 0 && xx < tw && yy >= 0 && yy < th) m = in[(size_t)yy * tw + xx];
+    }
+    out[i] = m;
+}
+
+// Occupancy (§A5): histogram of matched source positions (integer atomics: order-independent), then the
+// box filter of size p applied twice, as exact integers, then converted to float for the cost lookup.
+__global__ void match_histogram(const int* nnf, int tw, int th, int sw, int* hist) {
+    PIXEL_XY(tw, th)
+    atomicAdd(&hist[(size_t)nnf[2 * i + 1] * sw + nnf[2 * i]], 1);
+}
+
+__global__ void box_sum(const int* in, int* out, int w, int h, int r, int along_x) {
+    PIXEL_XY(w, h)
+    int acc = 0;
+    for (int d = -r; d <= r; ++d) {
+        const int xx = along_x ? x + d : x, yy = along_x ? y : y + d;
+        if (xx >= 0 && xx < w && yy >= 0 && yy < h) acc += in[(size_t)yy * w + xx];
+    }
+    out[i] = acc;
+}
+
+__global__ void to_float(const int* in, float* out, int w, int h) {
+    PIXEL_XY(w, h)
+    out[i] = (float)in[i];
+}
+
+}  // extern "C"

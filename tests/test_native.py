@@ -1,0 +1,267 @@
+"""Guided patch synthesis (rerender.native, issue 3): behaviour of the CPU backend on small synthetic images."""
+
+from __future__ import annotations
+
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from rerender.native import Guide, SynthParams, SynthResult, available_backends, synthesize
+
+NATIVE = Path(__file__).resolve().parents[1] / "native"
+QUICK = SynthParams(search_vote_iters=4, patchmatch_iters=2)
+
+
+def textured(h: int, w: int, channels: int = 3, seed: int = 0, blur: float = 1.5) -> np.ndarray:
+    """Smooth random texture stretched to the full 0..255 range: every patch is distinctive."""
+    rng = np.random.default_rng(seed)
+    img = cv2.GaussianBlur((rng.random((h, w, channels)) * 255).astype(np.float32), (0, 0), blur)
+    img = img.reshape(h, w, channels)
+    img = (img - img.min()) / (img.max() - img.min()) * 255
+    return img.round().astype(np.uint8)
+
+
+def shifted_pair(n: int = 64, dx: int = 5, dy: int = 3, channels: int = 3):
+    """style = base[0:n, 0:n]; target(x, y) = style(x + dx, y + dy)."""
+    base = textured(n + 16, n + 16, channels)
+    return base[:n, :n].copy(), base[dy : dy + n, dx : dx + n].copy()
+
+
+def shift_fraction(nnf: np.ndarray, dx: int, dy: int, margin: int) -> float:
+    h, w = nnf.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w]
+    ok = (nnf[..., 0] - xs == dx) & (nnf[..., 1] - ys == dy)
+    return float(ok[margin : h - margin - dy, margin : w - margin - dx].mean())
+
+
+def test_shift_is_recovered():
+    style, target = shifted_pair(dx=5, dy=3)
+    res = synthesize(style, [Guide(style, target, 6.0)])
+    assert isinstance(res, SynthResult)
+    assert res.image.shape == target.shape and res.image.dtype == np.uint8
+    assert res.error.shape == target.shape[:2] and res.error.dtype == np.float32
+    assert res.nnf.shape == (*target.shape[:2], 2) and res.nnf.dtype == np.int32
+    assert shift_fraction(res.nnf, 5, 3, margin=4) > 0.98
+    interior = (slice(4, -8), slice(4, -10))
+    diff = np.abs(res.image.astype(int) - target.astype(int))[interior]
+    assert diff.mean() < 1.0 and np.percentile(diff, 99) <= 4
+    assert np.median(res.error[interior]) < 1.0  # exact matches have (almost) zero patch error
+
+
+def test_init_nnf_of_the_shift_is_kept_with_one_level_and_few_iterations():
+    style, target = shifted_pair(dx=4, dy=2)
+    h, w = target.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w]
+    init = np.dstack([np.clip(xs + 4, 0, w - 1), np.clip(ys + 2, 0, h - 1)]).astype(np.int32)
+    params = SynthParams(pyramid_levels=1, search_vote_iters=1, patchmatch_iters=1)
+    res = synthesize(style, [Guide(style, target, 6.0)], params, init_nnf=init)
+    assert shift_fraction(res.nnf, 4, 2, margin=4) > 0.98
+    random_start = synthesize(style, [Guide(style, target, 6.0)], params)
+    assert res.error.mean() < random_start.error.mean()
+
+
+def two_region_scene(n: int = 48):
+    """Style: dark texture on the left half, bright on the right. Guide A (colour) says every target pixel
+    looks like the left half; guide B says it looks like the right half."""
+    tex = textured(n, n, 1, seed=3, blur=1.0).astype(int) // 8
+    style = np.where(np.arange(n)[None, :, None] < n // 2, 40 + tex, 200 + tex).astype(np.uint8)
+    left = (np.arange(n)[None, :] < n // 2).repeat(n, 0)
+    src_a = np.where(left, 30, 220).astype(np.uint8)[:, :, None]
+    src_b = np.where(left, 0, 255).astype(np.uint8)[:, :, None]
+    tgt_a = np.full((n, n, 1), 30, np.uint8)
+    tgt_b = np.full((n, n, 1), 255, np.uint8)
+    return style, (src_a, tgt_a), (src_b, tgt_b)
+
+
+@pytest.mark.parametrize(("weight_a", "weight_b", "expect_bright"), [(10.0, 1.0, False), (1.0, 10.0, True)])
+def test_guide_weights_decide_which_region_is_copied(weight_a, weight_b, expect_bright):
+    style, (sa, ta), (sb, tb) = two_region_scene()
+    params = SynthParams(uniformity=0.0, search_vote_iters=4, patchmatch_iters=3)
+    res = synthesize(style, [Guide(sa, ta, weight_a), Guide(sb, tb, weight_b)], params)
+    mean = float(res.image.mean())
+    assert (mean > 150) if expect_bright else (mean < 100)
+
+
+def occupancy_spread(nnf: np.ndarray, shape: tuple[int, int]) -> tuple[int, int]:
+    """(distinct source positions used, the largest number of target pixels sharing one position)."""
+    flat = nnf[..., 1].astype(np.int64) * shape[1] + nnf[..., 0]
+    counts = np.bincount(flat.ravel(), minlength=shape[0] * shape[1])
+    return int((counts > 0).sum()), int(counts.max())
+
+
+def test_uniformity_lowers_reuse_of_source_patches():
+    style = textured(40, 40, 3, seed=5, blur=2.0)
+    target = np.full((40, 40, 3), 128, np.uint8)  # one flat colour: every pixel wants the same flattest patch
+    guides = [Guide(style, target, 6.0)]
+    free = synthesize(style, guides, SynthParams(uniformity=0.0, search_vote_iters=4, patchmatch_iters=3))
+    uniform = synthesize(
+        style, guides, SynthParams(uniformity=3500.0, search_vote_iters=4, patchmatch_iters=3)
+    )
+    distinct_free, peak_free = occupancy_spread(free.nnf, style.shape[:2])
+    distinct_uni, peak_uni = occupancy_spread(uniform.nnf, style.shape[:2])
+    assert distinct_uni > 2 * distinct_free
+    assert peak_uni < peak_free
+
+
+def test_same_seed_gives_identical_results_and_another_seed_a_different_search():
+    style, target = shifted_pair(n=40, dx=2, dy=1)
+    other = textured(40, 40, 3, seed=9)
+    guides = [Guide(style, other, 1.0), Guide(style, target, 1.0)]
+    a = synthesize(style, guides, QUICK)
+    b = synthesize(style, guides, QUICK)
+    c = synthesize(style, guides, SynthParams(search_vote_iters=4, patchmatch_iters=2, seed=7))
+    assert (
+        np.array_equal(a.nnf, b.nnf) and np.array_equal(a.image, b.image) and np.array_equal(a.error, b.error)
+    )
+    assert not np.array_equal(a.nnf, c.nnf)
+
+
+def test_thread_count_does_not_change_the_result():
+    # Every pass is a Jacobi step (a pixel reads only the previous pass), so the result is not merely
+    # within a bound of the 1-thread one: it is the same.
+    style = textured(60, 52, 3, seed=1)
+    target = textured(50, 66, 3, seed=2)
+    guides = [Guide(style, target, 2.0)]
+    one = synthesize(style, guides, SynthParams(search_vote_iters=3, patchmatch_iters=2, threads=1))
+    two = synthesize(style, guides, SynthParams(search_vote_iters=3, patchmatch_iters=2, threads=2))
+    four = synthesize(style, guides, SynthParams(search_vote_iters=3, patchmatch_iters=2, threads=4))
+    for r in (two, four):
+        assert np.array_equal(one.nnf, r.nnf) and np.array_equal(one.image, r.image)
+        assert abs(float(r.error.mean()) - float(one.error.mean())) <= 1e-3 * float(one.error.mean()) + 1e-6
+
+
+def test_two_threads_synthesise_at_once():
+    style, target = shifted_pair(n=48, dx=3, dy=2)
+    guides = [Guide(style, target, 6.0)]
+    sequential = [synthesize(style, guides, QUICK) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        parallel = list(pool.map(lambda _: synthesize(style, guides, QUICK), range(2)))
+    for s, p in zip(sequential, parallel, strict=True):
+        assert np.array_equal(s.nnf, p.nnf)
+
+
+@pytest.mark.parametrize(("h", "w"), [(11, 17), (405, 719)])
+def test_odd_and_tiny_sizes(h, w):
+    style = textured(h, w, 3, seed=4)
+    target = np.ascontiguousarray(style[:, ::-1])  # mirrored: a real search, same size
+    params = SynthParams(search_vote_iters=2, patchmatch_iters=1) if h > 100 else SynthParams()
+    res = synthesize(style, [Guide(style, target, 6.0)], params)
+    assert res.image.shape == (h, w, 3) and res.error.shape == (h, w)
+    assert (res.nnf[..., 0] >= 2).all() and (res.nnf[..., 0] <= w - 3).all()
+    assert (res.nnf[..., 1] >= 2).all() and (res.nnf[..., 1] <= h - 3).all()
+    # A mirrored texture is built from the same colours: the output must be close to the target.
+    assert np.abs(res.image.astype(int) - target.astype(int)).mean() < 25
+
+
+def test_source_and_target_sizes_may_differ():
+    big = textured(90, 120, 3, seed=6)
+    style = big[10:70, 5:85].copy()  # 60 x 80
+    target = big[20:55, 30:75].copy()  # 35 x 45, lies inside the style at (x+25, y+10)
+    res = synthesize(style, [Guide(style, target, 6.0)])
+    assert res.image.shape == (35, 45, 3) and res.nnf.shape == (35, 45, 2)
+    assert shift_fraction(res.nnf, 25, 10, margin=3) > 0.95
+
+
+@pytest.mark.parametrize("channels", [1, 4])
+def test_one_and_four_channel_styles(channels):
+    style, target = shifted_pair(n=48, dx=2, dy=2, channels=channels)
+    guide_src = style[:, :, :1] if channels == 4 else style
+    guide_tgt = target[:, :, :1] if channels == 4 else target
+    res = synthesize(style, [Guide(guide_src, guide_tgt, 6.0)])
+    assert res.image.shape == (48, 48, channels)
+    interior = (slice(4, -6), slice(4, -6))
+    assert np.abs(res.image.astype(int) - target.astype(int))[interior].mean() < 2.0
+
+
+def test_weighted_vote_and_extra_pass_run_and_stay_faithful():
+    style, target = shifted_pair(n=40, dx=3, dy=1)
+    params = SynthParams(vote="weighted", extra_pass_3x3=True, search_vote_iters=3, patchmatch_iters=2)
+    res = synthesize(style, [Guide(style, target, 6.0)], params)
+    interior = (slice(3, -6), slice(3, -6))
+    assert np.abs(res.image.astype(int) - target.astype(int))[interior].mean() < 2.0
+
+
+def test_available_backends_reports_cpu_and_a_reason_for_cuda():
+    info = available_backends()
+    assert info["cpu"] is None
+    assert "cuda" in info and (info["cuda"] is None or info["cuda"].endswith("."))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda s, t: synthesize(s, [Guide(s, t, 1.0)], SynthParams(patch_size=7)), "larger than the images"),
+        (lambda s, t: synthesize(s.astype(np.float32), [Guide(s, t, 1.0)]), "dtype uint8"),
+        (lambda s, t: synthesize(np.zeros((6, 6, 9), np.uint8), [Guide(s, t, 1.0)]), "1 to 8 channels"),
+        (lambda s, t: synthesize(s, []), "non-empty list"),
+        (lambda s, t: synthesize(s, [Guide(s[:5], t, 1.0)]), "style's size"),
+        (lambda s, t: synthesize(s, [Guide(s, t, 1.0), Guide(s, t[:5], 1.0)]), "same size"),
+        (
+            lambda s, t: synthesize(
+                s, [Guide(np.zeros((6, 6, 25), np.uint8), np.zeros((6, 6, 25), np.uint8))]
+            ),
+            "at most 24",
+        ),
+        (lambda s, t: synthesize(s, [Guide(s, t, 1.0)], init_nnf=np.zeros((6, 6, 2), np.int64)), "int32"),
+        (lambda s, t: synthesize(s, [Guide(s, t, 1.0)], init_nnf=np.full((6, 6, 2), 9, np.int32)), "outside"),
+        (lambda s, t: synthesize(s, [Guide(s, t, 1.0)], backend="metal"), "'auto', 'cpu' or 'cuda'"),
+        (lambda s, t: Guide(s, t[:, :, :1], 1.0), "same number of channels"),
+        (lambda s, t: Guide(s, t, -1.0), "weight"),
+        (lambda s, t: SynthParams(patch_size=4), "odd integer"),
+        (lambda s, t: SynthParams(vote="median"), "'plain' or 'weighted'"),
+        (lambda s, t: SynthParams(threads=0), "threads"),
+    ],
+)
+def test_invalid_input_is_a_value_error_with_a_sentence(make, message):
+    s = textured(6, 6, 3)
+    t = textured(6, 6, 3, seed=1)
+    with pytest.raises(ValueError, match=message):
+        make(s, t)
+
+
+def test_every_cuda_source_compiles_with_nvcc(nvcc, tmp_path):
+    sources = sorted((NATIVE / "cuda").glob("*.cu"))
+    assert sources, "native/cuda holds the CUDA backend's kernels"
+    for cu in sources:
+        out = subprocess.run(
+            [
+                nvcc,
+                "--ptx",
+                "-std=c++17",
+                "-I",
+                str(NATIVE / "csrc"),
+                "-o",
+                str(tmp_path / (cu.stem + ".ptx")),
+                str(cu),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert out.returncode == 0, f"{cu.name} does not compile:\n{out.stderr}"
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_on_a_shift():
+    style, target = shifted_pair(n=64, dx=5, dy=3)
+    guides = [Guide(style, target, 6.0)]
+    cpu = synthesize(style, guides, QUICK, backend="cpu")
+    gpu = synthesize(style, guides, QUICK, backend="cuda")
+    assert gpu.backend == "cuda"
+    assert shift_fraction(gpu.nnf, 5, 3, margin=4) > 0.98
+    # Same per-pixel code and the same Jacobi schedule: only float summation order may differ.
+    assert (gpu.nnf == cpu.nnf).all(axis=-1).mean() > 0.98
+    assert np.abs(gpu.image.astype(int) - cpu.image.astype(int)).mean() < 0.5
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu_quality_on_textures():
+    style = textured(80, 96, 3, seed=11)
+    target = textured(72, 88, 3, seed=12)
+    guides = [Guide(style, target, 2.0)]
+    cpu = synthesize(style, guides, QUICK, backend="cpu")
+    gpu = synthesize(style, guides, QUICK, backend="cuda")
+    assert abs(float(gpu.error.mean()) - float(cpu.error.mean())) < 0.05 * float(cpu.error.mean())
