@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from rerender.filter.errors import InputError, RerenderError
-from rerender.filter.io import add_io_arguments, open_sink, open_source, sink_options_from_args
+from rerender.filter.errors import RerenderError
+from rerender.filter.io import add_io_arguments, check_dropped, open_sink, open_source, sink_options_from_args
 
 
 def main(argv: list[str]) -> int:
@@ -29,13 +29,16 @@ def main(argv: list[str]) -> int:
                     if args.fail_after is not None and frame.index == args.fail_after:
                         raise RuntimeError(f"failing on purpose at frame {frame.index}")
                     sink.write(frame)
-            if src.dropped:
-                if args.strict:
-                    raise InputError(f"{src.dropped} frames were lost to corrupt packets (--strict)")
-                print(f"warning: {src.dropped} frames dropped", file=sys.stderr)
+                # Checked before the sink closes, so that --strict leaves no output file behind.
+                warning = check_dropped(src, args.strict)
+            if warning:
+                print(f"io_pipe_copy: warning: {warning}", file=sys.stderr)
     except RerenderError as exc:
         print(f"io_pipe_copy: error: {exc}", file=sys.stderr)
         return exc.exit_status
+    except RuntimeError as exc:
+        print(f"io_pipe_copy: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -7,7 +7,7 @@
 `-` is standard input/output. See `source.py` and `sink.py` for what is kept and why.
 """
 
-from .args import add_io_arguments, sink_options_from_args
+from .args import add_io_arguments, check_dropped, sink_options_from_args
 from .formats import VideoInfo
 from .sink import Sink, SinkOptions, open_sink
 from .source import Source, open_source
@@ -18,6 +18,7 @@ __all__ = [
     "Source",
     "VideoInfo",
     "add_io_arguments",
+    "check_dropped",
     "open_sink",
     "open_source",
     "sink_options_from_args",

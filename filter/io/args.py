@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import UsageError
+from ..errors import InputError, UsageError
 from .sink import SinkOptions
+from .source import Source
 
 
 def add_io_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,3 +71,20 @@ def sink_options_from_args(args: argparse.Namespace) -> SinkOptions:
         encoder_options=tuple(pairs),
         audio=not args.no_audio,
     )
+
+
+def check_dropped(source: Source, strict: bool) -> str | None:
+    """After the last frame: the warning to print about frames lost to corrupt packets, or None.
+
+    With `strict` the loss is an InputError instead (issue 2: exit 0 with a warning unless --strict).
+    """
+    dropped = source.dropped
+    if not dropped:
+        return None
+    message = (
+        f"{dropped} frame{'s' if dropped != 1 else ''} of {source.path if not source.is_pipe else 'standard input'} "
+        f"could not be decoded (corrupt packets) and {'are' if dropped != 1 else 'is'} missing from the output"
+    )
+    if strict:
+        raise InputError(f"{message}; rerun without --strict to accept that")
+    return message

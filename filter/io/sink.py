@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import RerenderError, UsageError
 from ..frames import Frame
+from . import adts
 from .formats import (
     DEFAULT_PIPE_FORMAT,
     DISPLAY_MATRIX_MUXERS,
@@ -65,6 +66,7 @@ class Sink:
         self._closed = False
         self._temp: Path | None = None
         self._last_video_time: float | None = None
+        self._adts: set[int] = set()  # input streams whose ADTS headers are stripped (adts.py)
         self._container = self._open_container()
         try:
             self._video = self._add_video_stream()
@@ -133,6 +135,11 @@ class Sink:
         encoder_options = dict(opts.encoder_options)
         if opts.crf is not None and "crf" not in encoder_options and _has_private_option(codec_name, "crf"):
             encoder_options["crf"] = f"{opts.crf:g}"
+        if "bf" not in encoder_options and not _keeps_negative_timestamps(self._container.format):
+            # B-frames make the first dts negative; this muxer would then shift every timestamp by the
+            # encoder delay (FFmpeg's avoid_negative_ts), and the output would no longer carry the input's
+            # pts. Without B-frames dts == pts, so nothing shifts.
+            encoder_options["bf"] = "0"
         try:
             stream = self._container.add_stream(codec_name, options=encoder_options)
         except ValueError as exc:
@@ -164,13 +171,38 @@ class Sink:
             if stream.type == "audio" and not self.options.audio:
                 continue
             try:
-                copies[stream.index] = self._container.add_stream_from_template(stream)
+                copy = self._container.add_stream_from_template(stream)
             except (ValueError, av.error.FFmpegError) as exc:
                 self._warn(
                     f"dropping {stream.type} stream #{stream.index} ({_codec_name(stream)}): "
                     f"the {muxer} format cannot hold it ({_reason(exc)})"
                 )
+                continue
+            if (
+                _codec_name(stream) == "aac"
+                and muxer in adts.ASC_MUXERS
+                and not stream.codec_context.extradata
+            ):
+                problem = self._prepare_adts(stream, copy)
+                if problem is not None:
+                    self._warn(f"dropping audio stream #{stream.index} (aac): {problem}")
+                    continue
+            copies[stream.index] = copy
         return copies
+
+    def _prepare_adts(self, stream: av.stream.Stream, copy: av.stream.Stream) -> str | None:
+        """Give `copy` the AudioSpecificConfig of ADTS input; a reason when that is impossible."""
+        first = self._source.first_side_packet(stream.index)
+        if first is None:
+            return "it has no packets to copy"
+        data = bytes(first)
+        if not adts.is_adts(data):
+            return "it is raw AAC without its AudioSpecificConfig"
+        if adts.raw_blocks(data) != 1:
+            return "its ADTS frames hold several AAC blocks each, which MP4/Matroska cannot take as is"
+        copy.codec_context.extradata = adts.audio_specific_config(data)
+        self._adts.add(stream.index)
+        return None
 
     # --- writing -------------------------------------------------------------------------------------
 
@@ -224,9 +256,12 @@ class Sink:
 
     def _mux_side(self, packets: list[av.Packet]) -> None:
         for packet in packets:
-            copy = self._copies.get(packet.stream.index)
+            index = packet.stream.index
+            copy = self._copies.get(index)
             if copy is None:
                 continue
+            if index in self._adts:
+                packet = _strip_adts(packet)
             packet.stream = copy
             self._mux(packet)
 
@@ -352,3 +387,21 @@ def _has_private_option(codec_name: str, option: str) -> bool:
 def _codec_name(stream: av.stream.Stream) -> str:
     context = stream.codec_context
     return context.name if context is not None else "unknown codec"
+
+
+def _strip_adts(packet: av.Packet) -> av.Packet:
+    data = bytes(packet)
+    if not adts.is_adts(data):
+        return packet
+    raw = av.Packet(data[adts.header_length(data) :])
+    raw.pts, raw.dts, raw.duration, raw.time_base = packet.pts, packet.dts, packet.duration, packet.time_base
+    raw.is_keyframe = packet.is_keyframe
+    return raw
+
+
+AVFMT_TS_NEGATIVE = 0x40000  # libavformat/avformat.h: the muxer accepts negative timestamps
+
+
+def _keeps_negative_timestamps(fmt: av.format.ContainerFormat) -> bool:
+    """Muxers that store a negative first dts (MP4/MOV edit lists) or only store pts (Matroska)."""
+    return bool(fmt.flags & AVFMT_TS_NEGATIVE) or fmt.name in ("matroska", "webm")

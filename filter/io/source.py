@@ -98,6 +98,8 @@ class Source:
         self._remux_index = remux_index
         self._side_packets: collections.deque[av.Packet] = collections.deque()
         self._demux = self._container.demux()
+        self._demux_done = False
+        self._video_ahead: collections.deque[av.Packet] = collections.deque()
         self._video_packets = 0
         self._decode_errors = 0
         self._delivered = 0
@@ -255,30 +257,56 @@ class Source:
             ) from None
 
     def _decode(self) -> Iterator[av.VideoFrame]:
-        video_index = self._video.index
-        errors_in_a_row = 0
         while True:
+            packet = self._video_ahead.popleft() if self._video_ahead else self._read_packet()
+            if packet is None:
+                break
+            if packet.size:
+                self._video_packets += 1
+            yield from self._decode_packet(packet)
+        yield from self._decode_packet(None)
+        self._exhausted = True
+
+    def _read_packet(self) -> av.Packet | None:
+        """The next video packet from the demuxer (None at the end); other streams' packets are queued."""
+        errors_in_a_row = 0
+        while not self._demux_done:
             try:
                 packet = next(self._demux)
             except StopIteration:
+                self._demux_done = True
                 break
             except av.error.FFmpegError:
                 # A damaged container block: skip it and resume demuxing after it.
                 errors_in_a_row += 1
                 if errors_in_a_row > MAX_DEMUX_ERRORS:
+                    self._demux_done = True
                     break
                 self._demux = self._container.demux()
                 continue
             errors_in_a_row = 0
             index = packet.stream.index
-            if index == video_index:
-                if packet.size:
-                    self._video_packets += 1
-                yield from self._decode_packet(packet)
-            elif index in self._remux_index and packet.size:
+            if index == self._video.index:
+                return packet
+            if index in self._remux_index and packet.size:
                 self._side_packets.append(packet)
-        yield from self._decode_packet(None)
-        self._exhausted = True
+        return None
+
+    def first_side_packet(self, stream_index: int, read_ahead: int = 4096) -> av.Packet | None:
+        """The first queued packet of a non-video stream, demuxing ahead (video packets wait) if needed.
+
+        The Sink needs one to build codec headers before it writes the output header (ADTS AAC).
+        """
+        for _ in range(read_ahead + 1):
+            for packet in self._side_packets:
+                if packet.stream.index == stream_index:
+                    return packet
+            if self._demux_done:
+                return None
+            packet = self._read_packet()
+            if packet is not None:
+                self._video_ahead.append(packet)
+        return None
 
     def _decode_packet(self, packet: av.Packet | None) -> list[av.VideoFrame]:
         try:
