@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import traceback
@@ -350,7 +351,8 @@ class Watcher:
     # -- recovery --------------------------------------------------------------------------------------------
 
     def _recover_all(self) -> None:
-        """At start: every `running` row whose clip lock can be taken was left by a dead process."""
+        """At start: every `running` row whose clip lock can be taken was left by a dead process; staging
+        folders of rows that ended (a kill between the ledger's `done` and the clean-up) are removed."""
         for row in self.ledger.rows("running"):
             if not self.locks.acquire(row.path):
                 continue
@@ -358,6 +360,16 @@ class Watcher:
                 self._recover(row)
             finally:
                 self.locks.release(row.path)
+        staging = self.layout.hidden / "staging"
+        if not staging.is_dir():
+            return
+        live = {str(r.id) for state in ("queued", "running") for r in self.ledger.rows(state)}
+        for entry in staging.iterdir():
+            if entry.name.split(".", 1)[0] not in live:
+                if entry.is_dir():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.unlink(missing_ok=True)
 
     def _recover(self, row: Row) -> Row:
         """Bring a dead job's row back to a consistent state (the caller holds the clip's lock)."""
