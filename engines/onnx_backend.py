@@ -226,6 +226,12 @@ class GraphUNet:
 # --- the export directory: graphs + manifest -------------------------------------------------------------
 
 
+def source_identity(path: str) -> str:
+    """An absolute path for local files (so relative and absolute spellings match), else the hub id."""
+    p = Path(path)
+    return str(p.resolve()) if p.exists() else path
+
+
 @dataclass(frozen=True)
 class ExportManifest:
     """What `rerender export` wrote into a directory (manifest.json), enough to serve without torch models.

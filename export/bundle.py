@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from ..engines.onnx_backend import ExportManifest
+from ..engines.onnx_backend import ExportManifest, source_identity
 from ..engines.runtime import up_self_attention_layers
 from ..engines.specs import (
     NetworkSpec,
@@ -121,12 +121,6 @@ def export_bundle(
     )
     manifest.save(out)
     return manifest, exported
-
-
-def source_identity(path: str) -> str:
-    """An absolute path for local files (so relative and absolute spellings match), else the hub id."""
-    p = Path(path)
-    return str(p.resolve()) if p.exists() else path
 
 
 def _jsonable(value):
