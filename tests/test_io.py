@@ -143,6 +143,16 @@ def test_no_audio_drops_audio_only(clips, tmp_path):
     assert "audio" not in b.packets and b.packets["subtitle"] == [b"hello", b"world"]
 
 
+def test_reader_without_sink_keeps_no_side_packets(clips):
+    with open_source(clips["subtitled"], keep_side_packets=False) as src:
+        assert len(list(src.frames())) == 12
+        assert src.remux_streams == [] and src.take_side_packets() == []
+    with open_source(clips["subtitled"]) as src:
+        list(src.frames())
+        kinds = {p.stream.type for p in src.take_side_packets()}
+        assert kinds == {"audio", "subtitle"}
+
+
 def _bt_reference(path: Path, kr: float, kb: float) -> np.ndarray:
     """RGB from the decoded 4:4:4 planes with the textbook limited-range formula (independent of swscale)."""
     with av.open(str(path)) as container:

@@ -37,16 +37,25 @@ REMUXED_STREAM_TYPES = ("audio", "subtitle", "data")
 MAX_DEMUX_ERRORS = 32
 
 
-def open_source(path: str | os.PathLike, format: str | None = None) -> Source:
-    """Open a video file, or standard input for `-`; `format` forces the demuxer (nut, matroska, ...)."""
-    return Source(path, format=format)
+def open_source(
+    path: str | os.PathLike, format: str | None = None, *, keep_side_packets: bool = True
+) -> Source:
+    """Open a video file, or standard input for `-`; `format` forces the demuxer (nut, matroska, ...).
+
+    `keep_side_packets=False` is for readers with no Sink (a preview): audio/subtitle packets are then
+    skipped instead of queued, so memory does not grow with the length of the input.
+    """
+    return Source(path, format=format, keep_side_packets=keep_side_packets)
 
 
 class Source:
     """One pass over the input: `frames()` yields each decoded video frame once, in presentation order."""
 
-    def __init__(self, path: str | os.PathLike, format: str | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, format: str | None = None, *, keep_side_packets: bool = True
+    ) -> None:
         self.path = str(path)
+        self._keep_side_packets = keep_side_packets
         self.is_pipe = self.path == "-"
         self._name = "standard input" if self.is_pipe else self.path
         self._container = self._open(format)
@@ -93,7 +102,9 @@ class Source:
             kinds = ", ".join(sorted({s.type for s in container.streams})) or "no streams"
             raise InputError(f"{self._name} has no video stream (it has {kinds}); expected a video")
         self._video = _main_video_stream(container)
-        self._remux_streams = [s for s in container.streams if s.type in REMUXED_STREAM_TYPES]
+        self._remux_streams = [
+            s for s in container.streams if s.type in REMUXED_STREAM_TYPES and self._keep_side_packets
+        ]
         remux_index = {s.index for s in self._remux_streams}
         self._remux_index = remux_index
         self._side_packets: collections.deque[av.Packet] = collections.deque()
