@@ -245,6 +245,13 @@ def test_fewer_frames_than_delivered_is_an_error_and_leaves_no_file(clips, tmp_p
     assert list(tmp_path.iterdir()) == []
 
 
+def test_no_frames_written_is_an_error_and_leaves_no_file(clips, tmp_path):
+    with open_source(clips["normal"]) as src, pytest.raises(RerenderError, match="only 0 of 0 frames"):
+        with open_sink(tmp_path / "empty.mkv", src):
+            pass
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_existing_output_survives_a_failed_run(clips, tmp_path):
     out = tmp_path / "keep.mp4"
     out.write_bytes(b"previous result")

@@ -284,18 +284,18 @@ class Sink:
         if self._closed:
             return
         try:
+            expected = self._source.delivered
+            if self.written < expected or self.written == 0:
+                raise RerenderError(
+                    f"only {self.written} of {expected} frames reached the output; "
+                    f"{'nothing was written' if not self.is_pipe else 'the stream is incomplete'}"
+                )
             self._mux_video(self._encode(None))
             if self._source.exhausted:
                 self._mux_side(self._source.take_side_packets())
             elif self._last_video_time is not None:
                 # The caller stopped early: keep the other streams up to the last video frame only.
                 self._mux_side(self._source.take_side_packets(until=self._last_video_time))
-            expected = self._source.delivered
-            if self.written < expected:
-                raise RerenderError(
-                    f"only {self.written} of {expected} frames reached the output; "
-                    f"{'nothing was written' if not self.is_pipe else 'the stream is incomplete'}"
-                )
             self._container.close()
         except BaseException:
             self._discard()
