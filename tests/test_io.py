@@ -219,6 +219,45 @@ def test_truncated_file_processes_what_is_there(clips, tmp_path):
     assert probe(out).frame_count == len(frames)
 
 
+def test_coarse_time_base_is_kept_in_mp4(tmp_path):
+    # y4m has a 1/25 time base; MP4 would turn it into 1/12800 unless told otherwise.
+    clip = media.write_clip(tmp_path / "in.y4m", codec="rawvideo", audio=False, frames=5)
+    out = tmp_path / "out.mp4"
+    copy(clip, out)
+    b = probe(out)
+    assert (b.time_base, b.pts) == (Fraction(1, 25), [0, 1, 2, 3, 4])
+
+
+REAL_MEDIA = Path("/work/shared/media")
+
+
+@pytest.mark.skipif(not REAL_MEDIA.is_dir(), reason="no real clips: /work/shared/media is absent")
+def test_real_clips_first_frames_round_trip(tmp_path):
+    clips = sorted(REAL_MEDIA.glob("*.mp4"))
+    if not clips:
+        pytest.skip("no .mp4 in /work/shared/media")
+    for clip in clips:
+        out = tmp_path / f"{clip.stem}.mp4"
+        with open_source(clip) as src:
+            with open_sink(out, src, SinkOptions(encoder_options=(("preset", "ultrafast"),))) as sink:
+                for frame in src.frames():
+                    sink.write(frame)
+                    if frame.index == 24:  # one second is enough; the Sink stops the audio there too
+                        break
+        a, b = probe(clip), probe(out)
+        assert b.frame_count == 25
+        assert b.pts == a.pts[:25] and b.time_base == a.time_base
+        assert (b.size, b.color, b.rotation, b.sample_aspect_ratio) == (
+            a.size,
+            a.color,
+            a.rotation,
+            a.sample_aspect_ratio,
+        )
+        if "audio" in a.packets:
+            copied = b.packets["audio"]
+            assert 0 < len(copied) < len(a.packets["audio"]) and copied == a.packets["audio"][: len(copied)]
+
+
 # --- failures leave nothing behind -------------------------------------------------------------------
 
 

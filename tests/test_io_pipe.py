@@ -76,6 +76,7 @@ def test_mpegts_pipe_to_mp4_and_matroska_pipes(tmp_path, fmt, suffix):
     assert b.packets["audio"] == [p[7:] for p in a.packets["audio"]]
     if fmt == "mp4":
         assert b"moof" in out.read_bytes()[:4096]  # fragmented: the index comes with each fragment
+        assert (b.time_base, b.pts) == (a.time_base, a.pts)  # 1/90000 kept (Matroska is always 1/1000)
 
 
 def test_forced_input_format_y4m(tmp_path):

@@ -51,6 +51,8 @@ DISPLAY_MATRIX_MUXERS = frozenset({"mp4", "mov", "ipod", "3gp", "3g2", "ismv", "
 # Muxers that can only be written to a pipe when fragmented (ecosystem.md §4: "muxer does not support non
 # seekable output").
 FRAGMENTABLE_MP4_MUXERS = frozenset({"mp4", "mov", "ipod", "ismv"})
+# The MOV-family muxers (they share movenc's options such as video_track_timescale).
+MOV_MUXERS = frozenset({"mp4", "mov", "ipod", "ismv", "3gp", "3g2", "psp", "f4v"})
 FRAGMENTED_MP4_FLAGS = "frag_keyframe+empty_moov+default_base_moof"
 # Default video codec per muxer when libx264 cannot go in it.
 DEFAULT_CODEC_BY_MUXER = {"webm": "libvpx-vp9", "yuv4mpegpipe": "rawvideo", "rawvideo": "rawvideo"}

@@ -31,6 +31,7 @@ from .formats import (
     DISPLAY_MATRIX_MUXERS,
     FRAGMENTABLE_MP4_MUXERS,
     FRAGMENTED_MP4_FLAGS,
+    MOV_MUXERS,
     default_codec,
     default_pix_fmt,
 )
@@ -108,6 +109,11 @@ class Sink:
             # umask permissions instead of mkstemp's 0600.
             self._temp = folder / f".{final.stem}.{secrets.token_hex(4)}.partial{final.suffix}"
             target = str(self._temp)
+        tb = self._info.time_base
+        if fmt in MOV_MUXERS and tb.numerator == 1:
+            # The MOV muxer otherwise doubles a coarse time base until it reaches 10000 (1/25 -> 1/12800);
+            # the times would survive but not the input's time_base and pts ticks.
+            container_options["video_track_timescale"] = str(tb.denominator)
         try:
             return av.open(target, "w", format=fmt, container_options=container_options)
         except (av.error.FFmpegError, OSError, ValueError) as exc:
