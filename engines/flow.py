@@ -19,6 +19,8 @@ from typing import Literal, Protocol
 import cv2
 import numpy as np
 
+from ..filter.errors import UsageError
+
 # Part 2 §C: the forward-backward check of UnFlow with the official constants.
 OCCLUSION_ALPHA = 0.01
 OCCLUSION_BETA = 0.5
@@ -65,7 +67,7 @@ class DISFlow:
 
 
 # Other estimators live in their own modules; each module has `make_estimator(arg: str | None)`.
-ESTIMATOR_MODULES: dict[str, str] = {"raft": "rerender.engines.raft"}
+ESTIMATOR_MODULES: dict[str, str] = {"raft": "rerender.engines.flow_raft"}
 
 
 def make_flow_estimator(spec: str) -> FlowEstimator:
@@ -74,7 +76,7 @@ def make_flow_estimator(spec: str) -> FlowEstimator:
     if name == "dis":
         preset = arg or "medium"
         if preset not in _DIS_PRESETS:
-            raise ValueError(
+            raise UsageError(
                 f"--flow dis:PRESET expects a preset among {', '.join(_DIS_PRESETS)}; got {preset!r}"
             )
         return DISFlow(preset)  # type: ignore[arg-type]
@@ -82,10 +84,10 @@ def make_flow_estimator(spec: str) -> FlowEstimator:
         try:
             module = importlib.import_module(ESTIMATOR_MODULES[name])
         except ImportError as exc:
-            raise ValueError(f"the {name} flow estimator is not available in this build ({exc})") from None
+            raise UsageError(f"the {name} flow estimator is not available in this build ({exc})") from None
         return module.make_estimator(arg or None)
     known = ", ".join(["dis", "dis:fast", "dis:ultrafast", *ESTIMATOR_MODULES])
-    raise ValueError(f"--flow expects one of {known}; got {spec!r}")
+    raise UsageError(f"--flow expects one of {known}; got {spec!r}")
 
 
 def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

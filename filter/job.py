@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from ..engines.flow import ESTIMATOR_MODULES
+from ..engines.flow import ESTIMATOR_MODULES, make_flow_estimator
 from .errors import InputError, RerenderError, UsageError
 from .frames import Frame
 from .geometry import ProcessingGeometry
@@ -173,9 +173,11 @@ def build_run_parser() -> argparse.ArgumentParser:
 
 def _check_flow(spec: str) -> str:
     name = spec.partition(":")[0]
-    if name != "dis" and name not in ESTIMATOR_MODULES:
+    if name == "dis":
+        make_flow_estimator(spec)  # cheap; validates the preset
+    elif name not in ESTIMATOR_MODULES:
         raise UsageError(
-            f"--flow expects dis, dis:fast, dis:ultrafast or {', '.join(ESTIMATOR_MODULES)}; got {spec!r}"
+            f"--flow expects dis, dis:fast, dis:ultrafast or {', '.join(ESTIMATOR_MODULES)}:ARG; got {spec!r}"
         )
     return spec
 

@@ -63,11 +63,15 @@ def histogram_distance(a: np.ndarray, b: np.ndarray) -> float:
 @dataclass(frozen=True)
 class SceneCutDetector:
     """A cut is a large colour-histogram jump, or a moderate one where the flow fails (most pixels of the
-    new frame have no consistent match in the previous one)."""
+    new frame have no consistent match in the previous one).
+
+    Calibrated on the shared Pexels clips at a 256 processing size: within a shot the histogram distance
+    stayed below 0.14 and the occluded fraction below 0.23; at artificial cuts between the clips they
+    were 0.88-0.92 and 0.995-1.0."""
 
     histogram_threshold: float = 0.55
-    histogram_with_flow_threshold: float = 0.3
-    flow_failure_fraction: float = 0.5
+    histogram_with_flow_threshold: float = 0.2
+    flow_failure_fraction: float = 0.6
 
     def is_cut(self, motion: Motion) -> bool:
         if motion.histogram_distance > self.histogram_threshold:

@@ -1,0 +1,239 @@
+"""The streaming Filter: order, count and timestamps, flushing, scene cuts, bit depth, bounded memory.
+
+Real parts throughout: DIS flow, the native synthesizer (with few iterations: small frames), the blend.
+The keyframe renderers here are small real implementations of the renderer interface.
+"""
+
+from __future__ import annotations
+
+import gc
+from fractions import Fraction
+
+import numpy as np
+import psutil
+import pytest
+from media import texture
+from rerender.filter.frames import Frame
+from rerender.filter.graph import Filter, FilterOptions
+from rerender.filter.propagation import PropagationOptions
+from rerender.filter.renderers.base import KeyframeContext
+from rerender.filter.renderers.classic import ClassicRenderer
+from rerender.filter.schedule import ScheduleOptions
+
+FAST = PropagationOptions(
+    search_vote_iters=1, patchmatch_iters=1, pyramid_levels=2, inpaint_radius=5, threads=1
+)
+TIME_BASE = Fraction(1, 90000)
+
+
+class Posterize:
+    """A per-pixel renderer (inverted, posterized colours) that records the contexts it was given."""
+
+    name = "posterize"
+
+    def __init__(self, record: bool = True) -> None:
+        self.record = record
+        self.contexts: list[KeyframeContext] = []
+
+    def render(self, frame: np.ndarray, context: KeyframeContext) -> np.ndarray:
+        if self.record:
+            self.contexts.append(context)
+        return (255 - frame) // 32 * 32 + 16
+
+
+def make_frames(
+    n: int, width: int = 40, height: int = 32, start_pts: int = 1000, step: int = 3003
+) -> list[Frame]:
+    return [Frame(i, start_pts + i * step, TIME_BASE, texture(i, width, height)) for i in range(n)]
+
+
+def run(filt: Filter, frames: list[Frame]) -> list[Frame]:
+    """Push every frame, pulling whatever is ready after each push, then flush and drain."""
+    out: list[Frame] = []
+    for frame in frames:
+        filt.push(frame)
+        while True:
+            try:
+                out.append(filt.pull())
+            except BlockingIOError:
+                break
+    filt.push(None)
+    while True:
+        try:
+            out.append(filt.pull())
+        except EOFError:
+            return out
+
+
+def options(k: int, **kwargs) -> FilterOptions:
+    return FilterOptions(schedule=ScheduleOptions(interval=k), size=64, propagation=FAST, **kwargs)
+
+
+@pytest.mark.parametrize("k", [1, 2, 10, 50])
+def test_count_order_and_timestamps_are_kept(k):
+    frames = make_frames(13)
+    keys: list[int] = []
+    filt = Filter(Posterize(), options(k), on_keyframe=lambda i, src, sty: keys.append(i))
+    out = run(filt, frames)
+    assert [f.index for f in out] == list(range(13))
+    assert [f.pts for f in out] == [f.pts for f in frames]
+    assert all(f.time_base == TIME_BASE for f in out)
+    assert all(f.image.shape == (32, 40, 3) and f.image.dtype == np.uint8 for f in out)
+    expected = sorted(set(range(0, 13, k)) | {12})
+    assert keys == expected
+    # Keyframes come out as rendered (posterized input resized back); the others are propagated.
+    for f in out:
+        if f.index in keys:
+            reference = (255 - frames[f.index].image) // 32 * 32 + 16
+            assert np.abs(f.image.astype(int) - reference).mean() < 20
+
+
+def test_pull_blocks_until_a_gap_is_closed():
+    filt = Filter(Posterize(), options(4))
+    frames = make_frames(6)
+    filt.push(frames[0])
+    assert filt.pull().index == 0  # the anchor is ready at once
+    for frame in frames[1:4]:
+        filt.push(frame)
+        with pytest.raises(BlockingIOError):
+            filt.pull()
+    filt.push(frames[4])  # keyframe 4 closes the gap 1..3
+    assert [filt.pull().index for _ in range(4)] == [1, 2, 3, 4]
+    with pytest.raises(BlockingIOError):
+        filt.pull()
+
+
+def test_flush_with_no_frames():
+    filt = Filter(Posterize(), options(4))
+    filt.push(None)
+    with pytest.raises(EOFError):
+        filt.pull()
+    with pytest.raises(ValueError, match="flushed"):
+        filt.push(make_frames(1)[0])
+
+
+@pytest.mark.parametrize("n", [1, 5])  # one frame; K + 1 frames (the last is the second keyframe)
+def test_flush_with_one_and_k_plus_one_frames(n):
+    renderer = Posterize()
+    out = run(Filter(renderer, options(4)), make_frames(n))
+    assert [f.index for f in out] == list(range(n))
+    assert [c.index for c in renderer.contexts] == ([0] if n == 1 else [0, 4])
+
+
+def test_flush_makes_the_last_frame_a_keyframe():
+    renderer = Posterize()
+    out = run(Filter(renderer, options(4)), make_frames(7))
+    assert [c.index for c in renderer.contexts] == [0, 4, 6]
+    assert len(out) == 7
+
+
+def two_scenes(n_a: int, n_b: int) -> list[Frame]:
+    """A warm textured scene, then a cut to a cold, differently textured one."""
+    frames = []
+    for i in range(n_a + n_b):
+        image = texture(i, 40, 32)
+        if i >= n_a:
+            image = np.ascontiguousarray(image[::-1, ::-1, ::-1])  # flipped, colours swapped: a new shot
+            image[..., 2] = np.maximum(image[..., 2], 200)
+            image[..., 0] //= 3
+        else:
+            image[..., 0] = np.maximum(image[..., 0], 200)
+            image[..., 2] //= 3
+        frames.append(Frame(i, i * 3003, TIME_BASE, image))
+    return frames
+
+
+def test_a_scene_cut_starts_a_new_anchor_and_nothing_crosses_it():
+    renderer = Posterize()
+    frames = two_scenes(10, 9)
+    out = run(Filter(renderer, options(4)), frames)
+    assert [f.index for f in out] == list(range(19))
+    by_index = {c.index: c for c in renderer.contexts}
+    # Keyframes: 0, 4, 8, then 9 (closes the first scene before the cut), 10 (new anchor), 14, 18.
+    assert sorted(by_index) == [0, 4, 8, 9, 10, 14, 18]
+    assert by_index[10].is_anchor and by_index[10].anchor is None and by_index[10].previous is None
+    assert not by_index[9].is_anchor and by_index[9].anchor.index == 0
+    assert by_index[14].anchor.index == 10 and by_index[14].previous.index == 10
+    # Posterized warm scene: the red channel is dark (inverted); cold scene: the blue channel is dark.
+    # A propagation across the cut would bring the other scene's colours into these frames.
+    for f in out:
+        red, blue = f.image[..., 0].mean(), f.image[..., 2].mean()
+        assert (red < blue) if f.index < 10 else (blue < red), f.index
+
+
+def test_scene_cuts_can_be_turned_off():
+    renderer = Posterize()
+    opts = FilterOptions(schedule=ScheduleOptions(interval=4, scene_cuts=False), size=64, propagation=FAST)
+    run(Filter(renderer, opts), two_scenes(10, 9))
+    assert [c.index for c in renderer.contexts] == [0, 4, 8, 12, 16, 18]
+
+
+def test_high_bit_depth_frames_come_back_in_their_depth():
+    frames = [Frame(i, i, TIME_BASE, texture(i, 40, 32, bit_depth=10)) for i in range(5)]
+    out = run(Filter(Posterize(), options(2)), frames)
+    assert all(f.image.dtype == np.uint16 for f in out)
+    assert all(np.all(f.image % 257 == 0) for f in out)  # 8-bit processing, full-scale 16-bit output
+    reference = (255 - (frames[2].image // 257).astype(np.uint8)) // 32 * 32 + 16
+    assert np.abs(out[2].image // 257 - reference.astype(int)).mean() < 20
+
+
+def test_propagation_at_output_size_and_the_classic_renderer():
+    frames = make_frames(5, width=70, height=50)
+    out = run(Filter(ClassicRenderer(), options(4, propagate_at="output")), frames)
+    assert [f.image.shape for f in out] == [(50, 70, 3)] * 5
+
+
+def test_frames_must_come_in_order_and_keep_their_size():
+    filt = Filter(Posterize(), options(4))
+    frames = make_frames(3)
+    filt.push(frames[1])
+    with pytest.raises(ValueError, match="in order"):
+        filt.push(frames[0])
+    with pytest.raises(Exception, match="size changes"):
+        filt.push(Frame(2, 2, TIME_BASE, texture(2, 48, 32)))
+
+
+def test_memory_stays_flat_over_a_long_stream():
+    """3,000 frames through propagation: resident memory must not grow with the stream's length.
+
+    16x16 frames propagated at that size (`propagate_at="output"`) keep the synthesis cheap."""
+    process = psutil.Process()
+    opts = FilterOptions(
+        schedule=ScheduleOptions(interval=10, scene_cuts=False),
+        size=64,
+        propagation=FAST,
+        propagate_at="output",
+    )
+    filt = Filter(Posterize(record=False), opts)
+    images = [texture(i, 16, 16) for i in range(20)]
+    pulled = 0
+
+    def push_range(start: int, stop: int) -> None:
+        nonlocal pulled
+        for i in range(start, stop):
+            # A slow back-and-forth drift: no scene cuts, every frame goes through a propagation chain.
+            filt.push(Frame(i, i, TIME_BASE, images[abs(i % 38 - 19)]))
+            while True:
+                try:
+                    filt.pull()
+                    pulled += 1
+                except BlockingIOError:
+                    break
+
+    push_range(0, 300)  # warm-up: allocator pools, OpenCV/native buffers
+    gc.collect()
+    before = process.memory_info().rss
+    push_range(300, 3000)
+    gc.collect()
+    growth = process.memory_info().rss - before
+    filt.push(None)
+    while True:
+        try:
+            filt.pull()
+            pulled += 1
+        except EOFError:
+            break
+    assert pulled == 3000
+    assert filt.keyframe_count == 301  # 0, 10, ..., 2990 and the last frame: propagation ran throughout
+    # Keeping every frame (input, 64x64 keyframe copies, flow pairs: ~10 kB and more) would add >25 MB.
+    assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 2,700 frames"

@@ -1,0 +1,214 @@
+"""Propagation (guides, chains, init_nnf, blend) and the `frames` renderer, through the real Filter."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from media import texture
+from rerender.filter.errors import UsageError
+from rerender.filter.frames import Frame
+from rerender.filter.graph import Filter, FilterOptions
+from rerender.filter.propagation import (
+    PropagationOptions,
+    carry_nnf,
+    edge_guide,
+    inpaint_occluded,
+    positional_ramp,
+)
+from rerender.filter.renderers.frames import FramesRenderer, scan_keyframe_files
+from rerender.filter.schedule import ScheduleOptions
+
+TB = Fraction(1, 25)
+
+
+def posterize(image: np.ndarray) -> np.ndarray:
+    return (255 - image) // 32 * 32 + 16
+
+
+class Posterize:
+    name = "posterize"
+
+    def render(self, frame, context):
+        return posterize(frame)
+
+
+def drain(filt: Filter, frames: list[Frame]) -> list[Frame]:
+    for frame in frames:
+        filt.push(frame)
+    filt.push(None)
+    out = []
+    while True:
+        try:
+            out.append(filt.pull())
+        except EOFError:
+            return out
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b) ** 2)
+    return 10 * np.log10(255**2 / max(mse, 1e-9))
+
+
+def test_pure_translation_reproduces_the_shifted_keyframe():
+    """Frames that are one image moving 3 px per frame: each propagated frame must equal the stylized
+    keyframe moved by the same amount (the per-pixel style commutes with the shift)."""
+    step, k, width, height = 3, 6, 128, 64
+    big = texture(3, 240, height)
+    frames = [
+        Frame(j, j, TB, np.ascontiguousarray(big[:, 60 - j * step : 60 - j * step + width]))
+        for j in range(k + 1)
+    ]
+    opts = FilterOptions(
+        schedule=ScheduleOptions(interval=k, scene_cuts=False),
+        size=64,  # 128x64 is already a processing canvas: no resampling blurs the comparison
+        propagation=PropagationOptions(search_vote_iters=4, patchmatch_iters=3),
+    )
+    out = drain(Filter(Posterize(), opts), frames)
+    keyframe = out[0].image
+    for j in range(1, k):
+        expected = np.roll(keyframe, j * step, axis=1)
+        inner = (slice(8, -8), slice(8 + j * step, -8))  # skip the columns that entered the frame
+        assert psnr(out[j].image[inner], expected[inner]) > 35, j
+
+
+def test_guides_follow_the_paper():
+    image = texture(1, 20, 10)
+    edge = edge_guide(image)
+    manual = np.clip(
+        4 * image[1:-1, 1:-1].astype(int)
+        - image[:-2, 1:-1]
+        - image[2:, 1:-1]
+        - image[1:-1, :-2]
+        - image[1:-1, 2:],
+        0,
+        255,
+    )
+    assert np.array_equal(edge[1:-1, 1:-1], manual)
+    ramp = positional_ramp(5, 9)
+    assert ramp[0, 0].tolist() == [0, 0, 0] and ramp[-1, -1].tolist() == [255, 255, 0]
+    assert ramp[2, 0, 0] == 128 and ramp[0, 4, 1] == 128
+
+
+def test_inpainting_fills_only_occluded_pixels():
+    # A smooth image (a colour ramp): a fill that follows the hole's surroundings lands close to it.
+    image = cv2.resize(positional_ramp(4, 4), (300, 260), interpolation=cv2.INTER_LINEAR)
+    holes = np.zeros(image.shape[:2], bool)
+    holes[100:140, 50:90] = True
+    damaged = image.copy()
+    damaged[holes] = 0
+    for radius in (5, 30):
+        filled = inpaint_occluded(damaged, holes, radius)
+        assert np.array_equal(filled[~holes], image[~holes])
+        assert np.abs(filled[holes].astype(int) - image[holes]).mean() < 12  # black would be ~90 off
+
+
+def test_carried_nnf_moves_with_the_flow_and_stays_in_the_style():
+    nnf = np.stack(np.meshgrid(np.arange(8), np.arange(6)), axis=2).astype(np.int32)
+    flow = np.zeros((6, 8, 2), np.float32)
+    flow[..., 0] = -2  # content moved right by 2: pixel x now matches what x - 2 matched
+    moved = carry_nnf(nnf, flow, (6, 8))
+    assert moved.dtype == np.int32
+    assert moved[3, 5].tolist() == [3, 3]
+    assert moved[..., 0].min() >= 0
+
+
+# -- the frames renderer -------------------------------------------------------------------------------
+
+
+def write_keys(folder: Path, indices, width=40, height=32, fmt="{:04d}.png") -> dict[int, np.ndarray]:
+    folder.mkdir(exist_ok=True)
+    keys = {}
+    for i in indices:
+        image = posterize(texture(i, width, height))
+        cv2.imwrite(str(folder / fmt.format(i)), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+        keys[i] = image
+    return keys
+
+
+def clip(n: int) -> list[Frame]:
+    return [Frame(i, i * 2, TB, texture(i, 40, 32)) for i in range(n)]
+
+
+FAST = PropagationOptions(
+    search_vote_iters=2, patchmatch_iters=2, pyramid_levels=2, inpaint_radius=5, threads=1
+)
+
+
+def frames_filter(
+    folder: Path, warnings: list[str] | None = None, first_index: int = 0, on_keyframe=None
+) -> Filter:
+    renderer = FramesRenderer(folder, first_index=first_index, size=64)
+    opts = FilterOptions(schedule=ScheduleOptions(interval=3), size=64, propagation=FAST)
+    on_warning = warnings.append if warnings is not None else None
+    return Filter(renderer, opts, on_warning=on_warning, on_keyframe=on_keyframe)
+
+
+def test_frames_renderer_schedule_follows_the_files(tmp_path):
+    keys = write_keys(tmp_path / "keys", [0, 4, 7])
+    seen: list[int] = []
+    out = drain(frames_filter(tmp_path / "keys", on_keyframe=lambda i, s, t: seen.append(i)), clip(10))
+    assert seen == [0, 4, 7]  # not every 3rd frame: the files decide; 9 has no file (forward only)
+    assert [f.index for f in out] == list(range(10))
+    for i, image in keys.items():
+        assert np.abs(out[i].image.astype(int) - image).mean() < 12
+    # Frames after the last file still come out, propagated from frame 7's keyframe.
+    assert np.abs(out[9].image.astype(int) - posterize(texture(9, 40, 32))).mean() < 40
+
+
+def test_frames_renderer_without_a_file_for_frame_0_propagates_backward(tmp_path):
+    write_keys(tmp_path / "keys", [3, 6], fmt="key_{:03d}.png")
+    out = drain(frames_filter(tmp_path / "keys"), clip(8))
+    assert [f.index for f in out] == list(range(8))
+    assert np.abs(out[0].image.astype(int) - posterize(texture(0, 40, 32))).mean() < 40
+
+
+def test_frames_renderer_warns_about_files_past_the_end(tmp_path):
+    write_keys(tmp_path / "keys", [0, 5, 30, 31])
+    warnings: list[str] = []
+    out = drain(frames_filter(tmp_path / "keys", warnings), clip(8))
+    assert len(out) == 8
+    assert len(warnings) == 1 and "2 keyframe file(s)" in warnings[0] and "frame 30" in warnings[0]
+
+
+def test_frames_renderer_with_no_file_inside_the_video_is_an_error(tmp_path):
+    write_keys(tmp_path / "keys", [50])
+    filt = frames_filter(tmp_path / "keys")
+    for frame in clip(5):
+        filt.push(frame)
+    with pytest.raises(UsageError, match="none of the keyframe files"):
+        filt.push(None)
+
+
+def test_frames_renderer_first_index_for_ffmpeg_numbering(tmp_path):
+    folder = tmp_path / "keys"
+    folder.mkdir()
+    for i in (0, 4):
+        image = posterize(texture(i, 40, 32))
+        cv2.imwrite(str(folder / f"{i + 1:04d}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    assert sorted(scan_keyframe_files(folder, first_index=1)) == [0, 4]
+    out = drain(frames_filter(folder, first_index=1), clip(5))
+    assert np.abs(out[4].image.astype(int) - posterize(texture(4, 40, 32))).mean() < 12
+
+
+def test_frames_folder_errors(tmp_path):
+    with pytest.raises(UsageError, match="not a folder"):
+        FramesRenderer(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no images here")
+    with pytest.raises(UsageError, match="no image whose name carries a frame index"):
+        FramesRenderer(tmp_path / "empty")
+    write_keys(tmp_path / "dup", [2])
+    write_keys(tmp_path / "dup", [2], fmt="{:d}.png")
+    with pytest.raises(UsageError, match="two keyframe files name frame 2"):
+        FramesRenderer(tmp_path / "dup")
+
+
+def test_frames_renderer_rejects_a_keyframe_of_another_shape(tmp_path):
+    write_keys(tmp_path / "keys", [0], width=40, height=40)
+    filt = frames_filter(tmp_path / "keys")
+    with pytest.raises(UsageError, match="aspect ratio"):
+        filt.push(clip(1)[0])

@@ -1,0 +1,77 @@
+"""engines/flow.py: DIS flow convention, forward-backward occlusion (alpha 0.01, beta 0.5), warping."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from media import texture
+from rerender.engines.flow import (
+    DISFlow,
+    estimate_pair,
+    make_flow_estimator,
+    occlusion,
+    outside,
+    warp,
+)
+from rerender.filter.errors import UsageError
+
+
+def shifted_pair(dx: int, dy: int, width: int = 128, height: int = 96):
+    """`later` is `earlier` with its content moved by (dx, dy) pixels."""
+    big = texture(5, width + 40, height + 40)
+    earlier = np.ascontiguousarray(big[20 : 20 + height, 20 : 20 + width])
+    later = np.ascontiguousarray(big[20 - dy : 20 - dy + height, 20 - dx : 20 - dx + width])
+    return earlier, later
+
+
+def test_dis_flow_of_a_translation_points_back_to_the_earlier_frame():
+    earlier, later = shifted_pair(3, -2)
+    flow = DISFlow().estimate(later, earlier)  # later(p) ~ earlier(p + flow(p))
+    inner = flow[16:-16, 16:-16]
+    assert np.median(inner[..., 0]) == pytest.approx(-3, abs=0.25)
+    assert np.median(inner[..., 1]) == pytest.approx(2, abs=0.25)
+    warped = warp(earlier, flow)
+    error = np.abs(warped[16:-16, 16:-16].astype(int) - later[16:-16, 16:-16]).mean()
+    assert error < 4
+
+
+def test_pair_occlusion_marks_the_content_that_enters_the_frame():
+    earlier, later = shifted_pair(6, 0)
+    pair = estimate_pair(DISFlow(), earlier, later)
+    # Content moved right by 6 px: the leftmost columns of `later` have no match in `earlier`.
+    assert pair.occluded_later[:, :4].mean() > 0.9
+    assert pair.occluded_later[10:-10, 20:-20].mean() < 0.05
+    # And the rightmost columns of `earlier` leave the frame.
+    assert pair.occluded_earlier[:, -4:].mean() > 0.9
+    assert pair.mean_motion == pytest.approx(6, abs=1.0)
+
+
+def test_occlusion_uses_the_official_thresholds():
+    h, w = 8, 8
+    forward = np.zeros((h, w, 2), np.float32)
+    forward[..., 0] = 1.0  # everything moves one pixel right
+    consistent = -forward
+    assert not occlusion(forward, consistent)[:, :-1].any()
+    # An inconsistency of 0.5 + 0.01 * (|f| + |b|) = 0.52 px is the limit: 0.5 px passes, 0.6 px fails.
+    assert not occlusion(forward, consistent + np.float32([0.5, 0]))[:, :-1].any()
+    assert occlusion(forward, consistent + np.float32([0.6, 0]))[:, :-1].all()
+    assert occlusion(forward, consistent)[:, -1].all()  # flows out of the frame
+
+
+def test_warp_nearest_keeps_values_and_masks_stay_boolean():
+    mask = np.zeros((6, 6), bool)
+    mask[2, 2] = True
+    flow = np.zeros((6, 6, 2), np.float32)
+    flow[..., 0] = -1.0  # sample one pixel to the left: the mark moves right
+    moved = warp(mask, flow, nearest=True)
+    assert moved.dtype == bool and moved[2, 3] and moved.sum() == 1
+    assert outside(flow)[:, 0].all() and not outside(flow)[:, 1:].any()
+
+
+def test_make_flow_estimator_names():
+    assert make_flow_estimator("dis").name == "dis:medium"
+    assert make_flow_estimator("dis:ultrafast").name == "dis:ultrafast"
+    with pytest.raises(UsageError, match="--flow"):
+        make_flow_estimator("farneback")
+    with pytest.raises(UsageError, match="preset"):
+        make_flow_estimator("dis:slowest")

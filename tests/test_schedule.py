@@ -1,0 +1,123 @@
+"""Keyframe schedule: uniform, adaptive, scene-cut detection, and the processing geometry."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from media import texture
+from rerender.filter.errors import UsageError
+from rerender.filter.geometry import ProcessingGeometry, to_depth, to_uint8
+from rerender.filter.schedule import (
+    Decision,
+    KeyframeSchedule,
+    Motion,
+    SceneCutDetector,
+    ScheduleOptions,
+    colour_histogram,
+    histogram_distance,
+)
+
+
+def keyframes(schedule: KeyframeSchedule, motions: list[Motion | None]) -> list[int]:
+    return [i for i, m in enumerate(motions) if schedule.decide(m) is not Decision.PROPAGATE]
+
+
+def still(i: int = 0) -> Motion:
+    return Motion(0.01, 0.0, 0.05, 512)
+
+
+def busy(i: int = 0) -> Motion:
+    return Motion(0.05, 0.08, 8.0, 512)
+
+
+def test_uniform_schedule_is_every_k_frames():
+    motions = [None] + [still()] * 24
+    assert keyframes(KeyframeSchedule(ScheduleOptions(interval=10)), motions) == [0, 10, 20]
+    assert keyframes(KeyframeSchedule(ScheduleOptions(interval=1)), motions[:4]) == [0, 1, 2, 3]
+
+
+def test_adaptive_schedule_spends_keyframes_where_the_motion_is():
+    # 40 still frames, then 40 busy ones: uniform K=10 puts 4 keyframes in each half.
+    motions = [None] + [still()] * 39 + [busy()] * 40
+    keys = keyframes(KeyframeSchedule(ScheduleOptions(interval=10, mode="adaptive")), motions)
+    in_still = [k for k in keys if 0 < k < 40]
+    in_busy = [k for k in keys if k >= 40]
+    assert len(in_busy) > 4 > len(in_still)
+    gaps = np.diff(keys)
+    assert gaps.min() >= 3 and gaps.max() <= 30  # within [K / 3, 3 K]
+
+
+def test_adaptive_schedule_on_constant_motion_is_uniform():
+    motions = [None] + [busy()] * 40
+    keys = keyframes(KeyframeSchedule(ScheduleOptions(interval=8, mode="adaptive")), motions)
+    assert keys == [0, 8, 16, 24, 32, 40]
+
+
+def test_scene_cut_makes_an_anchor():
+    schedule = KeyframeSchedule(ScheduleOptions(interval=10))
+    assert schedule.decide(None) is Decision.ANCHOR
+    assert schedule.decide(still()) is Decision.PROPAGATE
+    assert schedule.decide(Motion(0.8, 0.9, 30.0, 512)) is Decision.ANCHOR
+    # The interval restarts at the cut.
+    decisions = [schedule.decide(still()) for _ in range(10)]
+    assert decisions[-1] is Decision.KEYFRAME and Decision.KEYFRAME not in decisions[:-1]
+
+
+def test_cut_detector_on_real_frames():
+    detector = SceneCutDetector()
+    a, b = texture(0, 96, 64), texture(1, 96, 64)
+    other = np.ascontiguousarray(texture(40, 96, 64)[::-1, :, ::-1])  # another shot: colder, flipped
+    other[..., 2] = np.maximum(other[..., 2], 200)
+    same_shot = histogram_distance(colour_histogram(a), colour_histogram(b))
+    new_shot = histogram_distance(colour_histogram(a), colour_histogram(other))
+    assert same_shot < 0.2 < new_shot
+    assert not detector.is_cut(Motion(same_shot, 0.02, 1.0, 64))
+    assert detector.is_cut(Motion(new_shot, 0.7, 10.0, 64))
+
+
+def test_schedule_options_are_validated():
+    with pytest.raises(ValueError, match="at least 1"):
+        ScheduleOptions(interval=0)
+
+
+@pytest.mark.parametrize(
+    "size,fit,expected",
+    [
+        ((540, 960), "pad", (512, 960)),
+        ((540, 960), "crop", (512, 896)),
+        ((506, 960), "pad", (512, 1024)),
+        ((960, 540), "pad", (960, 512)),
+        ((48, 64), "pad", (64, 128)),
+        ((512, 512), "pad", (512, 512)),
+    ],
+)
+def test_processing_size_keeps_the_aspect_with_sides_multiple_of_64(size, fit, expected):
+    g = ProcessingGeometry.for_input(*size, short_side=512 if min(size) > 64 else 64, fit=fit)
+    assert g.canvas == expected
+    assert g.canvas[0] % 64 == 0 and g.canvas[1] % 64 == 0
+    # Never stretched: the scaled content has the input's aspect within rounding.
+    assert g.scaled[1] / g.scaled[0] == pytest.approx(size[1] / size[0], rel=0.01)
+
+
+@pytest.mark.parametrize("fit", ["pad", "crop"])
+def test_geometry_round_trip_returns_the_input_size(fit):
+    image = texture(2, 150, 90)
+    g = ProcessingGeometry.for_input(90, 150, short_side=128, fit=fit)
+    back = g.to_output(g.to_processing(image))
+    assert back.shape == image.shape
+    inner = (slice(10, -10), slice(20, -20))
+    assert np.abs(back[inner].astype(int) - image[inner]).mean() < 12
+
+
+def test_geometry_rejects_bad_sizes():
+    with pytest.raises(UsageError, match="multiple of 64"):
+        ProcessingGeometry.for_input(100, 100, short_side=500)
+    g = ProcessingGeometry.for_input(100, 100, short_side=64)
+    with pytest.raises(UsageError, match="may not change"):
+        g.to_processing(np.zeros((50, 50, 3), np.uint8))
+
+
+def test_bit_depth_conversions():
+    deep = np.array([[[0, 257, 65535]]], np.uint16)
+    assert to_uint8(deep).tolist() == [[[0, 1, 255]]]
+    assert to_depth(to_uint8(deep), np.uint16).tolist() == deep.tolist()
