@@ -33,6 +33,9 @@ from .formats import (
 )
 
 REMUXED_STREAM_TYPES = ("audio", "subtitle", "data")
+# Codecs whose streams legitimately hold packets that decode to no frame (VP8 alt-ref frames are not shown),
+# so for them only the packets the decoder rejects count as dropped.
+INVISIBLE_FRAME_CODECS = frozenset({"vp8"})
 # Demuxer errors in a row after which the rest of the input is treated as unreadable.
 MAX_DEMUX_ERRORS = 32
 
@@ -192,8 +195,8 @@ class Source:
         without raising, so counting exceptions alone would miss them. Before the end only the packets the
         decoder rejected outright are known (others may still be in its reordering delay).
         """
-        if self._exhausted:
-            return max(0, self._video_packets - self._delivered)
+        if self._exhausted and self.info.codec not in INVISIBLE_FRAME_CODECS:
+            return max(0, self._video_packets - self._delivered, self._decode_errors)
         return self._decode_errors
 
     def frames(self) -> Iterator[Frame]:
