@@ -137,6 +137,7 @@ def write_clip(
             out.mux(packet)
     if subtitle_input is not None:
         subtitle_input.close()
+        Path(subtitle_input.name).unlink(missing_ok=True)
     return path
 
 
