@@ -54,6 +54,12 @@ class DiffusionOptions:
     device: str = "auto"
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     allow_pickle: bool = False
+    # Added by the sampler: configs for single-file checkpoints of other layouts, the flow estimator the
+    # propagation's --flow names, pass-1 early stop (fraction of the schedule) and the smooth boundary.
+    model_config: str | None = None
+    flow: str = "dis"
+    first_pass_stop: float = 0.6
+    smooth_boundary: bool = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -87,6 +93,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
     g.add_argument(
         "--allow-pickle", action="store_true", help="allow .ckpt/.pth/.bin (loading them runs code)"
+    )
+    g.add_argument(
+        "--model-config",
+        default=None,
+        metavar="DIR",
+        help="diffusers-layout component configs for a single-file checkpoint (default: shipped SD1.5)",
+    )
+    g.add_argument(
+        "--first-pass-stop",
+        type=float,
+        default=0.6,
+        help="fraction of the schedule where pass 1 stops (1 = full pass; its result only fills "
+        "pixels both warps miss)",
+    )
+    g.add_argument(
+        "--no-smooth-boundary", action="store_true", help="pixel fusion without boundary smoothing"
     )
 
 
@@ -126,6 +148,11 @@ def from_args(args: argparse.Namespace) -> DiffusionOptions:
         )
     if args.steps < 1 or args.steps > 1000:
         raise UsageError(f"--steps must be between 1 and 1000; got {args.steps}")
+    kind = args.control.partition(":")[0]
+    if kind not in ("canny", "hed", "depth", "video"):
+        raise UsageError(
+            f"--control expects canny, canny:LOW,HIGH, hed:WEIGHTS, depth:FOLDER or video:PATH; got {args.control!r}"
+        )
     freeu = None
     if args.freeu is not None:
         try:
@@ -162,4 +189,8 @@ def from_args(args: argparse.Namespace) -> DiffusionOptions:
         device=args.device,
         dtype=args.dtype,
         allow_pickle=args.allow_pickle,
+        model_config=args.model_config,
+        flow=getattr(args, "flow", "dis"),
+        first_pass_stop=_in_range("--first-pass-stop", args.first_pass_stop, 0.0, 1.0, low_open=True),
+        smooth_boundary=not args.no_smooth_boundary,
     )
