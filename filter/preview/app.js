@@ -93,8 +93,11 @@ function showStatus(st) {
   $("state").textContent = st.state;
   $("stage").textContent = st.stage ? `${st.kind === "render" ? "render to file" : st.stage}${st.fast ? " (fast)" : ""}` : "–";
   const kf = st.keyframes || [];
-  $("keyframes").textContent = st.keyframes_expected ? `${kf.length} / ${st.keyframes_expected}` : String(kf.length);
-  $("frames").textContent = st.total ? `${st.done} / ${st.total}` : st.state === "idle" ? "–" : String(st.done ?? 0);
+  // Scene cuts can add keyframes to the uniform schedule: then only the count is shown.
+  const expected = st.keyframes_expected && kf.length <= st.keyframes_expected ? st.keyframes_expected : null;
+  $("keyframes").textContent = expected ? `${kf.length} / ${expected}` : String(kf.length);
+  $("frames").textContent =
+    st.stage === "full" && st.total ? `${st.done} / ${st.total}` : st.stage ? "keyframes only" : "–";
   $("fps").textContent = st.fps === null || st.fps === undefined ? "–" : Number(st.fps).toFixed(2);
   $("eta").textContent = st.state === "running" ? seconds(st.eta) : st.state === "done" ? "0 s" : "–";
   $("elapsed").textContent = st.elapsed === undefined ? "–" : seconds(st.elapsed);

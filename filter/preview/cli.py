@@ -66,8 +66,12 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         raise UsageError(f"--port must be between 0 and 65535; got {args.port}")
     if args.output_dir is not None and not args.output_dir.is_dir():
         raise UsageError(f"--output-dir must be an existing folder; got {args.output_dir}")
-    if args.fast_size < 64 or args.fast_steps < 1:
-        raise UsageError("--fast-size must be at least 64 and --fast-steps at least 1")
+    if args.fast_size < 64 or args.fast_size % 64:
+        raise UsageError(
+            f"--fast-size must be a multiple of 64 and at least 64 (e.g. 256); got {args.fast_size}"
+        )
+    if args.fast_steps < 1:
+        raise UsageError(f"--fast-steps must be at least 1; got {args.fast_steps}")
     return args, run_argv
 
 

@@ -10,6 +10,7 @@ server never answers.
 from __future__ import annotations
 
 import json
+import socket
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -46,6 +47,8 @@ class PreviewServer(ThreadingHTTPServer):
         self.session = session
         self.assets = load_assets()
         self.check_host = check_host
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6  # e.g. --host ::1
         super().__init__(address, PreviewHandler)
 
 

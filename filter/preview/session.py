@@ -43,15 +43,13 @@ def render_path(input_path: Path, output_dir: Path | None) -> Path:
     return candidate
 
 
-def _expected_keyframes(options: object, total: int | None, stage: Stage) -> int | None:
-    """How many keyframes a stage renders, when the schedule is known up front (uniform K; the adaptive
-    schedule decides as it goes)."""
+def _expected_keyframes(start: dict, stage: Stage) -> int | None:
+    """How many keyframes a stage renders when the schedule is known up front (uniform K, from the job's
+    start event); scene cuts may add some, and the adaptive schedule decides as it goes."""
     if stage == "first-keyframe":
         return 1
-    if total is None or getattr(options, "keyframes", "uniform") != "uniform":
-        return None
-    k = getattr(options, "keyframe_interval", None) or getattr(options, "k", None)
-    if not isinstance(k, int) or k < 1:
+    total, k = start.get("total"), start.get("keyframe_interval")
+    if start.get("keyframes") != "uniform" or not isinstance(total, int) or not isinstance(k, int) or k < 1:
         return None
     return len(set(range(0, total, k)) | {total - 1})
 
@@ -115,7 +113,7 @@ class PreviewSession:
         argv = page_argv(
             str(self.input_path), PageSettings(self.initial_values, self.initial_extra), self.fields
         )
-        self._job.parse_run_options(self._output_argv(argv, self.workdir / f"check{self.input_path.suffix}"))
+        self._job.parse_run_options(self._output_argv(argv, self.workdir / "check.mp4"))
 
     def _output_argv(self, argv: list[str], path: Path) -> list[str]:
         return [*argv, "-o", str(path)]
@@ -129,14 +127,14 @@ class PreviewSession:
         argv = page_argv(str(self.input_path), settings, self.fields)
         # The user's own values are validated first (before fast mode appends its caps, which would hide a
         # bad --size or --steps): the page shows the message `rerender run` prints for them.
-        self._job.parse_run_options(self._output_argv(argv, self.workdir / f"check{self.input_path.suffix}"))
+        checked = self._job.parse_run_options(self._output_argv(argv, self.workdir / "check.mp4"))
         if kind == "render":
             stage, output = "full", render_path(self.input_path, self.output_dir)
-            run_argv = self._output_argv(argv, output)
         else:
-            run_argv = fast_argv(argv, self.fast, self.parser) if fast else argv
             output = self.workdir / f"preview{self.input_path.suffix or '.mp4'}"
-            run_argv = self._output_argv(run_argv, output)
+            if fast:
+                argv = fast_argv(argv, self.fast, self.parser, diffusion=checked.renderer == "diffusion")
+        run_argv = self._output_argv(argv, output)
         options = self._job.parse_run_options(run_argv)
         # Keyframes rendered by an earlier stage with the same settings are reused by the later stages.
         key = hashlib.sha256(shlex.join(run_argv[:-2]).encode()).hexdigest()[:16]
@@ -191,11 +189,14 @@ class PreviewSession:
         def on_event(event: dict) -> None:
             name = event.get("event")
             if name == "start":
-                total = event.get("total")
                 self._update(
-                    run_id, total=total, keyframes_expected=_expected_keyframes(options, total, stage)
+                    run_id,
+                    total=event.get("total"),
+                    keyframes_expected=_expected_keyframes(event, stage),
+                    processing_size=event.get("processing_size"),
                 )
-            elif name == "frame":
+            elif name == "frame" and stage == "full":
+                # In the keyframe stages only keyframes come out; their progress is counted in on_keyframe.
                 self._update(
                     run_id,
                     done=event.get("done"),
@@ -207,7 +208,8 @@ class PreviewSession:
         def on_keyframe(index: int, source: np.ndarray, stylized: np.ndarray) -> None:
             keyframes.append(index)
             self.images.put("keyframe", stylized)
-            if stage != "full":  # the full stage streams every frame through on_frame instead
+            if stage != "full":
+                # Shown at once; on_frame then replaces them with the same frame at the input's size.
                 self.images.put("input", source)
                 self.images.put("output", stylized)
             with self._lock:

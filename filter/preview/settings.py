@@ -182,9 +182,11 @@ def _last_value(argv: list[str], flags: tuple[str, ...]) -> str | None:
     return value
 
 
-def fast_argv(argv: list[str], fast: FastPreview, parser: argparse.ArgumentParser) -> list[str]:
-    """The preview's argv in fast mode: the processing size capped at `fast.size` and the sampler steps
-    at `fast.steps` (argparse keeps the last value of a flag, so the caps are appended)."""
+def fast_argv(
+    argv: list[str], fast: FastPreview, parser: argparse.ArgumentParser, *, diffusion: bool
+) -> list[str]:
+    """The preview's argv in fast mode: the processing size capped at `fast.size` and, for the diffusion
+    renderer, the sampler steps at `fast.steps` (argparse keeps a flag's last value: the caps are appended)."""
     out = list(argv)
     size_action = _action_for(parser, "--size")
     if size_action is not None:
@@ -197,7 +199,7 @@ def fast_argv(argv: list[str], fast: FastPreview, parser: argparse.ArgumentParse
         if not small_enough:
             out += ["--size", str(fast.size)]
     steps_action = _action_for(parser, "--steps")
-    if steps_action is not None:
+    if diffusion and steps_action is not None:
         steps = _last_value(argv, tuple(steps_action.option_strings))
         current = steps if steps is not None else steps_action.default
         try:

@@ -1,0 +1,369 @@
+"""`rerender preview` driven in a real headless Chromium (issue 8, Tests).
+
+A real `rerender preview` subprocess serves a tiny synthetic clip; Selenium clicks through the ladder
+(first keyframe → all keyframes → full propagation), changes K, re-runs, renders to a file and checks that a
+bad setting shows the CLI's own sentence. Plain HTTP requests check what is served and that every other path
+is a 404. The screenshot is kept as `artifacts/preview.png`.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import pytest
+from media import normal_clip
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+FRAMES = 12
+K = 4
+# A small processing size and few synthesis iterations keep each full propagation to seconds on 2 cores.
+CHEAP = ["--size", "64", "--search-vote-iters", "2", "--patchmatch-iters", "2", "--fast-size", "64"]
+
+
+def uniform_keyframes(frames: int, k: int) -> list[int]:
+    """The schedule of the filter issue: 0, K, 2K, ... and the last frame."""
+    return sorted(set(range(0, frames, k)) | {frames - 1})
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A `rerender preview` subprocess; its stderr is collected by a thread (the pipe never fills up)."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.port = free_port()
+        cmd = [sys.executable, "-m", "rerender.filter.cli", "preview", *args, "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + 30
+        while not any("serving http://" in line for line in self.lines):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"preview server did not start: {self.stderr}")
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}/"
+
+    def _read(self) -> None:
+        for line in self.proc.stderr:
+            self.lines.append(line)
+
+    @property
+    def stderr(self) -> str:
+        return "".join(self.lines)
+
+    def request(
+        self, method: str, path: str, body: dict | None = None, headers: dict | None = None
+    ) -> tuple[int, dict, bytes]:
+        """A raw request: http.client sends the path exactly as given (no `..` normalisation)."""
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        data = None if body is None else json.dumps(body).encode()
+        all_headers = {"Content-Type": "application/json"} if body is not None else {}
+        all_headers.update(headers or {})
+        conn.request(method, path, body=data, headers=all_headers)
+        response = conn.getresponse()
+        payload = response.read()
+        conn.close()
+        return response.status, dict(response.getheaders()), payload
+
+    def status(self) -> dict:
+        code, _, payload = self.request("GET", "/status")
+        assert code == 200
+        return json.loads(payload)
+
+    def interrupt(self, timeout: float = 20) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(5)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return normal_clip(tmp_path_factory.mktemp("preview-clip"), width=160, height=96, frames=FRAMES)
+
+
+@pytest.fixture(scope="module")
+def outdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("preview-out")
+
+
+@pytest.fixture(scope="module")
+def server(clip, outdir):
+    srv = Server(["-i", str(clip), "-K", str(K), "--output-dir", str(outdir), *CHEAP])
+    yield srv
+    srv.stop()
+
+
+def run_message(argv: list[str]) -> str:
+    """The sentence `rerender run` prints for these options (the page must show the same one)."""
+    from rerender.filter.errors import UsageError
+    from rerender.filter.job import parse_run_options
+
+    with pytest.raises(UsageError) as info:
+        parse_run_options(argv)
+    return str(info.value)
+
+
+# -- plain HTTP ---------------------------------------------------------------------------------------
+
+
+def test_serves_its_page_assets_status_and_frames(server):
+    code, headers, page = server.request("GET", "/")
+    assert code == 200 and headers["Content-Type"].startswith("text/html")
+    assert b"rerender preview" in page and b'id="run-first-keyframe"' in page and b"/app.js" in page
+    code, headers, js = server.request("GET", "/app.js")
+    assert code == 200 and "javascript" in headers["Content-Type"] and b"/status" in js
+    code, headers, _ = server.request("GET", "/style.css")
+    assert code == 200 and headers["Content-Type"].startswith("text/css")
+    status = server.status()
+    assert {"state", "stage", "run_id"} <= status.keys()
+    code, _, settings = server.request("GET", "/settings")
+    settings = json.loads(settings)
+    assert settings["values"]["-K"] == str(K)  # the command line's run options fill the form
+    assert "-K" in [f["flag"] for f in settings["fields"]]
+    code, headers, jpeg = server.request("GET", "/input.jpg")
+    assert code == 200 and headers["Content-Type"] == "image/jpeg" and jpeg[:2] == b"\xff\xd8"
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/../etc/passwd",
+        "/static/../../x",
+        "/etc/passwd",
+        "/index.html",
+        "/app.js/../../etc/passwd",
+        "/%2e%2e/%2e%2e/etc/passwd",
+        "//etc/passwd",
+        "/keyframe.jpg/x",
+        "/favicon.ico",
+    ],
+)
+def test_any_other_path_is_404(server, path):
+    code, _, body = server.request("GET", path)
+    assert code == 404, (path, body[:200])
+    code, _, _ = server.request("POST", path, body={})
+    assert code == 404
+
+
+def test_state_changes_need_json_from_this_host(server):
+    code, _, _ = server.request("POST", "/run", headers={"Content-Type": "text/plain"})
+    assert code == 415  # a cross-site form post cannot start jobs
+    code, _, _ = server.request("GET", "/status", headers={"Host": "evil.example:80"})
+    assert code == 403  # DNS rebinding: only the loopback names are served
+
+
+# -- the browser ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.skip(
+            f"needs Debian's chromium and chromium-driver ({CHROMIUM}, {CHROMEDRIVER} missing); "
+            "README set-up installs them"
+        )
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    for arg in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1280,1000",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    driver.set_page_load_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def wait_for(predicate, timeout: float = 30, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+def test_ladder_in_a_real_browser(server, browser, clip, outdir):
+    from selenium.webdriver.common.by import By
+
+    def el(id_):
+        return browser.find_element(By.ID, id_)
+
+    def text(id_):
+        return el(id_).text.strip()
+
+    def wait_run(run_id: int, timeout: float = 40) -> dict:
+        def finished():
+            st = server.status()
+            return st if st["run_id"] > run_id and st["state"] in ("done", "error", "cancelled") else None
+
+        st = wait_for(finished, timeout, "the run to finish")
+        wait_for(lambda: text("state") == st["state"], 5, "the page to show the state")
+        return st
+
+    def set_field(id_, value):
+        field = el(id_)
+        field.clear()
+        field.send_keys(value)
+
+    browser.get(server.url)
+    wait_for(lambda: browser.find_elements(By.ID, "field-K"), 10, "the settings form")
+    assert el("field-K").get_attribute("value") == str(K)
+    assert text("state") == "idle"
+
+    # 1. First keyframe: the stylized keyframe appears as an image in the page.
+    run_id = server.status()["run_id"]
+    el("run-first-keyframe").click()
+    st = wait_run(run_id)
+    assert st["state"] == "done", st
+    assert st["stage"] == "first-keyframe" and st["keyframes"] == [0]
+    wait_for(
+        lambda: browser.execute_script("return document.getElementById('keyframe').naturalWidth") > 0,
+        10,
+        "the first keyframe image",
+    )
+    assert browser.execute_script("return document.getElementById('output-view').naturalWidth") > 0
+    assert text("keyframes").startswith("1")
+
+    # 2. All keyframes, K from the command line.
+    run_id = st["run_id"]
+    el("run-keyframes").click()
+    st = wait_run(run_id)
+    assert st["state"] == "done" and st["stage"] == "keyframes", st
+    assert st["keyframes"] == uniform_keyframes(FRAMES, K)
+    assert text("keyframes") == f"{len(st['keyframes'])} / {len(st['keyframes'])}"
+
+    # Change K in the page and re-run the current stage.
+    set_field("field-K", "3")
+    run_id = st["run_id"]
+    el("rerun").click()
+    st = wait_run(run_id)
+    assert st["state"] == "done" and st["stage"] == "keyframes", st
+    assert st["keyframes"] == uniform_keyframes(FRAMES, 3)
+    assert "-K 3" in st["command"] and text("command") == st["command"]
+
+    # An invalid setting shows the sentence `rerender run` prints for it, and starts nothing.
+    set_field("field-K", "0")
+    el("rerun").click()
+    expected = run_message(["-i", str(clip), "-K", "0", "-o", str(outdir / "x.mp4")])
+    wait_for(lambda: el("error").is_displayed() and text("error"), 10, "the error message")
+    assert text("error") == expected
+    assert server.status()["run_id"] == st["run_id"]
+
+    # 3. Full propagation: progress (frames done/total, fps, ETA) is shown while it runs.
+    set_field("field-K", str(K))
+    run_id = st["run_id"]
+    el("run-full").click()
+    wait_for(lambda: not el("error").is_displayed(), 5, "the error to clear")
+    seen = set()
+
+    def full_done():
+        seen.add((text("frames"), text("fps"), text("eta")))
+        st = server.status()
+        return st if st["run_id"] > run_id and st["state"] in ("done", "error", "cancelled") else None
+
+    st = wait_for(full_done, 60, "the full propagation")
+    assert st["state"] == "done" and st["stage"] == "full", st
+    assert st["done"] == st["total"] == FRAMES
+    wait_for(lambda: text("frames") == f"{FRAMES} / {FRAMES}", 5, "the page's frame count")
+    assert text("fps") not in ("", "–")
+    assert any("/" in frames for frames, _, _ in seen)
+
+    # Render to file: the same settings at full size, `rerender run` semantics, next to --output-dir.
+    run_id = st["run_id"]
+    el("render").click()
+    st = wait_run(run_id, 60)
+    assert st["state"] == "done" and st["kind"] == "render", st
+    output = Path(st["output"])
+    assert output.parent == outdir and output.is_file()
+    with av.open(str(output)) as container:
+        assert sum(1 for _ in container.decode(video=0)) == FRAMES
+    wait_for(lambda: el("notice").is_displayed() and str(output) in text("notice"), 5, "the render notice")
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "preview.png"
+    assert browser.save_screenshot(str(shot))
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot: {shot}")
+
+
+# -- command line ---------------------------------------------------------------------------------
+
+
+def test_ctrl_c_cancels_the_run_and_stops(clip, tmp_path):
+    srv = Server(["-i", str(clip), "-K", "2", *CHEAP])
+    try:
+        code, _, body = srv.request("POST", "/run", body={"stage": "full", "values": {}, "extra": ""})
+        assert code == 202, body
+        wait_for(lambda: srv.status()["state"] != "idle", 10, "the run to start")
+        assert srv.interrupt() == 0
+    finally:
+        srv.stop()
+    assert "on 127.0.0.1 only" in srv.stderr
+    assert "stopped" in srv.stderr and "Traceback" not in srv.stderr
+
+
+def test_bad_command_line_is_one_line(clip, tmp_path):
+    env = dict(os.environ)
+    for argv, needle in [
+        (["-i", str(tmp_path / "missing.mp4")], "input file not found"),
+        (["-i", "-"], "not '-'"),
+        (
+            ["-i", str(clip), "-K", "0"],
+            run_message(["-i", str(clip), "-K", "0", "-o", str(tmp_path / "o.mp4")]),
+        ),
+    ]:
+        result = subprocess.run(
+            [sys.executable, "-m", "rerender.filter.cli", "preview", *argv, "--port", "0"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=env,
+        )
+        assert result.returncode == 2, result.stderr
+        assert needle in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
