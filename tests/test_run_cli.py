@@ -1,0 +1,203 @@
+"""`rerender run` end to end (real subprocesses, files and pipes) and the job API under it."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+import pytest
+from media import texture, write_clip
+from rerender.filter.errors import UsageError
+from rerender.filter.job import Cancelled, build_run_parser, parse_run_options, run_job
+
+FAST = ["--size", "64", "--search-vote-iters", "1", "--patchmatch-iters", "1", "--pyramid-levels", "2"]
+FAST += ["--threads", "1"]
+CLI = [sys.executable, "-m", "rerender.filter.cli", "run"]
+
+
+def video_frames(data_or_path) -> tuple[list[float], tuple[int, int], list[str]]:
+    """Time in seconds of every decoded frame, (width, height), stream types."""
+    import io
+
+    source = io.BytesIO(data_or_path) if isinstance(data_or_path, bytes) else str(data_or_path)
+    with av.open(source) as container:
+        kinds = [s.type for s in container.streams]
+        stream = container.streams.video[0]
+        times = [round(float(f.pts * f.time_base), 6) for f in container.decode(stream)]
+        return times, (stream.codec_context.width, stream.codec_context.height), kinds
+
+
+def test_pipe_in_pipe_out_keeps_every_frame_and_timestamp(tmp_path):
+    # No audio: NUT output shifts every stream by the AAC encoder's priming delay (an I/O-layer matter).
+    clip = write_clip(tmp_path / "in.mkv", width=64, height=48, frames=12, audio=False)
+    in_times, in_size, _ = video_frames(clip)
+    done = subprocess.run(
+        [*CLI, "-i", "-", "-o", "-", "-f", "nut", "-K", "4", "--quiet", *FAST],
+        input=clip.read_bytes(),
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    out_times, out_size, _ = video_frames(done.stdout)
+    assert out_size == in_size
+    assert len(out_times) == len(in_times) == 12
+    assert out_times == in_times  # NUT picks its own time base: compare times, not ticks
+
+
+def test_file_mode_with_json_progress_and_audio(tmp_path):
+    clip = write_clip(tmp_path / "in.mkv", width=64, height=48, frames=9, audio=True)
+    out = tmp_path / "out.mkv"
+    done = subprocess.run(
+        [*CLI, "-i", str(clip), "-o", str(out), "-K", "4", "--progress", "json", *FAST],
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    events = [json.loads(line) for line in done.stderr.decode().splitlines() if line.startswith("{")]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "start" and kinds[-1] == "done"
+    assert [e["index"] for e in events if e["event"] == "frame"] == list(range(9))
+    assert [e["index"] for e in events if e["event"] == "keyframe"] == [0, 4, 8]
+    last = [e for e in events if e["event"] == "frame"][-1]
+    assert last["done"] == 9 and last["fps"] > 0
+    pts, size, streams = video_frames(out)
+    assert pts == video_frames(clip)[0] and size == (64, 48) and "audio" in streams
+
+
+def test_lavfi_test_source_needs_no_video_of_ones_own(tmp_path):
+    out = tmp_path / "out.mp4"
+    done = subprocess.run(
+        [*CLI, "-i", "lavfi:testsrc2=size=96x64:rate=10:duration=1", "-o", str(out), "-q", *FAST],
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    pts, size, _ = video_frames(out)
+    assert len(pts) == 10 and size == (96, 64)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["-i", "missing.mp4", "-o", "{out}"], "no such file"),
+        (["-i", "{clip}", "-o", "{out}", "-K", "0"], "at least 1"),
+        (["-i", "{clip}", "-o", "{out}", "--size", "100"], "multiple of 64"),
+        (["-i", "{clip}", "-o", "{out}", "--renderer", "frames"], "--keyframes-dir"),
+        (["-i", "{clip}", "-o", "{out}", "--flow", "dis:slowest"], "preset"),
+        (["-i", "{clip}", "-o", "{out}", "--bogus"], "unrecognized arguments"),
+        (["-i", "lavfi:testsrc2", "-o", "{out}"], "needs a duration"),
+        (
+            ["-i", "{clip}", "-o", "{out}", "--renderer", "frames", "--keyframes-dir", "{keys}"],
+            "none of the keyframe",
+        ),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, args, message):
+    clip = write_clip(tmp_path / "in.mkv", width=64, height=48, frames=4, audio=False)
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    cv2.imwrite(str(keys / "0100.png"), texture(0, 64, 48))
+    out = tmp_path / "out.mp4"
+    argv = [a.format(clip=clip, out=out, keys=keys) for a in args]
+    done = subprocess.run([*CLI, "-q", *FAST, *argv], capture_output=True, timeout=120)
+    stderr = done.stderr.decode().strip()
+    assert done.returncode == 2, stderr
+    assert message in stderr and len(stderr.splitlines()) == 1 and "Traceback" not in stderr
+    assert not out.exists() and not list(tmp_path.glob("*.tmp*"))
+
+
+def test_diffusion_renderer_absent_is_a_usage_error(tmp_path):
+    if importlib.util.find_spec("rerender.filter.renderers.diffusion") is not None:
+        pytest.skip("this build has the diffusion renderer")
+    clip = write_clip(tmp_path / "in.mkv", width=64, height=48, frames=2, audio=False)
+    done = subprocess.run(
+        [*CLI, "-i", str(clip), "-o", str(tmp_path / "o.mp4"), "--model", "x", "-q"],
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "not available in this build" in done.stderr.decode()
+
+
+# -- the job API (what the watch daemon and the preview server call) ------------------------------------
+
+
+def options_for(tmp_path: Path, *extra: str, frames: int = 9):
+    clip = write_clip(tmp_path / "in.mkv", width=64, height=48, frames=frames, audio=False)
+    return parse_run_options(["-i", str(clip), "-o", str(tmp_path / "out.mp4"), "-K", "4", *FAST, *extra])
+
+
+def test_parser_has_io_filter_and_diffusion_flags():
+    parser = build_run_parser()
+    flags = {s for a in parser._actions for s in a.option_strings}
+    assert {"-i", "-o", "-f", "-K", "--keyframes", "--renderer", "--keyframes-dir", "--size"} <= flags
+    assert {"--propagate-at", "--flow", "--threads", "--crf", "--codec", "--model", "--prompt"} <= flags
+    assert {"--progress", "--quiet"} <= flags
+    with pytest.raises(UsageError, match="--model is used by the diffusion renderer only"):
+        parse_run_options(["-i", "a.mp4", "-o", "b.mp4", "--renderer", "classic", "--model", "m"])
+    options = parse_run_options(["-i", "a.mp4", "-o", "b.mp4", "--keyframes", "adaptive"])
+    assert options.renderer == "classic" and options.filter.schedule.mode == "adaptive"
+
+
+def test_run_job_calls_back_in_order(tmp_path):
+    options = options_for(tmp_path)
+    frames, keys, events = [], [], []
+    result = run_job(
+        options,
+        on_event=events.append,
+        on_frame=lambda frame, image: frames.append((frame.index, image.shape)),
+        on_keyframe=lambda i, source, stylized: keys.append((i, stylized.shape)),
+    )
+    assert [i for i, _ in frames] == list(range(9)) and all(s == (48, 64, 3) for _, s in frames)
+    assert [i for i, _ in keys] == [0, 4, 8] and all(s == (64, 128, 3) for _, s in keys)  # processing size
+    assert result.frames == 9 and result.keyframes == 3 and result.output == tmp_path / "out.mp4"
+    assert result.output.exists() and {"decode", "flow", "synthesis", "encode"} <= set(result.timings)
+    assert events[0]["event"] == "start" and events[-1]["event"] == "done"
+
+
+def test_cancel_stops_promptly_and_leaves_no_output(tmp_path):
+    options = options_for(tmp_path, frames=20)
+    cancel = threading.Event()
+    events = []
+
+    def on_event(event):
+        events.append(event)
+        if event["event"] == "frame" and event["index"] == 4:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        run_job(options, on_event=on_event, cancel=cancel)
+    assert not (tmp_path / "out.mp4").exists()
+    assert events[-1]["event"] == "error"
+    assert max(e["index"] for e in events if e["event"] == "frame") < 8
+
+
+@pytest.mark.parametrize("stage,expected_keys", [("first-keyframe", [0]), ("keyframes", [0, 4, 8])])
+def test_preview_stages_write_nothing(tmp_path, stage, expected_keys):
+    options = options_for(tmp_path)
+    keys = []
+    result = run_job(options, stage=stage, on_keyframe=lambda i, s, t: keys.append(i))
+    assert keys == expected_keys
+    assert result.output is None and not (tmp_path / "out.mp4").exists()
+
+
+def test_keyframe_cache_is_written_and_reused(tmp_path):
+    options = options_for(tmp_path)
+    cache = tmp_path / "cache"
+    run_job(options, stage="keyframes", keyframe_cache=cache)
+    files = sorted(p.name for p in cache.iterdir())
+    assert files == ["keyframe_000000.png", "keyframe_000004.png", "keyframe_000008.png"]
+    # Resume: a cached keyframe is used as is (here painted black), not rendered again.
+    black = np.zeros((64, 128, 3), np.uint8)
+    cv2.imwrite(str(cache / "keyframe_000004.png"), black)
+    outputs = {}
+    run_job(
+        options, keyframe_cache=cache, on_frame=lambda frame, image: outputs.__setitem__(frame.index, image)
+    )
+    assert outputs[4].max() < 10 and outputs[0].mean() > 30
