@@ -10,8 +10,10 @@ single file, each with its own scale. Pickle checkpoints (.ckpt/.pt/.pth/.bin) a
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -140,6 +142,27 @@ def _text_encoder_from_ldm(state: dict[str, torch.Tensor], config_dir: Path):
     return model.eval()
 
 
+def _check_layout(path: Path, state: dict[str, torch.Tensor], config_dir: Path) -> None:
+    """Compare a few weight shapes with the configs before building (a full SD1.5 UNet takes seconds)."""
+    unet = json.loads((config_dir / "unet" / "config.json").read_text())
+    vae = json.loads((config_dir / "vae" / "config.json").read_text())
+    checks = [
+        (LDM_UNET_PREFIX + "input_blocks.0.0.weight", 0, unet["block_out_channels"][0], "UNet width"),
+        ("first_stage_model.encoder.conv_in.weight", 0, vae["block_out_channels"][0], "VAE width"),
+    ]
+    context = next(
+        (k for k in state if k.startswith(LDM_UNET_PREFIX) and k.endswith("attn2.to_k.weight")), None
+    )
+    if context is not None:
+        checks.append((context, 1, unet["cross_attention_dim"], "text-embedding width"))
+    for key, axis, expected, what in checks:
+        if key in state and state[key].shape[axis] != expected:
+            raise InputError(
+                f"--model {path} does not match the SD1.5 layout of {config_dir}: its {what} is "
+                f"{state[key].shape[axis]}, the configs say {expected}; give its configs with --model-config DIR"
+            )
+
+
 def _load_single_file(path: Path, allow_pickle: bool, config_dir: Path):
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -148,6 +171,7 @@ def _load_single_file(path: Path, allow_pickle: bool, config_dir: Path):
         raise InputError(
             f"--model {path} is not a single-file SD1.5 checkpoint (no model.diffusion_model.* weights)"
         )
+    _check_layout(path, state, config_dir)
     try:
         unet = UNet2DConditionModel.from_single_file(
             state, config=str(config_dir), subfolder="unet", local_files_only=True
@@ -289,6 +313,25 @@ def load_controlnet(spec: str, allow_pickle: bool):
         ) from None
 
 
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """Silence diffusers/transformers load-time advice and progress bars (our errors are sentences of our own);
+    the previous verbosity is restored afterwards."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    levels = diffusers_logging.get_verbosity(), transformers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(levels[0])
+        transformers_logging.set_verbosity(levels[1])
+        transformers_logging.enable_progress_bar()
+
+
 # --- entry point ----------------------------------------------------------------------------------------------
 
 
@@ -301,6 +344,11 @@ def load_bundle(
     config_dir: str | Path | None = None,
 ) -> ModelBundle:
     """Load an SD1.5 model (+ LoRAs merged, + ControlNets) on the CPU in fp32."""
+    with quiet_libraries():
+        return _load_bundle(model, loras, controlnets, allow_pickle, config_dir)
+
+
+def _load_bundle(model, loras, controlnets, allow_pickle, config_dir) -> ModelBundle:
     path = Path(model)
     config_dir = Path(config_dir) if config_dir else SD15_CONFIGS
     if path.is_dir():
