@@ -93,6 +93,10 @@ def export_bundle(
     progress: Progress = print,
 ) -> tuple[ExportManifest, list[ExportedGraph]]:
     """Write the ONNX graph of every network, the tokenizer and the manifest into `out`."""
+    if len(controlnets) != len(bundle.controlnets):
+        raise ValueError(
+            f"{len(controlnets)} ControlNet names given for {len(bundle.controlnets)} ControlNets"
+        )
     out.mkdir(parents=True, exist_ok=True)
     dtype = torch.float16 if plan.precision == "fp16" else torch.float32
     modules = network_modules(bundle)
