@@ -249,6 +249,20 @@ def collect() -> list[Component]:
     return rows
 
 
+# --- engines in a directory (`--engines DIR`; added by the export helper, issue 6) --------------------
+
+
+def probe_engines(directory: str) -> list[Component]:
+    """One row per item of an export directory: ONNX graphs, onnxruntime-CUDA, each TensorRT engine set."""
+    from ..export.listing import describe_engines
+
+    return [Component(name, status, reason=reason, details=details) for name, status, reason, details in
+            describe_engines(directory)]  # fmt: skip
+
+
+# --- end of the engines section ----------------------------------------------------------------------
+
+
 def report(rows: list[Component]) -> dict:
     return {
         "components": {row.name: {k: v for k, v in asdict(row).items() if k != "name"} for row in rows},
@@ -262,8 +276,9 @@ def main(argv: list[str]) -> int:
         description="Versions, CUDA devices and native backends, with the reason for every missing piece.",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
+    parser.add_argument("--engines", metavar="DIR", help="also list the engines in DIR and whether they fit here")
     args = parser.parse_args(argv)
-    rows = collect()
+    rows = collect() + (probe_engines(args.engines) if args.engines else [])
     if args.json:
         print(json.dumps(report(rows), indent=2, sort_keys=False, default=str))
         return 0

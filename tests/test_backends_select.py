@@ -147,3 +147,25 @@ def test_manifest_roundtrip(export_dir):
     _, _, _, out, _ = export_dir
     manifest = ExportManifest.load(out)
     assert set(manifest.specs()) == {"text_encoder", "vae_encoder", "vae_decoder", "unet"}
+
+
+def test_info_lists_engines_and_why_they_do_not_fit_here(export_dir, tmp_path, capsys):
+    import shutil
+
+    _, _, _, out, _ = export_dir
+    copy = tmp_path / "engines"
+    shutil.copytree(out, copy)
+    target = "10.13.0|NVIDIA GeForce RTX 4090|8.9"
+    (copy / "engines.json").write_text(json.dumps({target: {"unet": "engines/unet.x.y.plan"}}))
+    assert _main_in_process("info", "--json", "--engines", str(copy)) == 0
+    components = json.loads(capsys.readouterr().out)["components"]
+    assert components["onnx graphs"]["status"] == "ok"
+    assert components["onnx graphs"]["details"]["sizes"] == "64x64..128x128"
+    trt_row = components["tensorrt 10.13.0 NVIDIA GeForce RTX 4090 sm8.9"]
+    assert trt_row["status"] == "unavailable"
+    assert "missing or damaged" in trt_row["reason"]
+    if not torch.cuda.is_available():
+        assert "no CUDA device" in trt_row["reason"]
+        assert components["onnxruntime-cuda"]["status"] == "unavailable"
+    assert _main_in_process("info", "--engines", str(tmp_path / "nowhere")) == 0
+    assert "is not a directory" in capsys.readouterr().out
