@@ -276,7 +276,7 @@ def main(argv: list[str]) -> int:
         description="Versions, CUDA devices and native backends, with the reason for every missing piece.",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
-    parser.add_argument("--engines", metavar="DIR", help="also list the engines in DIR and whether they fit here")
+    parser.add_argument("--engines", metavar="DIR", help="list the engines in DIR and whether they fit here")
     args = parser.parse_args(argv)
     rows = collect() + (probe_engines(args.engines) if args.engines else [])
     if args.json:
