@@ -14,16 +14,19 @@ itself. A scene cut closes the gap at the frame before the cut (which becomes a 
 frame a new anchor: no propagation crosses it (decision 2). At the flush the last frame is a keyframe.
 
 Memory: the frames since the last keyframe (at most about K, or K * max_factor adaptive) with their flow
-pairs, plus the frames of one gap while they wait for `pull()`; never proportional to the video's length.
+pairs, plus one gap propagating in a background thread (`overlap`, so that the next keyframe renders
+meanwhile) and the frames that wait for `pull()`; never proportional to the video's length.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -58,6 +61,9 @@ class FilterOptions:
     propagation: PropagationOptions = field(default_factory=PropagationOptions)
     # False: keyframes only (the preview ladder's "keyframes" stage); in-between frames are not emitted.
     propagate: bool = True
+    # Propagate each gap in a background thread while the next frames are decoded and the next keyframe
+    # is rendered (a diffusion keyframe then costs no propagation time); at most two gaps in flight.
+    overlap: bool = True
 
     def __post_init__(self) -> None:
         if self.propagate_at not in ("processing", "output"):
@@ -118,7 +124,11 @@ class Filter:
         self._previous_image: np.ndarray | None = None
         self._previous_hist: np.ndarray | None = None
         self._last_index = -1
-        self._ready: deque[tuple[Frame, Frame]] = deque()
+        # Outputs in input order: lists of ready (input, output) pairs, or a gap still propagating.
+        self._outbox: deque[list[tuple[Frame, Frame]] | Future] = deque()
+        self._current: deque[tuple[Frame, Frame]] = deque()
+        self._worker = ThreadPoolExecutor(1, thread_name_prefix="rerender-gap") if options.overlap else None
+        self._abort = threading.Event()
         self._flushed = False
 
     # -- public API ---------------------------------------------------------------------------------
@@ -162,12 +172,31 @@ class Filter:
         return self.pull_pair()[1]
 
     def pull_pair(self) -> tuple[Frame, Frame]:
-        """(input frame, output frame); the output has the input's index, pts, size and bit depth."""
-        if self._ready:
-            return self._ready.popleft()
-        if self._flushed:
-            raise EOFError("the filter is flushed and every frame has been pulled")
-        raise BlockingIOError("no output frame is ready yet; push more frames")
+        """(input frame, output frame); the output has the input's index, pts, size and bit depth.
+
+        After the flush, `pull` waits for a gap still propagating instead of raising BlockingIOError, so
+        that draining until EOFError is enough. An error raised while propagating is raised here."""
+        while not self._current:
+            if not self._outbox:
+                if self._flushed:
+                    raise EOFError("the filter is flushed and every frame has been pulled")
+                raise BlockingIOError("no output frame is ready yet; push more frames")
+            head = self._outbox[0]
+            if isinstance(head, Future):
+                if not head.done() and not self._flushed:
+                    raise BlockingIOError("the frames before the last keyframe are still propagating")
+                items = head.result()
+            else:
+                items = head
+            self._outbox.popleft()
+            self._current.extend(items)
+        return self._current.popleft()
+
+    def close(self) -> None:
+        """Stop a gap still propagating in the background (at its next frame) and release the thread."""
+        self._abort.set()
+        if self._worker is not None:
+            self._worker.shutdown(wait=False, cancel_futures=True)
 
     @property
     def processing_size(self) -> tuple[int, int] | None:
@@ -222,7 +251,7 @@ class Filter:
         self._pending = []
         if gap or left is not None:
             self._propagate(left, gap, key, entry.pair)
-        self._emit(key.frame, key.side.stylized)
+        self._outbox.append([self._output(key.frame, key.side.stylized)])
         self._last_key = key
 
     def _close_scene(self) -> None:
@@ -306,23 +335,43 @@ class Filter:
             pairs = [None, *pairs[1:]]  # no left keyframe: the first pair is never used
         if right is None:
             pairs.append(None)
-        images = propagate_gap(
-            left.side if left is not None else None,
-            right.side if right is not None else None,
-            [entry.image for entry in gap],
-            pairs,
-            self.options.propagation,
-            self.timings,
-            self._check_cancel,
-        )
-        for entry, image in zip(gap, images, strict=True):
-            self._emit(entry.frame, image)
+        left_side = left.side if left is not None else None
+        right_side = right.side if right is not None else None
 
-    def _emit(self, frame: Frame, image: np.ndarray) -> None:
+        def work() -> list[tuple[Frame, Frame]]:
+            started = time.perf_counter()
+            images = propagate_gap(
+                left_side,
+                right_side,
+                [entry.image for entry in gap],
+                pairs,
+                self.options.propagation,
+                self.timings,
+                self._check_stop,
+            )
+            # Wall time of the gap (the chains run in two threads: "synthesis" and "guides" are per-thread sums).
+            self.timings.add("propagation_wall", time.perf_counter() - started)
+            return [self._output(entry.frame, image) for entry, image in zip(gap, images, strict=True)]
+
+        if self._worker is None:
+            self._outbox.append(work())
+            return
+        self._outbox.append(self._worker.submit(work))
+        # Back-pressure: one gap propagates while the next one is collected; a third waits (bounded memory).
+        running = [item for item in self._outbox if isinstance(item, Future) and not item.done()]
+        if len(running) > 1:
+            wait(running[:1])
+
+    def _check_stop(self) -> None:
+        if self._abort.is_set():
+            raise RuntimeError("the filter was closed while a gap was propagating")
+        self._check_cancel()
+
+    def _output(self, frame: Frame, image: np.ndarray) -> tuple[Frame, Frame]:
         started = time.perf_counter()
         out = to_depth(self._space.to_output(image), self._dtype)
         self.timings.add("resize", time.perf_counter() - started)
-        self._ready.append((frame, Frame(frame.index, frame.pts, frame.time_base, out)))
+        return frame, Frame(frame.index, frame.pts, frame.time_base, out)
 
     # -- keyframe cache (resume, preview ladder) --------------------------------------------------------
 

@@ -275,7 +275,7 @@ def _lavfi_graph(spec: str) -> str:
     return graph
 
 
-def _materialize_lavfi(spec: str, folder: Path) -> Path:
+def _materialize_lavfi(spec: str, folder: Path) -> tuple[Path, int]:
     """Decode an FFmpeg lavfi source (PyAV's `lavfi` demuxer) into a lossless NUT file the Source reads.
 
     The I/O layer opens files and pipes only; a test source written once keeps one code path for every
@@ -295,7 +295,9 @@ def _materialize_lavfi(spec: str, folder: Path) -> Path:
                 "yuv420p",
             )
             out.time_base = video.time_base
+            count = 0
             for frame in src.decode(video):
+                count += 1
                 frame = frame.reformat(format="yuv420p")
                 for packet in out.encode(frame):
                     dst.mux(packet)
@@ -305,7 +307,7 @@ def _materialize_lavfi(spec: str, folder: Path) -> Path:
         raise InputError(
             f"-i {spec!r}: FFmpeg could not run this lavfi source ({exc}); check the filter graph"
         ) from None
-    return path
+    return path, count
 
 
 # -- the job ----------------------------------------------------------------------------------------------
@@ -350,9 +352,11 @@ def run_job(
         with ExitStack() as stack:
             check_cancel()
             source_path = options.input
+            known_count = None
             if source_path.startswith(LAVFI_PREFIX):
                 folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rerender-lavfi-")))
-                source_path = str(_materialize_lavfi(source_path, folder))
+                lavfi_path, known_count = _materialize_lavfi(source_path, folder)
+                source_path = str(lavfi_path)
             src = stack.enter_context(open_source(source_path, format=options.input_format))
             info = src.info
             f = options.filter
@@ -362,7 +366,7 @@ def run_job(
                 f = FilterOptions(
                     f.schedule, f.size, f.fit, f.propagate_at, f.flow, f.propagation, propagate=False
                 )
-            total = info.frame_count if stage != "first-keyframe" else 1
+            total = (info.frame_count or known_count) if stage != "first-keyframe" else 1
             emit(
                 {
                     "event": "start",
@@ -392,6 +396,7 @@ def run_job(
                 keyframe_cache=keyframe_cache,
                 check_cancel=check_cancel,
             )
+            stack.callback(filt.close)
             sink = (
                 stack.enter_context(open_sink(options.output, src, options.sink)) if stage == "full" else None
             )

@@ -89,7 +89,7 @@ def test_count_order_and_timestamps_are_kept(k):
 
 
 def test_pull_blocks_until_a_gap_is_closed():
-    filt = Filter(Posterize(), options(4))
+    filt = Filter(Posterize(), options(4, overlap=False))  # synchronous: ready as soon as push returns
     frames = make_frames(6)
     filt.push(frames[0])
     assert filt.pull().index == 0  # the anchor is ready at once
@@ -101,6 +101,41 @@ def test_pull_blocks_until_a_gap_is_closed():
     assert [filt.pull().index for _ in range(4)] == [1, 2, 3, 4]
     with pytest.raises(BlockingIOError):
         filt.pull()
+
+
+def test_background_propagation_keeps_the_order_and_waits_at_the_flush():
+    filt = Filter(Posterize(), options(3))
+    out = []
+    for frame in make_frames(11):
+        filt.push(frame)
+        while True:
+            try:
+                out.append(filt.pull())
+            except BlockingIOError:
+                break
+    filt.push(None)
+    while True:
+        try:
+            out.append(filt.pull())
+        except EOFError:
+            break
+    assert [f.index for f in out] == list(range(11))
+    filt.close()
+
+
+def test_an_error_while_propagating_reaches_the_caller():
+    def stop() -> None:
+        if filt.keyframe_count >= 2:
+            raise KeyboardInterrupt("stop")
+
+    filt = Filter(Posterize(), options(3), check_cancel=stop)
+    with pytest.raises(KeyboardInterrupt):
+        for frame in make_frames(7):
+            filt.push(frame)
+        filt.push(None)
+        while True:
+            filt.pull()
+    filt.close()
 
 
 def test_flush_with_no_frames():
