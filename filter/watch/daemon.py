@@ -246,7 +246,7 @@ class Watcher:
                 f"clip {rel} ({clip.size} bytes), attempt {row.attempts}, settings {row.settings_hash}"
             )
             try:
-                options = self.settings.options(settings, [str(layout.source(rel)), "-o", str(staged)])
+                options = self.settings.options(settings, ["-i", str(layout.source(rel)), "-o", str(staged)])
                 result = self.api.run(
                     options,
                     on_event=lambda event: self._job_event(rel, job, event),
@@ -360,6 +360,7 @@ class Watcher:
                 self._recover(row)
             finally:
                 self.locks.release(row.path)
+        self.locks.sweep()
         staging = self.layout.hidden / "staging"
         if not staging.is_dir():
             return
@@ -407,8 +408,5 @@ class Watcher:
 
 
 def _frames_of(result: Any) -> int | None:
-    for name in ("frames", "frames_written", "frame_count", "written"):
-        value = getattr(result, name, None)
-        if isinstance(value, int):
-            return value
-    return None
+    frames = getattr(result, "frames", None)  # JobResult.frames: frames written
+    return frames if isinstance(frames, int) else None

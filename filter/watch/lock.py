@@ -118,6 +118,28 @@ class ClipLocks:
         for rel in list(self._held):
             self.release(rel)
 
+    def sweep(self) -> int:
+        """Remove the stale locks of dead owners (left by kill -9 for clips nobody asks for again) and
+        tombstones of interrupted breaks. Returns how many were removed."""
+        removed = 0
+        try:
+            entries = list(self.root.iterdir())
+        except OSError:
+            return 0
+        for entry in entries:
+            if ".lock.stale-" in entry.name:
+                # A tombstone lives for microseconds unless its breaker died; leave young ones alone.
+                try:
+                    old = time.time() - entry.stat().st_mtime > 60
+                except OSError:
+                    continue
+                if old:
+                    shutil.rmtree(entry, ignore_errors=True)
+                    removed += 1
+            elif entry.name.endswith(".lock") and self._is_stale(entry) and self._break_if_stale(entry):
+                removed += 1
+        return removed
+
     def holder(self, rel: str) -> str | None:
         owner = self._read_owner(self.path_for(rel))
         return None if owner is None else f"pid {owner.get('pid')} on {owner.get('host')}"

@@ -25,8 +25,14 @@ from ..errors import RerenderError, UsageError
 DAEMON_KEYS = frozenset({"input", "output", "out", "o", "i"})
 # A sidecar may not enable code execution at load time (ecosystem.md §5.2; issue 7 item 3).
 SIDECAR_FORBIDDEN = frozenset({"allow_pickle"})
-# Words in a flag's name that mean "the job writes a file there": refused in sidecars.
+# Words in a flag's name that mean "the job writes a file there": refused in sidecars, so that a flag added
+# to `rerender run` later cannot silently open a way out of OUTBOX.
 WRITE_WORDS = ("output", "save", "dump", "write", "log", "report", "stats", "trace", "export")
+# Flags that choose a checkpoint to load. When the preset allows pickles, a sidecar may not set these, or it
+# could pick which pickle gets unpickled.
+CHECKPOINT_KEYS = frozenset({"model", "model_config", "lora", "controlnet", "flow"})
+# What the daemon passes for -i/-o when it checks the preset at start (the parser does not open them).
+_PROBE_IO = ["-i", "probe-input.mov", "-o", "probe-output.mov"]
 
 
 def _key(name: str) -> str:
@@ -177,7 +183,11 @@ class SettingsSource:
             table = read_table(preset, "preset", sidecar=False)
             self._preset = _absolutize(table.values, table.folder)
             # Validate now with the CLI's own parser, so a bad preset stops the daemon at start.
-            self._flags.argv(self._preset, lambda key: f"the preset {preset}")
+            argv = self._flags.argv(self._preset, lambda key: f"the preset {preset}")
+            try:
+                parse(_PROBE_IO + argv)
+            except RerenderError as exc:
+                raise UsageError(f"the preset {preset}: {exc}") from None
 
     def for_clip(self, source: Path) -> ClipSettings:
         sidecar = source.with_name(source.name + ".toml")
@@ -197,6 +207,13 @@ class SettingsSource:
             for key, value in _absolutize(table.values, table.folder).items():
                 values[key] = value
                 sources[key] = f"the sidecar {sidecar}"
+            chosen = sorted(CHECKPOINT_KEYS & set(table.values))
+            if values.get("allow_pickle") and chosen:
+                error = (
+                    f"the sidecar {sidecar} sets {chosen[0]!r} while the preset allows pickle checkpoints; a "
+                    "sidecar may not choose which checkpoint is loaded then (put it in a preset instead)"
+                )
+                return ClipSettings(values, sources, digest_of(values), error=error)
         settings = ClipSettings(values, sources, digest_of(values))
         try:
             self._flags.argv(values, lambda key: sources[key])
@@ -210,7 +227,4 @@ class SettingsSource:
         if settings.error is not None:
             raise UsageError(settings.error)
         argv = self._flags.argv(settings.values, lambda key: settings.sources[key])
-        try:
-            return self._parse(argv_io + argv)
-        except RerenderError:
-            raise
+        return self._parse(argv_io + argv)

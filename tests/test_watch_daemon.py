@@ -1,0 +1,352 @@
+"""`rerender watch` as a real process on real folders (issue 7 "Tests"): clips dropped (one written slowly in
+chunks, one corrupt, one not a video) come out exactly once and complete; kill -9 at random moments and
+restarts leave every clip done exactly once with no partial file ever visible in OUTBOX; SIGTERM abandons
+cleanly and the next start resumes from the checkpointed keyframes; sidecars cannot escape OUTBOX; two
+daemons on one folder never take the same clip. Renders with the default `classic` renderer (no weights)."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import av
+import pytest
+from media import not_a_video, truncated_mp4, write_clip
+
+RERENDER = [sys.executable, "-m", "rerender.filter.cli"]
+FAST = ["--poll", "0.2", "--stable", "0.5"]
+# The folder's preset for every test: the classic renderer at the smallest processing size, every frame a
+# keyframe (no propagation), so a 64x48 clip takes well under a second even on a loaded machine; it also
+# checkpoints one keyframe per frame, which the resume tests need.
+PRESET = 'size = 64\nkeyframe-interval = 1\nrenderer = "classic"\n'
+
+
+def count_frames(path: Path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def visible_files(outbox: Path) -> list[str]:
+    """What an editor's file browser shows in OUTBOX (hidden staging excluded), as POSIX paths."""
+    found = []
+    for folder, dirs, files in os.walk(outbox):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        for name in files:
+            if not name.startswith("."):
+                found.append(Path(folder, name).relative_to(outbox).as_posix())
+    return sorted(found)
+
+
+def ledger_rows(outbox: Path) -> list[dict]:
+    db = sqlite3.connect(outbox / ".rerender" / "ledger.sqlite")
+    db.row_factory = sqlite3.Row
+    try:
+        return [dict(r) for r in db.execute("SELECT * FROM clips ORDER BY id")]
+    finally:
+        db.close()
+
+
+class Daemon:
+    """`rerender watch ... --progress json` in the background; its events are collected from stdout."""
+
+    def __init__(self, inbox: Path, outbox: Path, *extra: str, log: Path | None = None) -> None:
+        preset = inbox.parent / "preset.toml"
+        if not preset.exists():
+            preset.write_text(PRESET)
+        argv = [*RERENDER, "watch", str(inbox), "--out", str(outbox), *FAST, "--progress", "json"]
+        argv += ["--preset", str(preset), *extra]
+        self.events: list[dict] = []
+        self._stderr = open(log or os.devnull, "ab")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=self._stderr, text=True)
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.events.append(json.loads(line))
+
+    def of(self, kind: str) -> list[dict]:
+        return [e for e in list(self.events) if e.get("event") == kind]
+
+    def wait_until(self, predicate, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the daemon exited with {self.proc.returncode}: {self.events[-5:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"timed out; last events: {self.events[-5:]}")
+            time.sleep(0.05)
+
+    def wait(self, timeout: float = 120.0) -> int:
+        try:
+            code = self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._reader.join(timeout=10)
+            self._stderr.close()
+        return code
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        return self.wait()
+
+
+@pytest.fixture
+def folders(tmp_path):
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    return inbox, outbox
+
+
+def once(inbox: Path, outbox: Path, *extra: str, timeout: float = 120.0) -> Daemon:
+    daemon = Daemon(inbox, outbox, "--once", *extra)
+    assert daemon.wait(timeout) == 0
+    return daemon
+
+
+def _write_slowly(data: bytes, target: Path, chunks: int, pause: float) -> None:
+    step = -(-len(data) // chunks)
+    with open(target, "wb") as fh:
+        for start in range(0, len(data), step):
+            fh.write(data[start : start + step])
+            fh.flush()
+            time.sleep(pause)
+
+
+def test_dropped_clips_come_out_once_complete_and_bad_ones_go_to_failed(folders, tmp_path):
+    inbox, outbox = folders
+    write_clip(inbox / "a.mp4", frames=12)
+    (inbox / "sub").mkdir()
+    write_clip(inbox / "sub" / "b.mkv", frames=15)
+    not_a_video(inbox, "notes.mp4")
+    truncated_mp4(inbox, "broken.mp4")
+    (inbox / "readme.txt").write_text("not for the daemon")
+    slow_source = write_clip(tmp_path / "slow.mkv", frames=18)
+
+    # The slow clip grows in chunks 0.2 s apart while the daemon polls every 0.2 s with a 1.5 s window.
+    daemon = Daemon(inbox, outbox, "--poll", "0.2", "--stable", "1.5")
+    writer = threading.Thread(
+        target=_write_slowly, args=(slow_source.read_bytes(), inbox / "slow.mkv", 8, 0.2)
+    )
+    writer.start()
+    writer.join()
+    finished = lambda: {e["clip"] for e in daemon.of("done") + daemon.of("failed")}  # noqa: E731
+    daemon.wait_until(lambda: len(finished()) == 5)
+    time.sleep(1.0)  # a few more polls: nothing is taken twice
+    assert daemon.stop() == 0
+    assert daemon.of("stopped")
+
+    assert sorted(e["clip"] for e in daemon.of("start")) == sorted(
+        ["a.mp4", "sub/b.mkv", "slow.mkv", "notes.mp4", "broken.mp4"]
+    )
+    assert visible_files(outbox) == [
+        "a_rerender.mp4",
+        "failed/broken.mp4.error.txt",
+        "failed/notes.mp4.error.txt",
+        "slow_rerender.mkv",
+        "sub/b_rerender.mkv",
+    ]
+    assert count_frames(outbox / "a_rerender.mp4") == 12
+    assert count_frames(outbox / "sub" / "b_rerender.mkv") == 15
+    assert count_frames(outbox / "slow_rerender.mkv") == 18
+    for name in ("notes.mp4", "broken.mp4"):
+        reason, _, log = (outbox / "failed" / f"{name}.error.txt").read_text().partition("\n")
+        assert reason.strip() and name in log
+        assert [e["reason"] for e in daemon.of("failed") if e["clip"] == name] == [reason]
+    assert sorted(os.listdir(inbox)) == [
+        ".rerender-locks",
+        "a.mp4",
+        "broken.mp4",
+        "notes.mp4",
+        "readme.txt",
+        "slow.mkv",
+        "sub",
+    ]  # originals kept
+    assert os.listdir(inbox / ".rerender-locks") == []
+
+    status = subprocess.run([*RERENDER, "watch", "--status", str(outbox)], capture_output=True, text=True)
+    assert status.returncode == 0
+    assert status.stdout.strip().splitlines()[-1] == "0 queued, 0 running, 3 done, 2 failed"
+
+    # A restart never processes a done (or failed) clip again...
+    again = once(inbox, outbox)
+    assert again.of("start") == []
+    # ...but a clip that changed on disk is processed again, and its earlier output is not overwritten.
+    write_clip(inbox / "a.mp4", frames=14)
+    changed = once(inbox, outbox)
+    assert [e["clip"] for e in changed.of("start")] == ["a.mp4"]
+    assert count_frames(outbox / "a_rerender.mp4") == 12
+    assert count_frames(outbox / "a_rerender-2.mp4") == 14
+
+
+def test_kill_9_at_random_moments_leaves_every_clip_done_exactly_once(folders, tmp_path):
+    inbox, outbox = folders
+    expected = {"c0.mp4": 50, "c1.mkv": 40, "deep/c2.mp4": 60, "c3.mov": 30}
+    for rel, frames in expected.items():
+        (inbox / rel).parent.mkdir(parents=True, exist_ok=True)
+        write_clip(inbox / rel, frames=frames)
+    outputs = {rel: rel.rsplit(".", 1)[0] + "_rerender." + rel.rsplit(".", 1)[1] for rel in expected}
+
+    # A concurrent scanner plays the editor's media browser: every output it ever sees must be complete.
+    seen: dict[str, int] = {}
+    problems: list[str] = []
+    stop = threading.Event()
+
+    def scanner() -> None:
+        while not stop.is_set():
+            for rel in visible_files(outbox) if outbox.exists() else []:
+                if rel in seen:
+                    continue
+                try:
+                    seen[rel] = count_frames(outbox / rel)
+                except Exception as exc:  # a partial file would not decode completely
+                    problems.append(f"{rel}: {exc}")
+                    seen[rel] = -1
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=scanner, daemon=True)
+    watcher.start()
+    rng = random.Random(7)
+    log = tmp_path / "daemon.log"
+    try:
+        for _ in range(20):
+            daemon = Daemon(inbox, outbox, "--max-attempts", "100", log=log)
+            time.sleep(rng.uniform(0.3, 2.5))
+            daemon.stop(signal.SIGKILL)
+        final = once(inbox, outbox, "--max-attempts", "100")
+    finally:
+        stop.set()
+        watcher.join()
+    time.sleep(0.1)
+
+    assert problems == []
+    assert final.of("stopped")
+    assert visible_files(outbox) == sorted(outputs.values())  # exactly one output per clip, no numbering
+    for rel, frames in expected.items():
+        assert count_frames(outbox / outputs[rel]) == frames
+        assert seen.get(outputs[rel], frames) == frames
+    rows = ledger_rows(outbox)
+    assert sorted(r["path"] for r in rows) == sorted(expected)
+    assert {r["state"] for r in rows} == {"done"}
+    staging = outbox / ".rerender" / "staging"
+    assert not staging.exists() or os.listdir(staging) == []
+    assert os.listdir(inbox / ".rerender-locks") == []
+
+
+def test_sigterm_abandons_cleanly_and_the_next_start_resumes_from_the_keyframes(folders):
+    inbox, outbox = folders
+    write_clip(inbox / "long.mp4", frames=150)
+    daemon = Daemon(inbox, outbox)
+    daemon.wait_until(lambda: len(daemon.of("keyframe")) >= 2)
+    assert daemon.stop(signal.SIGTERM) == 0
+    if daemon.of("done"):
+        pytest.fail("the clip finished before SIGTERM arrived; make it longer")
+    assert [e["clip"] for e in daemon.of("abandoned")] == ["long.mp4"]
+    assert visible_files(outbox) == []
+    (row,) = ledger_rows(outbox)
+    assert (row["state"], row["attempts"]) == ("queued", 0)
+    staging = outbox / ".rerender" / "staging" / str(row["id"])
+    assert [p.name for p in staging.iterdir()] == ["keyframes"]  # the partial output is gone...
+    assert any((staging / "keyframes").iterdir())  # ...the checkpoints are kept
+
+    resumed = once(inbox, outbox)
+    (start,) = resumed.of("start")
+    assert start["reused_keyframes"] > 0
+    assert count_frames(outbox / "long_rerender.mp4") == 150
+    assert not staging.exists()
+
+
+def test_sidecars_can_not_write_outside_outbox_nor_load_pickles(folders, tmp_path):
+    inbox, outbox = folders
+    sidecars = {
+        "escape.mp4": 'output = "../../escaped.mp4"\n',
+        "absolute.mp4": f'out = "{tmp_path / "escaped.mp4"}"\n',
+        "pickle.mp4": '"allow-pickle" = true\n',
+        "fine.mp4": "crf = 30\n",
+    }
+    for name, text in sidecars.items():
+        write_clip(inbox / name, frames=10)
+        (inbox / f"{name}.toml").write_text(text)
+    daemon = once(inbox, outbox, "--done-action", "move")
+    assert [e["clip"] for e in daemon.of("done")] == ["fine.mp4"]
+    assert sorted(e["clip"] for e in daemon.of("failed")) == ["absolute.mp4", "escape.mp4", "pickle.mp4"]
+    for event in daemon.of("failed"):
+        assert "sidecar" in event["reason"]
+    assert not any(p.name.startswith("escaped") for p in tmp_path.rglob("*"))
+    assert visible_files(outbox) == [
+        "failed/absolute.mp4.error.txt",
+        "failed/escape.mp4.error.txt",
+        "failed/pickle.mp4.error.txt",
+        "fine_rerender.mp4",
+    ]
+    # --done-action move: originals (with their sidecars) leave the watched part of INBOX.
+    assert sorted(os.listdir(inbox / "done")) == ["fine.mp4", "fine.mp4.toml"]
+    assert sorted(os.listdir(inbox / "failed")) == [
+        "absolute.mp4",
+        "absolute.mp4.toml",
+        "escape.mp4",
+        "escape.mp4.toml",
+        "pickle.mp4",
+        "pickle.mp4.toml",
+    ]
+
+
+def test_two_daemons_on_one_folder_never_take_the_same_clip(folders):
+    inbox, outbox = folders
+    names = [f"clip{i}.mp4" for i in range(6)]
+    for name in names:
+        write_clip(inbox / name, frames=12)
+    first = Daemon(inbox, outbox, "--once")
+    second = Daemon(inbox, outbox, "--once")
+    assert first.wait() == 0 and second.wait() == 0
+    started = [e["clip"] for e in first.of("start") + second.of("start")]
+    assert sorted(started) == names  # each clip started once, by one of them
+    assert visible_files(outbox) == sorted(n.replace(".mp4", "_rerender.mp4") for n in names)
+    assert [(r["state"], r["attempts"]) for r in ledger_rows(outbox)] == [("done", 1)] * 6
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], "expected INBOX and --out OUTBOX"),
+        (["{inbox}", "--out", "{inbox}/out"], "neither inside the other"),
+        (["{inbox}", "--out", "{outbox}", "--jobs", "0"], "--jobs must be 1 or more"),
+        (["{inbox}", "--out", "{outbox}", "--preset", "{inbox}/none.toml"], "does not exist"),
+        (["--status", "{outbox}"], "no ledger in"),
+        (["{inbox}", "--out", "{outbox}", "--bogus"], "unrecognized arguments"),
+    ],
+)
+def test_bad_command_lines_get_one_line_and_exit_2(folders, args, expected):
+    inbox, outbox = folders
+    outbox.mkdir()
+    argv = [a.format(inbox=inbox, outbox=outbox) for a in args]
+    done = subprocess.run([*RERENDER, "watch", *argv], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert expected in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_a_bad_preset_stops_the_daemon_before_it_takes_anything(folders):
+    inbox, outbox = folders
+    write_clip(inbox / "a.mp4", frames=10)
+    preset = inbox.parent / "preset.toml"
+    preset.write_text('output = "x.mp4"\n')
+    done = subprocess.run(
+        [*RERENDER, "watch", str(inbox), "--out", str(outbox), "--preset", str(preset), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "chooses every clip's input" in done.stderr
+    assert visible_files(outbox) == []
+    shutil.rmtree(outbox)
