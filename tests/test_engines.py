@@ -15,6 +15,10 @@ from rerender.engines.tokenizer import clip_tokenizer, make_tokenize
 from rerender.filter.errors import InputError, UsageError
 from safetensors.torch import load_file, save_file
 
+pytestmark = pytest.mark.skipif(
+    tiny_models.TOKENIZER_MISSING is not None, reason=str(tiny_models.TOKENIZER_MISSING)
+)
+
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():

@@ -30,6 +30,10 @@ from rerender.filter.sampler.keyframe import (
 )
 from rerender.filter.sampler.schedule import ddim_schedule, window_steps
 
+pytestmark = pytest.mark.skipif(
+    tiny_models.TOKENIZER_MISSING is not None, reason=str(tiny_models.TOKENIZER_MISSING)
+)
+
 SIZE = 64
 OFF = (1.0, 1.0)  # a window at the very end: never reached (inclusive: i >= S; strict: none)
 

@@ -17,6 +17,10 @@ import torch
 from rerender.filter.renderers.base import KeyframeContext, RenderedKeyframe
 from rerender.filter.renderers.diffusion_options import DiffusionOptions, Window
 
+pytestmark = pytest.mark.skipif(
+    tiny_models.TOKENIZER_MISSING is not None, reason=str(tiny_models.TOKENIZER_MISSING)
+)
+
 RERENDER = str(Path(sys.executable).with_name("rerender"))
 
 

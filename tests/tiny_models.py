@@ -18,11 +18,19 @@ Used by the tests and by the export helper (`rerender.export` tests); keep the p
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
+# The CLIP tokenizer is built from the BPE table inside open-clip-torch (engines/tokenizer.py).
+TOKENIZER_MISSING = (
+    None
+    if importlib.util.find_spec("open_clip") is not None
+    else "open-clip-torch (the CLIP BPE table) is not installed: pip install --no-deps open-clip-torch"
+)
 
 SEED = 0
 
