@@ -180,7 +180,7 @@ def bench_full_export(precision):
     print(
         "full SD1.5 parameters: " + ", ".join(f"{k} {v / 1e6:.0f} M" for k, v in params.items()), flush=True
     )
-    with tempfile.TemporaryDirectory(dir=".") as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         _, graphs = export_bundle(
             bundle,

@@ -77,7 +77,12 @@ class OrtGraph:
         self.device = device
         providers = ort_providers(device)
         if device.type == "cuda":
-            providers = [("CUDAExecutionProvider", {"device_id": device.index or 0})]
+            # Run on torch's current stream, so graph inputs produced by torch are ordered before the
+            # graph without a host synchronisation (onnxruntime CUDA provider option).
+            stream = torch.cuda.current_stream(device).cuda_stream
+            options_cuda = {"device_id": device.index or 0, "has_user_compute_stream": "1"}
+            options_cuda["user_compute_stream"] = str(stream)
+            providers = [("CUDAExecutionProvider", options_cuda)]
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self._dtypes = {t.name: TORCH_DTYPES[t.dtype] for t in (*spec.inputs, *spec.outputs)}
 
@@ -94,20 +99,20 @@ class OrtGraph:
         return self._run_bound(inputs)
 
     def _run_bound(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        # I/O binding to torch CUDA memory: onnxruntime reads and writes the tensors in place.
+        # I/O binding to torch CUDA memory: onnxruntime reads the inputs and writes the outputs in place,
+        # with output tensors allocated by torch from the spec's shapes (no host round trip per step).
         binding = self.session.io_binding()
+        index = self.device.index or 0
         for name, t in inputs.items():
-            binding.bind_input(
-                name, "cuda", self.device.index or 0, _NUMPY_NAMES[t.dtype], tuple(t.shape), t.data_ptr()
-            )
-        for name in self.spec.output_names:
-            binding.bind_output(name, "cuda", self.device.index or 0)
+            binding.bind_input(name, "cuda", index, _NUMPY_NAMES[t.dtype], tuple(t.shape), t.data_ptr())
+        dims = self.spec.infer_dims({name: tuple(t.shape) for name, t in inputs.items()})
+        outputs = {}
+        for name, shape in self.spec.output_shapes(*dims).items():
+            out = torch.empty(shape, dtype=self._dtypes[name], device=self.device)
+            binding.bind_output(name, "cuda", index, _NUMPY_NAMES[out.dtype], shape, out.data_ptr())
+            outputs[name] = out
         self.session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
-        return {
-            name: torch.from_dlpack(value.to_dlpack())
-            for name, value in zip(self.spec.output_names, outputs, strict=True)
-        }
+        return outputs
 
 
 _NUMPY_NAMES = {

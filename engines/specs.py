@@ -141,6 +141,20 @@ class NetworkSpec:
     def output_shapes(self, batch: int, height: int, width: int) -> dict[str, tuple[int, ...]]:
         return {t.name: t.concrete(batch, height, width) for t in self.outputs}
 
+    def infer_dims(self, shapes: Mapping[str, tuple[int, ...]]) -> tuple[int, int, int]:
+        """(batch, height, width) in image pixels from concrete input shapes (0 where no input has it)."""
+        batch = height = width = 0
+        for t in self.inputs:
+            for dim, value in zip(t.shape, shapes[t.name], strict=True):
+                if isinstance(dim, Dim):
+                    if dim.kind == "batch":
+                        batch = value
+                    elif dim.kind == "height":
+                        height = value * dim.divisor
+                    elif dim.kind == "width":
+                        width = value * dim.divisor
+        return batch, height, width
+
     def profile(
         self, sizes: SizeRange
     ) -> dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]]:

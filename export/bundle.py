@@ -104,7 +104,8 @@ def export_bundle(
     for index, (name, (module, spec)) in enumerate(modules.items(), 1):
         progress(f"[{index}/{len(modules)}] exporting {name} to ONNX ({plan.precision}) ...")
         module = module.to(dtype).eval()
-        graph = export_network(module, spec, out / f"{name}.onnx", plan.sizes.opt, plan.precision)
+        # Traced at the smallest size: the graph is the same (dynamic axes), the trace is cheapest there.
+        graph = export_network(module, spec, out / f"{name}.onnx", plan.sizes.min, plan.precision)
         progress(f"[{index}/{len(modules)}] {name}: {graph.seconds:.1f} s, {graph.bytes / 1e6:.1f} MB")
         exported.append(graph)
     bundle.tokenizer.save_pretrained(str(out / "tokenizer"))

@@ -160,3 +160,15 @@ def test_sizes_must_be_multiples_of_64():
         SizeRange((64, 64), (96, 64), (128, 128))
     with pytest.raises(ValueError, match="min <= opt <= max"):
         SizeRange((128, 64), (64, 64), (128, 128))
+
+
+def test_spec_shapes_follow_the_image_size(exported):
+    _, manifest, _, _ = exported
+    unet = manifest.specs()["unet"]
+    shapes = unet.input_shapes(2, 128, 64)
+    assert shapes["sample"] == (2, 4, 16, 8)
+    assert shapes["reference_state_0"] == (2, 2 * 4 * 2, 32)  # stride-4 layer: (16/4)*(8/4) tokens, doubled
+    assert unet.infer_dims(shapes) == (2, 128, 64)
+    assert unet.output_shapes(2, 128, 64)["own_state_8"] == (2, 16 * 8, 16)
+    profile = unet.profile(SIZES)
+    assert profile["sample"] == ((1, 4, 8, 8), (2, 4, 8, 8), (2, 4, 16, 16))
