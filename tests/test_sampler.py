@@ -175,6 +175,19 @@ def test_loose_mode_skips_the_widest_layers(networks):
     assert cross_frame_mask(layers, "off").tolist() == [0.0] * 9
 
 
+def test_freeu_goes_through_the_extension_point(networks, tokenizer):
+    c = tiny_models.build_components()
+    bundle = ModelBundle(tokenizer, c.text_encoder, c.unet, c.vae, ScheduleConfig(), (), "tiny")
+    freeu = torch_networks(bundle, "cpu", torch.float32, freeu=(1.1, 1.2, 1.0, 0.2))
+    assert "forward" not in vars(c.unet)  # configured, not patched
+    torch.manual_seed(0)
+    sample, text, timestep = torch.randn(2, 4, 8, 8), torch.randn(2, 77, 32), torch.tensor([300, 300])
+    plain = ReferenceStates.disabled(networks.unet.layers, 2, 8, 8, "cpu", torch.float32)
+    with_freeu, _ = freeu.unet(sample, timestep, text, None, plain)
+    without, _ = networks.unet(sample, timestep, text, None, plain)
+    assert (with_freeu - without).abs().max() > 1e-4
+
+
 def test_window_arithmetic_for_20_steps_matches_the_reference_table():
     schedule = ddim_schedule(ScheduleConfig(), 20)
     assert schedule.timesteps == tuple(951 - 50 * i for i in range(20))
