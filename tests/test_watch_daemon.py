@@ -219,11 +219,16 @@ def test_kill_9_at_random_moments_leaves_every_clip_done_exactly_once(folders, t
     watcher.start()
     rng = random.Random(7)
     log = tmp_path / "daemon.log"
+    recovered = resumed = 0
     try:
         for _ in range(20):
             daemon = Daemon(inbox, outbox, "--max-attempts", "100", log=log)
-            time.sleep(rng.uniform(0.3, 2.5))
+            # Kill at a random moment after start-up (imports take a variable time on a loaded machine).
+            daemon.wait_until(lambda d=daemon: d.of("watching"), timeout=60)
+            time.sleep(rng.uniform(0.0, 1.5))
             daemon.stop(signal.SIGKILL)
+            recovered += len(daemon.of("recovered"))
+            resumed += sum(1 for e in daemon.of("start") if e["reused_keyframes"])
         final = once(inbox, outbox, "--max-attempts", "100")
     finally:
         stop.set()
@@ -232,6 +237,10 @@ def test_kill_9_at_random_moments_leaves_every_clip_done_exactly_once(folders, t
 
     assert problems == []
     assert final.of("stopped")
+    recovered += len(final.of("recovered"))
+    resumed += sum(1 for e in final.of("start") if e["reused_keyframes"])
+    # The kills did land in the middle of jobs, and interrupted jobs resumed from their keyframes.
+    assert recovered > 0 and resumed > 0
     assert visible_files(outbox) == sorted(outputs.values())  # exactly one output per clip, no numbering
     for rel, frames in expected.items():
         assert count_frames(outbox / outputs[rel]) == frames
@@ -307,7 +316,7 @@ def test_two_daemons_on_one_folder_never_take_the_same_clip(folders):
     names = [f"clip{i}.mp4" for i in range(6)]
     for name in names:
         write_clip(inbox / name, frames=12)
-    first = Daemon(inbox, outbox, "--once")
+    first = Daemon(inbox, outbox, "--once", "--jobs", "2")
     second = Daemon(inbox, outbox, "--once")
     assert first.wait() == 0 and second.wait() == 0
     started = [e["clip"] for e in first.of("start") + second.of("start")]
@@ -350,3 +359,21 @@ def test_a_bad_preset_stops_the_daemon_before_it_takes_anything(folders):
     assert done.returncode == 2 and "chooses every clip's input" in done.stderr
     assert visible_files(outbox) == []
     shutil.rmtree(outbox)
+
+
+def test_text_mode_prints_a_status_line_per_job(folders):
+    inbox, outbox = folders
+    write_clip(inbox / "a.mp4", frames=10)
+    preset = inbox.parent / "preset.toml"
+    preset.write_text(PRESET)
+    done = subprocess.run(
+        [*RERENDER, "watch", str(inbox), "--out", str(outbox), *FAST, "--preset", str(preset), "--once"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0 and done.stdout == ""
+    lines = done.stderr.splitlines()
+    assert "rerender watch: [start] a.mp4 (attempt 1)" in lines
+    assert any(line.startswith("rerender watch: [10/10 frames") for line in lines)
+    assert any(line.startswith("rerender watch: [done] a.mp4 -> a_rerender.mp4 (10 frames") for line in lines)

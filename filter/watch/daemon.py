@@ -364,13 +364,17 @@ class Watcher:
         staging = self.layout.hidden / "staging"
         if not staging.is_dir():
             return
-        live = {str(r.id) for state in ("queued", "running") for r in self.ledger.rows(state)}
         for entry in staging.iterdir():
-            if entry.name.split(".", 1)[0] not in live:
-                if entry.is_dir():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.unlink(missing_ok=True)
+            row_id = entry.name.split(".", 1)[0]
+            # Read the row right before deleting: a daemon sharing OUTBOX may have just started a job (its
+            # row exists before its staging folder does; a done/failed/dropped row never comes back).
+            state = self.ledger.state_of(int(row_id)) if row_id.isdigit() else None
+            if state in ("queued", "running"):
+                continue
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
 
     def _recover(self, row: Row) -> Row:
         """Bring a dead job's row back to a consistent state (the caller holds the clip's lock)."""

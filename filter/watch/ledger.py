@@ -127,6 +127,10 @@ class Ledger:
             raise KeyError(row_id)
         return Row(*found)
 
+    def state_of(self, row_id: int) -> str | None:
+        found = self._db().execute("SELECT state FROM clips WHERE id=?", (row_id,)).fetchone()
+        return None if found is None else found[0]
+
     def rows(self, state: str | None = None) -> list[Row]:
         if state is None:
             cur = self._db().execute(f"SELECT {_COLUMNS} FROM clips ORDER BY id")
