@@ -9,6 +9,7 @@ scene cuts, Part 1 decision 2). Flow between the keyframe and the anchor / previ
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
@@ -93,6 +94,7 @@ class DiffusionRenderer:
     def from_options(cls, opts: DiffusionOptions, processing_size: tuple[int, int]) -> DiffusionRenderer:
         from ...engines.control import make_control
         from ...engines.loading import load_bundle
+        from ...engines.select import Request, select_networks
         from ...engines.torch_backend import resolve_device, resolve_dtype, torch_networks
 
         height, width = processing_size
@@ -102,15 +104,28 @@ class DiffusionRenderer:
             )
         device = resolve_device(opts.device)
         dtype = resolve_dtype(opts.dtype, device)
-        bundle = load_bundle(
-            opts.model,
-            loras=opts.loras,
-            controlnets=opts.controlnets,
-            allow_pickle=opts.allow_pickle,
-            config_dir=opts.model_config,
+
+        def load_torch():
+            bundle = load_bundle(
+                opts.model,
+                loras=opts.loras,
+                controlnets=opts.controlnets,
+                allow_pickle=opts.allow_pickle,
+                config_dir=opts.model_config,
+            )
+            return torch_networks(bundle, device, dtype, opts.freeu)
+
+        # The backend is chosen once here (engines/select.py, issue 6); the sampler never branches on it.
+        request = Request(
+            opts.model, opts.loras, opts.controlnets, (height, width), opts.device, opts.freeu is not None
         )
-        networks = torch_networks(bundle, device, dtype, opts.freeu)
-        controls = tuple(make_control(opts.control, opts.allow_pickle, device) for _ in bundle.controlnets)
+        selection = select_networks(opts.backend, request, opts.engines, load_torch)
+        if opts.engines is not None or opts.backend != "auto":  # without --engines only torch can serve
+            print(f"rerender: {selection.describe()}", file=sys.stderr)
+        networks = selection.networks
+        controls = tuple(
+            make_control(opts.control, opts.allow_pickle, networks.device) for _ in opts.controlnets
+        )
         settings = SamplerSettings(
             steps=opts.steps,
             strength=opts.strength,

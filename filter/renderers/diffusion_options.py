@@ -60,6 +60,10 @@ class DiffusionOptions:
     flow: str = "dis"
     first_pass_stop: float = 0.6
     smooth_boundary: bool = True
+    # Added by the export helper (issue 6): the backend, chosen once at load time (engines/select.py), and
+    # the export directory the onnxruntime/TensorRT backends serve (`rerender export --out DIR`).
+    backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
+    engines: str | None = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -110,6 +114,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--no-smooth-boundary", action="store_true", help="pixel fusion without boundary smoothing"
     )
+    g.add_argument(
+        "--backend",
+        choices=["auto", "torch", "onnxruntime", "tensorrt"],
+        default="auto",
+        help="auto: TensorRT, else onnxruntime-CUDA, else torch (each rejection is explained)",
+    )
+    g.add_argument("--engines", default=None, metavar="DIR", help="export directory of `rerender export`")
 
 
 def _window(flag: str, text: str) -> Window:
@@ -193,4 +204,6 @@ def from_args(args: argparse.Namespace) -> DiffusionOptions:
         flow=getattr(args, "flow", "dis"),
         first_pass_stop=_in_range("--first-pass-stop", args.first_pass_stop, 0.0, 1.0, low_open=True),
         smooth_boundary=not args.no_smooth_boundary,
+        backend=getattr(args, "backend", "auto"),
+        engines=getattr(args, "engines", None),
     )
