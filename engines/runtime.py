@@ -18,7 +18,8 @@ H, W = image size, h = H/8, w = W/8 = latent size; L = number of up-block self-a
                  control_image (B, 3, H, W) in [0, 1], conditioning_scale float32 (1,)
                  -> ControlResiduals: 12 down residuals + 1 mid residual, already multiplied by the scale
 - UNet:          sample (B, 4, h, w), timestep (B,), text_embeddings (B, 77, 768),
-                 control: ControlResiduals (sum over ControlNets; zeros when there is none),
+                 control: ControlResiduals (sum over ControlNets; None without a ControlNet, which
+                 an exported graph receives as zeros),
                  reference: ReferenceStates
                  -> (noise (B, 4, h, w), own_states: tuple of L tensors (B, N_l, C_l))
 
