@@ -137,6 +137,9 @@ class Depth:
         self.side = int(size.get("height", 384)) if isinstance(size, dict) else int(size)
         patch = getattr(self.model.config, "patch_size", None) or 14
         self.multiple = int(config.get("ensure_multiple_of", patch))
+        # A plain-ViT DPT reshapes its tokens to a square grid (its processor resizes to side×side);
+        # backbone-based models (Depth Anything) keep the aspect ratio.
+        self.square = getattr(self.model.config, "backbone_config", None) is None
 
     @torch.no_grad()
     def __call__(self, frame: np.ndarray, index: int) -> np.ndarray:
@@ -144,6 +147,8 @@ class Depth:
         scale = self.side / min(h, w)
         nh = max(self.multiple, round(h * scale / self.multiple) * self.multiple)
         nw = max(self.multiple, round(w * scale / self.multiple) * self.multiple)
+        if self.square:
+            nh = nw = max(self.multiple, round(self.side / self.multiple) * self.multiple)
         x = torch.from_numpy(cv2.resize(frame, (nw, nh), interpolation=cv2.INTER_CUBIC)).permute(2, 0, 1)[
             None
         ]

@@ -217,6 +217,33 @@ def test_hed_runs_user_weights(tmp_path):
     assert control.make_control(f"hed:{pth}", allow_pickle=True)(_frame(), 0).shape == (64, 96, 3)
 
 
+def test_depth_runs_a_user_model_folder(tmp_path):
+    import json
+
+    from transformers import DPTConfig, DPTForDepthEstimation
+
+    torch.manual_seed(0)
+    config = DPTConfig(
+        hidden_size=32, num_hidden_layers=4, num_attention_heads=4, intermediate_size=37, image_size=32,
+        patch_size=8, neck_hidden_sizes=[8, 8, 8, 8], fusion_hidden_size=8, backbone_out_indices=[0, 1, 2, 3],
+        head_hidden_size=8,
+    )  # fmt: skip
+    model = DPTForDepthEstimation(config).eval()
+    with torch.no_grad():  # random weights end in a ReLU at zero; lift the last layer so depth varies
+        last = model.head.head[-2]
+        last.weight.normal_(0.0, 1.0)
+        last.bias.fill_(2.0)
+    model.save_pretrained(tmp_path / "dpt")
+    (tmp_path / "dpt" / "preprocessor_config.json").write_text(
+        json.dumps({"size": {"height": 32, "width": 32}, "image_mean": [0.5] * 3, "image_std": [0.5] * 3})
+    )
+    hint = control.make_control(f"depth:{tmp_path / 'dpt'}")(_frame(), 0)
+    assert hint.shape == (64, 96, 3) and hint.dtype == np.uint8
+    assert hint.min() == 0 and hint.max() == 255  # min-max normalised
+    with pytest.raises(InputError, match="no config.json"):
+        control.make_control(f"depth:{tmp_path}")
+
+
 def test_control_video_gives_frame_i_for_keyframe_i(tmp_path):
     import av
 
