@@ -262,6 +262,10 @@ def test_a_bad_preset_stops_the_daemon_with_the_run_commands_message(tmp_path):
         'input = "/etc/passwd"\n',
         '"allow-pickle" = true\n',
         "allow_pickle = true\n",
+        '"encoder-option" = ["stats=/tmp/escaped.log"]\n',
+        'model = "someone/model-on-the-hub"\n',
+        'lora = ["/nowhere/style.safetensors:0.8"]\n',
+        'flow = "raft:/nowhere/raft.pth"\n',
     ],
 )
 def test_a_sidecar_can_not_choose_the_output_nor_allow_pickles(tmp_path, sidecar):
@@ -284,6 +288,14 @@ def test_with_a_pickle_preset_a_sidecar_can_not_choose_the_checkpoint(tmp_path):
     _touch(clip.with_name("a.mov.toml"), b'model = "/tmp/evil.ckpt"\n')
     error = source.for_clip(clip).error
     assert error is not None and "allows pickle checkpoints" in error
+
+
+def test_a_sidecar_may_pick_local_checkpoints(tmp_path):
+    source = _settings(tmp_path, None)
+    clip = _touch(tmp_path / "in" / "a.mov")
+    lora = _touch(tmp_path / "in" / "style.safetensors")
+    _touch(clip.with_name("a.mov.toml"), f'lora = ["{lora}:0.8"]\nflow = "dis:fast"\n'.encode())
+    assert source.for_clip(clip).error is None
 
 
 def test_a_bad_sidecar_value_fails_its_clip_with_the_run_commands_message(tmp_path):

@@ -309,8 +309,8 @@ class Watcher:
             if kind == "start":
                 self.reporter.emit({**event, "event": "job-start", "clip": rel})
             return
-        if kind == "error":
-            job.log.append(f"job error: {event.get('message')}")
+        if kind in ("error", "warning"):
+            job.log.append(f"job {kind}: {event.get('message')}")
         self.reporter.emit({**event, "clip": rel})
 
     def _commit(self, row: Row, staged: Path, frames: int | None) -> Path:

@@ -28,6 +28,8 @@ SIDECAR_FORBIDDEN = frozenset({"allow_pickle"})
 # Words in a flag's name that mean "the job writes a file there": refused in sidecars, so that a flag added
 # to `rerender run` later cannot silently open a way out of OUTBOX.
 WRITE_WORDS = ("output", "save", "dump", "write", "log", "report", "stats", "trace", "export")
+# FFmpeg encoder options can name files (libx264 `stats=`, `passlogfile`, `x264-params`): preset only.
+SIDECAR_FORBIDDEN_EXTRA = frozenset({"encoder_option"})
 # Flags that choose a checkpoint to load. When the preset allows pickles, a sidecar may not set these, or it
 # could pick which pickle gets unpickled.
 CHECKPOINT_KEYS = frozenset({"model", "model_config", "lora", "controlnet", "flow"})
@@ -68,7 +70,8 @@ def read_table(path: Path, what: str, *, sidecar: bool) -> ParsedTable:
                 f"the {what} {path} sets {name!r}; remove it: the watch daemon chooses every clip's input "
                 "and its output in OUTBOX"
             )
-        if sidecar and (key in SIDECAR_FORBIDDEN or any(word in key for word in WRITE_WORDS)):
+        forbidden = key in SIDECAR_FORBIDDEN or key in SIDECAR_FORBIDDEN_EXTRA
+        if sidecar and (forbidden or any(word in key for word in WRITE_WORDS)):
             raise UsageError(
                 f"the {what} {path} sets {name!r}, which a sidecar may not set (it could load code or write "
                 "outside OUTBOX); put it in the folder's --preset instead"
@@ -134,6 +137,23 @@ def _scalar(value: Any, option: str, where: str) -> str:
     if isinstance(value, bool) or isinstance(value, dict | list):
         raise UsageError(f"{where} sets {option[2:]!r} to {value!r}; expected a number or a string")
     return str(value)
+
+
+def _checkpoint_path(key: str, value: object) -> str | None:
+    """The file a checkpoint flag's value names (None: the value names no file, e.g. `--flow dis`)."""
+    if not isinstance(value, str):
+        return None
+    if key == "flow":
+        name, _, weights = value.partition(":")
+        return weights if name != "dis" and weights else None
+    if key in ("lora", "controlnet"):
+        path, sep, scale = value.rpartition(":")
+        try:
+            float(scale)
+        except ValueError:
+            return value
+        return path if sep else value
+    return value
 
 
 def _absolutize(values: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -214,6 +234,16 @@ class SettingsSource:
                     "sidecar may not choose which checkpoint is loaded then (put it in a preset instead)"
                 )
                 return ClipSettings(values, sources, digest_of(values), error=error)
+            for key in chosen:
+                for item in values[key] if isinstance(values[key], list) else [values[key]]:
+                    local = _checkpoint_path(key, item)
+                    if local is not None and not Path(local).exists():
+                        error = (
+                            f"the sidecar {sidecar} sets {key.replace('_', '-')!r} to {item!r}, which is not a "
+                            "local file; a sidecar may only pick checkpoints that exist on this machine (a hub "
+                            "id would download into a cache outside OUTBOX)"
+                        )
+                        return ClipSettings(values, sources, digest_of(values), error=error)
         settings = ClipSettings(values, sources, digest_of(values))
         try:
             self._flags.argv(values, lambda key: sources[key])
