@@ -8,9 +8,9 @@ measured between that frame and the one before (`Motion`), and never looks furth
 Adaptive keyframes (issue 4: the paper names uniform sampling as a limitation): propagation degrades with
 the amount of new content (occlusions) and with large motion, so each frame adds a cost
 `occluded fraction + mean flow / (MOTION_SCALE * short side)` to a budget spent since the last keyframe;
-a keyframe is placed when the spent budget reaches K times the mean per-frame cost seen so far. On a
-stream of constant motion this is one keyframe every K frames, like uniform; still passages get fewer
-keyframes (up to `max_factor` K apart) and busy passages more (down to K / `max_factor`).
+a keyframe is placed when the spent budget reaches K times the mean per-frame cost seen so far (at least
+MIN_MEAN_COST). On a stream of constant motion this is one keyframe every K frames, like uniform; still
+passages get fewer keyframes (up to `max_factor` K apart) and busy passages more (down to K / `max_factor`).
 """
 
 from __future__ import annotations
@@ -26,6 +26,9 @@ KeyframeMode = Literal["uniform", "adaptive"]
 
 # A mean displacement of 2% of the short side per frame costs as much as a fully occluded frame.
 MOTION_SCALE = 0.02
+# The per-frame cost the budget assumes at least (0.1% of the short side of motion per frame): a stream
+# that starts still does not make its first moving frames look expensive by comparison.
+MIN_MEAN_COST = 0.05
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,7 @@ class KeyframeSchedule:
         self._cost_sum += cost
         self._cost_count += 1
         self._spent += cost
-        budget = opts.interval * self._cost_sum / self._cost_count
+        budget = opts.interval * max(MIN_MEAN_COST, self._cost_sum / self._cost_count)
         shortest = max(1, round(opts.interval / opts.max_factor))
         longest = max(shortest, round(opts.interval * opts.max_factor))
         if self._since_key >= longest or (self._since_key >= shortest and self._spent >= budget):
