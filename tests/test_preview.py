@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -330,6 +331,41 @@ def test_ladder_in_a_real_browser(server, browser, clip, outdir):
     assert browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
     print(f"screenshot: {shot}")
+
+
+def test_fast_mode_caps_previews_only_and_job_errors_reach_the_page(server, outdir, tmp_path):
+    """Fast preview (issue 8 item 3): processing size and sampler steps capped for previews, the file keeps
+    the full settings; an error raised inside the job is reported in the status with the CLI's sentence."""
+    missing = tmp_path / "no-such-model"
+    values = {"--model": str(missing), "--steps": "20"}
+
+    def run(path: str, body: dict) -> dict:
+        before = server.status()["run_id"]
+        code, _, payload = server.request("POST", path, body={"values": values, "extra": "", **body})
+        assert code == 202, payload
+
+        def finished():
+            st = server.status()
+            return st if st["run_id"] > before and st["state"] != "running" else None
+
+        return wait_for(finished, 60, "the diffusion run to fail")
+
+    def effective(st: dict) -> tuple[int, int]:
+        """(processing size, sampler steps) of the command the run was started with."""
+        from rerender.filter.job import parse_run_options
+
+        options = parse_run_options(shlex.split(st["command"].removeprefix("rerender run ")))
+        return options.filter.size, options.diffusion.steps
+
+    st = run("/run", {"stage": "first-keyframe", "fast": True})
+    assert effective(st) == (64, 8)  # the server's --fast-size 64 and the default --fast-steps 8
+    assert st["state"] == "error" and str(missing) in st["message"] and "internal error" not in st["message"]
+    st = run("/run", {"stage": "first-keyframe", "fast": False})
+    assert effective(st) == (512, 20) and st["state"] == "error"
+    before = sorted(outdir.iterdir())
+    st = run("/render", {"fast": True})  # the file never uses the fast caps
+    assert st["kind"] == "render" and effective(st) == (512, 20) and st["state"] == "error"
+    assert sorted(outdir.iterdir()) == before  # a failed render leaves no file behind
 
 
 # -- command line ---------------------------------------------------------------------------------

@@ -75,7 +75,7 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return args, run_argv
 
 
-def _stop_on_sigterm(signum, frame) -> None:
+def _stop_on_signal(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
@@ -117,13 +117,16 @@ def main(argv: list[str]) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-        previous = signal.signal(signal.SIGTERM, _stop_on_sigterm)
+        # Ctrl-C and SIGTERM end serve_forever with KeyboardInterrupt, also when the parent started us with
+        # SIGINT ignored (a non-interactive shell's background job).
+        previous = {sig: signal.signal(sig, _stop_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
             server.serve_forever(poll_interval=0.25)
         except KeyboardInterrupt:
             print("rerender preview: stopping (cancelling the run in flight)", file=sys.stderr, flush=True)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             session.close()
             server.server_close()
     print("rerender preview: stopped", file=sys.stderr, flush=True)
