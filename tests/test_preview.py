@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 
 import av
+import cv2
+import numpy as np
 import pytest
 from media import normal_clip
 
@@ -268,8 +270,15 @@ def test_ladder_in_a_real_browser(server, browser, clip, outdir):
         10,
         "the first keyframe image",
     )
-    assert browser.execute_script("return document.getElementById('output-view').naturalWidth") > 0
     assert text("keyframes").startswith("1")
+    # The served keyframe is the stylized frame at the processing size the job reported.
+    code, headers, jpeg = server.request("GET", "/keyframe.jpg")
+    width, height = st["processing_size"]
+    assert code == 200 and cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (
+        height,
+        width,
+        3,
+    )
 
     # 2. All keyframes, K from the command line.
     run_id = st["run_id"]
@@ -313,6 +322,16 @@ def test_ladder_in_a_real_browser(server, browser, clip, outdir):
     assert st["done"] == st["total"] == FRAMES
     wait_for(lambda: text("frames") == f"{FRAMES} / {FRAMES}", 5, "the page's frame count")
     assert text("fps") not in ("", "–")
+    # The MJPEG streams reached the browser: both views show frames at the input's size (160x96), not the
+    # 320x180 placeholders.
+    for view in ("input-view", "output-view"):
+        wait_for(
+            lambda view=view: (
+                browser.execute_script(f"return document.getElementById('{view}').naturalWidth") == 160
+            ),
+            10,
+            f"{view} to show a frame",
+        )
     assert any("/" in frames for frames, _, _ in seen)
 
     # Render to file: the same settings at full size, `rerender run` semantics, next to --output-dir.
