@@ -223,10 +223,17 @@ def engine_paths(directory: Path, manifest: ExportManifest) -> dict[str, Path]:
             f"TensorRT: no engines in {directory} for {name} (sm {capability[0]}{capability[1]}) with TensorRT "
             f"{trt.__version__}; build them with `rerender export --out {directory}`"
         )
+    from ..export.cache import EngineCache
+
     paths = {net: directory / file for net, file in entry.items()}
-    missing = [net for net in manifest.graphs if net not in paths or not paths[net].is_file()]
-    if missing:
-        raise BackendUnavailable(f"TensorRT: engines for {missing} are missing in {directory}")
+    cache = EngineCache(directory / "engines")
+    # Size + sha256 against the sidecar: a truncated or damaged engine is never handed to TensorRT.
+    broken = [net for net in manifest.graphs if net not in paths or not cache.valid(paths[net])]
+    if broken:
+        raise BackendUnavailable(
+            f"TensorRT: engines for {broken} in {directory} are missing or damaged; re-run `rerender export` "
+            "to rebuild them"
+        )
     return paths
 
 
