@@ -29,7 +29,7 @@ from .output import Layout, fsync_path, numbered
 from .report import Reporter
 from .scan import SeenClip, StabilityTracker, scan_inbox
 from .settings import ClipSettings, SettingsSource
-from .wake import WakeHint
+from .wake import WakeHint, Waker
 
 
 @dataclass(frozen=True)
@@ -91,22 +91,28 @@ class Watcher:
         self.locks = ClipLocks(options.inbox, self.owner, stale_after=options.stale_lock)
         self.settings = SettingsSource(options.preset, api.build_parser, api.parse)
         self.tracker = StabilityTracker(options.stable)
-        self.stop = threading.Event()
-        self.wake = threading.Event()
+        self.wake = Waker()
+        self._stop_reason: str | None = None  # set by signal handlers: a plain assignment is signal-safe
         self._running: dict[str, _Running] = {}
         self._mutex = threading.Lock()
 
     # -- control -------------------------------------------------------------------------------------------
 
+    @property
+    def stopping(self) -> bool:
+        return self._stop_reason is not None
+
     def request_stop(self, reason: str) -> None:
-        """From a signal handler: stop taking clips and cancel the running jobs (they clean up)."""
-        if not self.stop.is_set():
-            self.reporter.emit({"event": "stopping", "message": reason})
-        self.stop.set()
+        """Safe in a signal handler (no locks): the loop stops taking clips and then, in the main thread's
+        normal flow, cancels the running jobs, which clean up after themselves."""
+        if self._stop_reason is None:
+            self._stop_reason = reason
+        self.wake.set()
+
+    def _cancel_running(self) -> None:
         with self._mutex:
             for job in self._running.values():
                 job.cancel.set()
-        self.wake.set()
 
     def run(self) -> int:
         self.reporter.emit(
@@ -121,7 +127,7 @@ class Watcher:
         hint = WakeHint.start(self.options.inbox, self.wake)
         warned: set[str] = set()
         try:
-            while not self.stop.is_set():
+            while not self.stopping:
                 self.locks.refresh()
                 self._reap()
                 result = scan_inbox(self.options.inbox)
@@ -132,7 +138,7 @@ class Watcher:
                 stable = self.tracker.update(result.clips, complete=not result.errors)
                 waiting = 0
                 for clip in stable:
-                    if self.stop.is_set():
+                    if self.stopping:
                         break
                     try:
                         waiting += self._consider(clip)
@@ -149,15 +155,18 @@ class Watcher:
                 # Sleep one poll, or less when a clip's stability window ends sooner.
                 due = self.tracker.next_due()
                 self.wake.wait(self.options.poll if due is None else min(self.options.poll, due + 0.01))
-                self.wake.clear()
         finally:
             hint.close()
-            if self._running:  # an exception in the loop: abandon the jobs cleanly as a signal would
-                self.request_stop("the watch loop ended")
+            if self._stop_reason is not None:
+                self.reporter.emit({"event": "stopping", "message": self._stop_reason})
+            # A signal, or an exception in the loop: abandon the running jobs cleanly.
+            self._stop_reason = self._stop_reason or "the watch loop ended"
+            self._cancel_running()
             for job in list(self._running.values()):
                 job.thread.join()
             self._reap()
             self.locks.release_all()
+            self.wake.close()
             self.reporter.emit({"event": "stopped", "message": "ledger consistent, no job running"})
         return 0
 
@@ -214,7 +223,7 @@ class Watcher:
         )
         with self._mutex:
             self._running[clip.rel] = job
-            if self.stop.is_set():
+            if self.stopping:
                 cancel.set()
         job.thread.start()
 

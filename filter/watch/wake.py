@@ -27,8 +27,35 @@ _MASK = _IN_CLOSE_WRITE | _IN_MOVED_TO | _IN_CREATE | _IN_DELETE
 _MAX_WATCHES = 512  # the default max_user_watches is small and shared with every other program
 
 
+class Waker:
+    """Wakes the watch loop early. A self-pipe rather than a threading.Event, because `set()` is called from
+    signal handlers, where taking the Event's internal lock can deadlock the main thread that holds it."""
+
+    def __init__(self) -> None:
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+
+    def set(self) -> None:
+        with contextlib.suppress(BlockingIOError, OSError):  # a full pipe already means "wake up"
+            os.write(self._write, b"!")
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until `set()` or `timeout` seconds, then forget the wake-ups received."""
+        with contextlib.suppress(InterruptedError, OSError, ValueError):
+            select.select([self._read], [], [], max(0.0, timeout))
+        with contextlib.suppress(BlockingIOError, OSError):
+            while os.read(self._read, 4096):
+                pass
+
+    def close(self) -> None:
+        for fd in (self._read, self._write):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
 class WakeHint:
-    def __init__(self, fd: int | None, wake: threading.Event) -> None:
+    def __init__(self, fd: int | None, wake: Waker) -> None:
         self._fd = fd
         self._wake = wake
         self._closed = threading.Event()
@@ -39,7 +66,7 @@ class WakeHint:
             self._thread.start()
 
     @classmethod
-    def start(cls, inbox: Path, wake: threading.Event) -> WakeHint:
+    def start(cls, inbox: Path, wake: Waker) -> WakeHint:
         if not sys.platform.startswith("linux"):
             return cls(None, wake)
         try:
