@@ -191,6 +191,9 @@ def test_commit_never_overwrites_unless_asked(tmp_path):
     layout = Layout(tmp_path / "in", tmp_path / "out")
     target = layout.final_output("sub/clip.mov")
     assert target == tmp_path / "out" / "sub" / "clip_rerender.mov"
+    # The `format` setting decides the container, and so the extension.
+    assert layout.staged_output(3, "sub/clip.mov", "matroska").name == "output.mkv"
+    assert layout.final_output("sub/clip.mov", ".mkv").name == "clip_rerender.mkv"
     finals = []
     for content in (b"one", b"two"):
         staged = _touch(layout.staged_output(1, "sub/clip.mov"), content)

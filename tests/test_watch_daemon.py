@@ -178,6 +178,17 @@ def test_dropped_clips_come_out_once_complete_and_bad_ones_go_to_failed(folders,
     status = subprocess.run([*RERENDER, "watch", "--status", str(outbox)], capture_output=True, text=True)
     assert status.returncode == 0
     assert status.stdout.strip().splitlines()[-1] == "0 queued, 0 running, 3 done, 2 failed"
+    as_json = subprocess.run(
+        [*RERENDER, "watch", "--status", str(outbox), "--progress", "json"], capture_output=True, text=True
+    )
+    rows = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert sorted((r["path"], r["state"], r["attempts"]) for r in rows) == [
+        ("a.mp4", "done", 1),
+        ("broken.mp4", "failed", 1),
+        ("notes.mp4", "failed", 1),
+        ("slow.mkv", "done", 1),
+        ("sub/b.mkv", "done", 1),
+    ]
 
     # A restart never processes a done (or failed) clip again...
     again = once(inbox, outbox)
@@ -282,7 +293,7 @@ def test_sidecars_can_not_write_outside_outbox_nor_load_pickles(folders, tmp_pat
         "escape.mp4": 'output = "../../escaped.mp4"\n',
         "absolute.mp4": f'out = "{tmp_path / "escaped.mp4"}"\n',
         "pickle.mp4": '"allow-pickle" = true\n',
-        "fine.mp4": "crf = 30\n",
+        "fine.mp4": 'crf = 30\nformat = "matroska"\n',
     }
     for name, text in sidecars.items():
         write_clip(inbox / name, frames=10)
@@ -297,8 +308,10 @@ def test_sidecars_can_not_write_outside_outbox_nor_load_pickles(folders, tmp_pat
         "failed/absolute.mp4.error.txt",
         "failed/escape.mp4.error.txt",
         "failed/pickle.mp4.error.txt",
-        "fine_rerender.mp4",
+        "fine_rerender.mkv",  # the sidecar's container
     ]
+    with av.open(str(outbox / "fine_rerender.mkv")) as container:
+        assert "matroska" in container.format.name
     # --done-action move: originals (with their sidecars) leave the watched part of INBOX.
     assert sorted(os.listdir(inbox / "done")) == ["fine.mp4", "fine.mp4.toml"]
     assert sorted(os.listdir(inbox / "failed")) == [
@@ -377,3 +390,18 @@ def test_text_mode_prints_a_status_line_per_job(folders):
     assert "rerender watch: [start] a.mp4 (attempt 1)" in lines
     assert any(line.startswith("rerender watch: [10/10 frames") for line in lines)
     assert any(line.startswith("rerender watch: [done] a.mp4 -> a_rerender.mp4 (10 frames") for line in lines)
+
+
+def test_an_inbox_that_goes_away_is_waited_for(folders, tmp_path):
+    """A network share that is unmounted for a while must not stop the daemon (watchdog#1065)."""
+    inbox, outbox = folders
+    daemon = Daemon(inbox, outbox)
+    daemon.wait_until(lambda: daemon.of("watching"))
+    away = tmp_path / "away"
+    inbox.rename(away)
+    daemon.wait_until(lambda: any("cannot scan" in e["message"] for e in daemon.of("warning")))
+    write_clip(away / "a.mp4", frames=10)
+    away.rename(inbox)
+    daemon.wait_until(lambda: daemon.of("done"))
+    assert daemon.stop() == 0
+    assert count_frames(outbox / "a_rerender.mp4") == 10

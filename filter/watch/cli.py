@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import signal
 import sqlite3
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from ..errors import UsageError
 from .daemon import JobApi, Watcher, WatchOptions
@@ -50,7 +54,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="keep",
         help="keep originals in INBOX (default) or move them to INBOX/done/ (failed ones to INBOX/failed/)",
     )
-    p.add_argument("--progress", choices=["text", "json"], default="text", help="json: events on stdout")
+    p.add_argument(
+        "--progress",
+        choices=["text", "json"],
+        default="text",
+        help="json: events on stdout, one object a line (with --status: one ledger row a line)",
+    )
     p.add_argument("--once", action="store_true", help="process what is in INBOX, then exit")
     p.add_argument(
         "--max-attempts",
@@ -80,13 +89,19 @@ def _folder(path: Path, what: str, create: bool) -> Path:
     return path.resolve()
 
 
-def parse_options(argv: list[str]) -> WatchOptions | Path:
-    """WatchOptions, or the OUTBOX path for `--status`."""
+@dataclass(frozen=True)
+class StatusRequest:
+    outbox: Path
+    progress: Literal["text", "json"]
+
+
+def parse_options(argv: list[str]) -> WatchOptions | StatusRequest:
+    """WatchOptions, or what `--status` should print."""
     args = build_parser().parse_args(argv)
     if args.status is not None:
         if args.inbox is not None or args.out is not None:
             raise UsageError("--status takes only OUTBOX; run `rerender watch --status OUTBOX`")
-        return args.status
+        return StatusRequest(args.status, args.progress)
     if args.inbox is None or args.out is None:
         raise UsageError(
             "expected INBOX and --out OUTBOX, e.g. `rerender watch ~/Renders --out ~/Rerendered`"
@@ -123,7 +138,8 @@ def parse_options(argv: list[str]) -> WatchOptions | Path:
     )
 
 
-def _status(outbox: Path) -> int:
+def _status(request: StatusRequest) -> int:
+    outbox = request.outbox
     ledger_path = Layout(outbox, outbox).ledger_path
     if not ledger_path.is_file():
         raise UsageError(
@@ -131,10 +147,15 @@ def _status(outbox: Path) -> int:
         )
     try:
         ledger = Ledger(ledger_path)
-        print(format_status(ledger.rows()))
+        rows = ledger.rows()
         ledger.close()
     except sqlite3.Error as exc:
         raise UsageError(f"cannot read the ledger {ledger_path}: {exc}") from None
+    if request.progress == "json":
+        for row in rows:
+            print(json.dumps(dataclasses.asdict(row)))
+    else:
+        print(format_status(rows))
     return 0
 
 
@@ -146,7 +167,7 @@ def _job_api() -> JobApi:
 
 def main(argv: list[str]) -> int:
     parsed = parse_options(argv)
-    if isinstance(parsed, Path):
+    if isinstance(parsed, StatusRequest):
         return _status(parsed)
     watcher = Watcher(parsed, _job_api(), Reporter(parsed.progress))
 

@@ -240,7 +240,8 @@ class Watcher:
         layout = self.layout
         handler = _ThreadLog(threading.get_ident(), job.log)
         logging.getLogger().addHandler(handler)
-        staged = layout.staged_output(row.id, rel)
+        muxer = settings.values.get("format")
+        staged = layout.staged_output(row.id, rel, muxer if isinstance(muxer, str) else None)
         try:
             layout.clear_staged_output(row.id)
             staged.parent.mkdir(parents=True, exist_ok=True)
@@ -324,7 +325,7 @@ class Watcher:
 
     def _commit(self, row: Row, staged: Path, frames: int | None) -> Path:
         """Rename the staged output to its final name; the ledger knows the name before the rename."""
-        target = self.layout.final_output(row.path)
+        target = self.layout.final_output(row.path, staged.suffix)
         if self.options.overwrite:
             self.ledger.committing(row.id, str(target), frames)
             final = self.layout.commit(staged, target, overwrite=True)

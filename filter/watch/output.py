@@ -19,6 +19,19 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+# File extension for a muxer named by the `format` setting, so the output's name matches its container.
+MUXER_SUFFIX = {
+    "matroska": ".mkv",
+    "webm": ".webm",
+    "mp4": ".mp4",
+    "mov": ".mov",
+    "ipod": ".m4v",
+    "nut": ".nut",
+    "avi": ".avi",
+    "mxf": ".mxf",
+    "mpegts": ".ts",
+    "yuv4mpegpipe": ".y4m",
+}
 HIDDEN_FOLDER = ".rerender"
 OUTPUT_SUFFIX = "_rerender"
 STAGED_NAME = "output"
@@ -77,9 +90,10 @@ class Layout:
     def staging_dir(self, row_id: int) -> Path:
         return self.hidden / "staging" / str(row_id)
 
-    def staged_output(self, row_id: int, rel: str) -> Path:
-        # The container is chosen from the extension, so the staging file keeps the clip's.
-        return self.staging_dir(row_id) / (STAGED_NAME + PurePosixPath(rel).suffix.lower())
+    def staged_output(self, row_id: int, rel: str, muxer: str | None = None) -> Path:
+        """The job's output path. The container follows the clip's extension (or the `format` setting)."""
+        suffix = MUXER_SUFFIX.get(muxer or "", PurePosixPath(rel).suffix.lower())
+        return self.staging_dir(row_id) / (STAGED_NAME + suffix)
 
     def keyframe_cache(self, row_id: int) -> Path:
         return self.staging_dir(row_id) / KEYFRAME_FOLDER
@@ -87,10 +101,12 @@ class Layout:
     def source(self, rel: str) -> Path:
         return self.inbox.joinpath(*PurePosixPath(rel).parts)
 
-    def final_output(self, rel: str) -> Path:
-        """The first choice of output name; `numbered()` gives the alternatives when it exists."""
+    def final_output(self, rel: str, suffix: str | None = None) -> Path:
+        """The first choice of output name (with the staged file's `suffix`); `numbered()` gives the
+        alternatives when it exists."""
         pure = PurePosixPath(rel)
-        return self.outbox.joinpath(*pure.parent.parts, f"{pure.stem}{OUTPUT_SUFFIX}{pure.suffix}")
+        name = f"{pure.stem}{OUTPUT_SUFFIX}{suffix or pure.suffix}"
+        return self.outbox.joinpath(*pure.parent.parts, name)
 
     def error_report(self, rel: str) -> Path:
         return self.outbox.joinpath("failed", *PurePosixPath(rel).parts).with_name(
