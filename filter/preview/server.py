@@ -26,7 +26,12 @@ ASSETS = {
     "/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 STREAMS = {"/input.mjpg": "input", "/output.mjpg": "output"}
-SNAPSHOTS = {"/input.jpg": "input", "/output.jpg": "output", "/keyframe.jpg": "keyframe"}
+SNAPSHOTS = {
+    "/input.jpg": "input",
+    "/output.jpg": "output",
+    "/keyframe.jpg": "keyframe",
+    "/keyframes.jpg": "sheet",
+}
 BOUNDARY = "rerenderframe"
 MAX_BODY = 64 * 1024
 # A stream handler wakes at least this often to notice that the server is stopping.

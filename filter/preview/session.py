@@ -23,6 +23,7 @@ from ..errors import RerenderError, UsageError
 from ..frames import Frame
 from .latest import LatestImages
 from .settings import FastPreview, PageSettings, fast_argv, form_fields, page_argv, split_run_argv
+from .sheet import KeyframeSheet
 
 Stage = Literal["first-keyframe", "keyframes", "full"]
 STAGES: tuple[Stage, ...] = ("first-keyframe", "keyframes", "full")
@@ -185,6 +186,7 @@ class PreviewSession:
     def _run(self, run_id, options, stage, cache, cancel, kind, output) -> None:
         started = time.monotonic()
         keyframes: list[int] = []
+        sheet = KeyframeSheet()
 
         def on_event(event: dict) -> None:
             name = event.get("event")
@@ -208,6 +210,7 @@ class PreviewSession:
         def on_keyframe(index: int, source: np.ndarray, stylized: np.ndarray) -> None:
             keyframes.append(index)
             self.images.put("keyframe", stylized)
+            self.images.put("sheet", sheet.add(index, stylized))
             if stage != "full":
                 # Shown at once; on_frame then replaces them with the same frame at the input's size.
                 self.images.put("input", source)
