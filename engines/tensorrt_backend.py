@@ -151,8 +151,10 @@ class TensorRTEngine:
         if context is None:
             raise RuntimeError(f"engine {self.path.name} is not allocated; call load() and allocate() first")
         stream = self.stream
-        # The inputs were produced on the caller's stream; order our stream after it (no host wait).
-        stream.wait_stream(torch.cuda.current_stream(self.device))
+        caller = torch.cuda.current_stream(self.device)
+        if stream != caller:
+            # The inputs were produced on the caller's stream; order our stream after it (no host wait).
+            stream.wait_stream(caller)
         keep = []
         for name in self.spec.input_names:
             tensor = feed[name].to(device=self.device, dtype=self._dtypes[name]).contiguous()
@@ -175,8 +177,8 @@ class TensorRTEngine:
         # Tell torch's allocator that these tensors are in use on `stream` until it reaches this point.
         for tensor in (*keep, *outputs.values()):
             tensor.record_stream(stream)
-        if stream != torch.cuda.current_stream(self.device):
-            torch.cuda.current_stream(self.device).wait_stream(stream)
+        if stream != caller:
+            caller.wait_stream(stream)
         return outputs
 
     def unload(self) -> None:
