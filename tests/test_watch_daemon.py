@@ -20,7 +20,7 @@ from pathlib import Path
 
 import av
 import pytest
-from media import not_a_video, truncated_mp4, write_clip
+from media import corrupt_clip, not_a_video, truncated_mp4, write_clip
 
 RERENDER = [sys.executable, "-m", "rerender.filter.cli"]
 FAST = ["--poll", "0.2", "--stable", "0.5"]
@@ -130,7 +130,8 @@ def test_dropped_clips_come_out_once_complete_and_bad_ones_go_to_failed(folders,
     (inbox / "sub").mkdir()
     write_clip(inbox / "sub" / "b.mkv", frames=15)
     not_a_video(inbox, "notes.mp4")
-    truncated_mp4(inbox, "broken.mp4")
+    truncated_mp4(inbox, "broken.mp4")  # corrupt beyond reading: fails
+    corrupt_clip(inbox, "damaged.mkv", frames=24, broken=3)  # 3 garbage packets mid-stream: done, shorter
     (inbox / "readme.txt").write_text("not for the daemon")
     slow_source = write_clip(tmp_path / "slow.mkv", frames=18)
 
@@ -142,16 +143,17 @@ def test_dropped_clips_come_out_once_complete_and_bad_ones_go_to_failed(folders,
     writer.start()
     writer.join()
     finished = lambda: {e["clip"] for e in daemon.of("done") + daemon.of("failed")}  # noqa: E731
-    daemon.wait_until(lambda: len(finished()) == 5)
+    daemon.wait_until(lambda: len(finished()) == 6)
     time.sleep(1.0)  # a few more polls: nothing is taken twice
     assert daemon.stop() == 0
     assert daemon.of("stopped")
 
     assert sorted(e["clip"] for e in daemon.of("start")) == sorted(
-        ["a.mp4", "sub/b.mkv", "slow.mkv", "notes.mp4", "broken.mp4"]
+        ["a.mp4", "sub/b.mkv", "slow.mkv", "notes.mp4", "broken.mp4", "damaged.mkv"]
     )
     assert visible_files(outbox) == [
         "a_rerender.mp4",
+        "damaged_rerender.mkv",
         "failed/broken.mp4.error.txt",
         "failed/notes.mp4.error.txt",
         "slow_rerender.mkv",
@@ -160,6 +162,8 @@ def test_dropped_clips_come_out_once_complete_and_bad_ones_go_to_failed(folders,
     assert count_frames(outbox / "a_rerender.mp4") == 12
     assert count_frames(outbox / "sub" / "b_rerender.mkv") == 15
     assert count_frames(outbox / "slow_rerender.mkv") == 18
+    (damaged,) = [e for e in daemon.of("done") if e["clip"] == "damaged.mkv"]
+    assert damaged["dropped"] == 3 and count_frames(outbox / "damaged_rerender.mkv") == 24 - 3
     for name in ("notes.mp4", "broken.mp4"):
         reason, _, log = (outbox / "failed" / f"{name}.error.txt").read_text().partition("\n")
         assert reason.strip() and name in log
@@ -168,6 +172,7 @@ def test_dropped_clips_come_out_once_complete_and_bad_ones_go_to_failed(folders,
         ".rerender-locks",
         "a.mp4",
         "broken.mp4",
+        "damaged.mkv",
         "notes.mp4",
         "readme.txt",
         "slow.mkv",
@@ -177,7 +182,7 @@ def test_dropped_clips_come_out_once_complete_and_bad_ones_go_to_failed(folders,
 
     status = subprocess.run([*RERENDER, "watch", "--status", str(outbox)], capture_output=True, text=True)
     assert status.returncode == 0
-    assert status.stdout.strip().splitlines()[-1] == "0 queued, 0 running, 3 done, 2 failed"
+    assert status.stdout.strip().splitlines()[-1] == "0 queued, 0 running, 4 done, 2 failed"
     as_json = subprocess.run(
         [*RERENDER, "watch", "--status", str(outbox), "--progress", "json"], capture_output=True, text=True
     )
@@ -185,6 +190,7 @@ def test_dropped_clips_come_out_once_complete_and_bad_ones_go_to_failed(folders,
     assert sorted((r["path"], r["state"], r["attempts"]) for r in rows) == [
         ("a.mp4", "done", 1),
         ("broken.mp4", "failed", 1),
+        ("damaged.mkv", "done", 1),
         ("notes.mp4", "failed", 1),
         ("slow.mkv", "done", 1),
         ("sub/b.mkv", "done", 1),

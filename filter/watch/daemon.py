@@ -94,6 +94,7 @@ class Watcher:
         self.wake = Waker()
         self._stop_reason: str | None = None  # set by signal handlers: a plain assignment is signal-safe
         self._running: dict[str, _Running] = {}
+        self._settled: dict[str, tuple] = {}  # clip -> signature the ledger has as done or failed
         self._mutex = threading.Lock()
 
     # -- control -------------------------------------------------------------------------------------------
@@ -174,7 +175,7 @@ class Watcher:
 
     def _consider(self, clip: SeenClip) -> int:
         """Queue or start a stable clip. Returns 1 if it still waits for a free slot, else 0."""
-        if clip.rel in self._running:
+        if clip.rel in self._running or self._settled.get(clip.rel) == clip.signature:
             return 0
         source = self.layout.source(clip.rel)
         settings = self.settings.for_clip(source)
@@ -187,6 +188,10 @@ class Watcher:
                         self.layout.move_original(clip.rel, row.state)
                 finally:
                     self.locks.release(clip.rel)
+            # The preset is fixed for this process and the sidecar is in the signature, so a kept original
+            # needs no ledger look-up again until it changes (it may stay in INBOX for days).
+            if self.options.done_action == "keep":
+                self._settled[clip.rel] = clip.signature
             return 0
         if row is None:
             row = self.ledger.enqueue(clip.rel, clip.size, clip.mtime_ns, settings.digest)
@@ -298,6 +303,9 @@ class Watcher:
                     "clip": rel,
                     "output": layout.relative_output(final),
                     "frames": frames,
+                    # Frames lost to corrupt packets: the output is shorter than the clip (the preset's
+                    # `strict = true` makes such clips fail instead).
+                    "dropped": getattr(result, "dropped", 0),
                     "seconds": self.ledger.get(row.id).seconds or 0.0,
                 }
             )

@@ -57,8 +57,10 @@ class Reporter:
             return f"[start] {clip} (attempt {e.get('attempt')}{resume})"
         if kind == "done":
             self._last.pop(clip, None)
+            dropped = f", {e['dropped']} corrupt packets dropped" if e.get("dropped") else ""
             return (
-                f"[done] {clip} -> {e.get('output')} ({e.get('frames')} frames, {e.get('seconds', 0):.1f} s)"
+                f"[done] {clip} -> {e.get('output')} ({e.get('frames')} frames, {e.get('seconds', 0):.1f} s"
+                f"{dropped})"
             )
         if kind == "failed":
             return f"[failed] {clip}: {e.get('reason')} (details: {e.get('report')})"
