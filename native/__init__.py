@@ -2,7 +2,7 @@
 plus the temporal-aware blending of forward and backward propagations (rerender-reference.md §D.4)."""
 
 from rerender.native.backends import available_backends
-from rerender.native.params import Guide, SynthParams, SynthResult
+from rerender.native.params import PRESETS, Guide, SynthParams, SynthResult
 from rerender.native.synthesize import synthesize
 
-__all__ = ["Guide", "SynthParams", "SynthResult", "available_backends", "synthesize"]
+__all__ = ["PRESETS", "Guide", "SynthParams", "SynthResult", "available_backends", "synthesize"]

@@ -253,6 +253,7 @@ class _CudaSynth:
         self.vote(p, False)
         sv_iters, pm_iters = self.params.search_vote_iters, self.params.patchmatch_iters
         state = lambda: [self.nnf.gpudata, self.err.gpudata, self.nnf2.gpudata, self.err2.gpudata]  # noqa: E731
+        tw, th = self.tw, self.th
         for sv in range(sv_iters):
             if occ is not None:
                 self.rebuild_occupancy(p)
@@ -281,22 +282,27 @@ class _CudaSynth:
                     self.err2.gpudata,
                 )
                 self.swap(occ, p)
+            search = self.active.copy()
+            nnf_at_pm, err_at_pm = self.nnf, self.err  # replaced by copies before they are read
             for pm in range(pm_iters):
+                if pm > 0:
+                    # Converged neighbourhoods are not searched again (synth_core.h improved_significantly).
+                    self.launch("improved_mask", tw, th, self.nnf.gpudata, nnf_at_pm.gpudata, self.err.gpudata,
+                                err_at_pm.gpudata, *self._i(tw, th), self.changed.gpudata)  # fmt: skip
+                    rows = ga.empty_like(self.changed)
+                    self.launch("dilate", tw, th, self.changed.gpudata, rows.gpudata, *self._i(tw, th, 2, 1))
+                    self.launch("dilate", tw, th, rows.gpudata, search.gpudata, *self._i(tw, th, 2, 0))
+                    self.launch("and_mask", tw, th, search.gpudata, self.active.gpudata, *self._i(tw, th))
+                    if int(ga.sum(search, dtype=np.int64).get()) == 0:
+                        break
+                nnf_at_pm, err_at_pm = self.nnf.copy(), self.err.copy()
                 for k in (4, 2, 1):
-                    self.launch(
-                        "propagate", self.tw, self.th, *view, *state(), self.active.gpudata, np.int32(k)
-                    )
+                    self.launch("propagate", tw, th, *view, *state(), search.gpudata, np.int32(k))
                     self.swap(occ, p)
                 pass_id = ((level * 64 + sv) * 64 + pm) * 8 + 3
+                seed = np.uint32(self.params.seed)
                 self.launch(
-                    "random_search",
-                    self.tw,
-                    self.th,
-                    *view,
-                    *state(),
-                    self.active.gpudata,
-                    np.uint32(self.params.seed),
-                    np.uint32(pass_id),
+                    "random_search", tw, th, *view, *state(), search.gpudata, seed, np.uint32(pass_id)
                 )
                 self.swap(occ, p)
             self.vote(p, self.params.vote == "weighted")
@@ -317,7 +323,7 @@ class _CudaSynth:
 
 _KERNELS = (
     "random_nnf", "upsample_nnf", "clamp_nnf", "patch_errors", "try_init", "propagate", "random_search", "vote",
-    "changed_mask", "dilate", "match_histogram", "box_sum", "to_float",
+    "changed_mask", "dilate", "match_histogram", "box_sum", "to_float", "improved_mask", "and_mask",
 )  # fmt: skip
 
 

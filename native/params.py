@@ -4,7 +4,7 @@ rerender-reference.md §D.3)."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
@@ -103,3 +103,15 @@ class SynthResult:
     error: np.ndarray
     nnf: np.ndarray
     backend: str = "cpu"
+    stats: dict = field(
+        default_factory=dict
+    )  # CPU: wall seconds per phase and level, active pixels per iteration
+
+
+# The paper pipeline's settings (rerender-reference.md §D.3), and our preset for video propagation when each frame
+# starts from the previous frame's NNF carried along the optical flow (`init_nnf`): two pyramid levels and 4 x 2
+# iterations reach the paper settings' fidelity there (bench/propagation.py, README "Native synthesizer").
+PRESETS: dict[str, SynthParams] = {
+    "paper": SynthParams(),
+    "fast": SynthParams(pyramid_levels=2, search_vote_iters=4, patchmatch_iters=2),
+}

@@ -109,9 +109,10 @@ def synthesize(
         from rerender.native.cuda_backend import synthesize_cuda
 
         image, error, nnf = synthesize_cuda(*args)
+        stats = {}
     else:
-        image, error, nnf = _synthesize_cpu(*args)
-    return SynthResult(image=image, error=error, nnf=nnf, backend=name)
+        image, error, nnf, stats = _synthesize_cpu(*args)
+    return SynthResult(image=image, error=error, nnf=nnf, backend=name, stats=stats)
 
 
 def _pick_backend(backend: str) -> str:

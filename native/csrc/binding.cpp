@@ -77,7 +77,16 @@ static py::tuple synthesize(U8 style, U8 source_guide, U8 target_guide, F32 styl
     std::memcpy(image.mutable_data(), out.image.data(), out.image.size());
     std::memcpy(error.mutable_data(), out.error.data(), out.error.size() * sizeof(float));
     std::memcpy(nnf.mutable_data(), out.nnf.data(), out.nnf.size() * sizeof(int32_t));
-    return py::make_tuple(image, error, nnf);
+    py::dict stats;
+    stats["search_seconds"] = out.stats.search;
+    stats["propagation_seconds"] = out.stats.propagation;
+    stats["occupancy_seconds"] = out.stats.occupancy;
+    stats["vote_seconds"] = out.stats.vote;
+    stats["error_seconds"] = out.stats.error;
+    stats["level_seconds"] = out.stats.level_seconds;
+    stats["active_pixels"] = out.stats.active_pixels;
+    stats["searched_pixels"] = out.stats.searched_pixels;
+    return py::make_tuple(image, error, nnf, stats);
 }
 
 PYBIND11_MODULE(_synth, m) {

@@ -6,8 +6,13 @@
 
 #ifdef __CUDACC__
 #define RR_HD __host__ __device__ __forceinline__
+#define RR_SIMD_SUM(acc)
 #else
 #define RR_HD inline
+// Lets the compiler split the patch-row sum over vector lanes (without it, IEEE order forces a serial chain
+// of adds). The per-pixel result is still a fixed function of the inputs, so determinism is unaffected.
+#define RR_PRAGMA(x) _Pragma(#x)
+#define RR_SIMD_SUM(acc) RR_PRAGMA(omp simd reduction(+ : acc))
 #endif
 
 namespace rr {
@@ -64,6 +69,7 @@ RR_HD float patch_error(const SynthView& v, int tx, int ty, int sx, int sy, floa
         const float* t = v.tgt + ((size_t)(ty - r) * v.tw + (tx - r)) * np;
         for (int dy = 0; dy < v.p; ++dy) {
             float acc = 0.0f;
+            RR_SIMD_SUM(acc)
             for (int i = 0; i < row; ++i) {
                 const float d = t[i] - s[i];
                 acc += d * d;
@@ -81,6 +87,7 @@ RR_HD float patch_error(const SynthView& v, int tx, int ty, int sx, int sy, floa
         for (int dx = -r; dx <= r; ++dx) {
             const float* t = v.tgt + ((size_t)yy * v.tw + clampi(tx + dx, 0, v.tw - 1)) * np;
             const float* sp = s + (size_t)(dx + r) * np;
+            RR_SIMD_SUM(acc)
             for (int c = 0; c < np; ++c) {
                 const float d = t[c] - sp[c];
                 acc += d * d;
@@ -194,6 +201,17 @@ RR_HD void vote_pixel(const unsigned char* style, int sw, int ns, const int* nnf
         tgt[i * np + c] = (float)u * style_scale[c];
     }
 }
+
+// Convergence test between two PatchMatch iterations of one search-vote iteration: did the pixel's match move
+// and lower its patch error by more than 5%? Pixels with no such neighbour (radius 2) are not searched again
+// until the next vote. Smaller gains no longer change the vote visibly (measured on the benchmark clips:
+// 12 x 2 iterations already reach the fidelity of 12 x 6), so they must not keep the whole image searching.
+RR_HD bool improved_significantly(const int* nnf, const int* nnf_before, const float* err, const float* err_before,
+                                  size_t i) {
+    const bool moved = nnf[2 * i] != nnf_before[2 * i] || nnf[2 * i + 1] != nnf_before[2 * i + 1];
+    return moved && err_before[i] - err[i] > 0.05f * err_before[i];
+}
+constexpr int kConvergenceRadius = 2;
 
 // Stop-threshold test (§A8): did any style channel of this pixel change by >= threshold since the last vote?
 RR_HD bool style_changed(const unsigned char* a, const unsigned char* b, int ns, int threshold, size_t i) {

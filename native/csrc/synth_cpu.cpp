@@ -160,11 +160,14 @@ class Synthesizer {
         const auto sguides = build_pyramid(in_.source_guide, in_.sw, in_.sh, in_.ng, L);
         const auto tguides = build_pyramid(in_.target_guide, in_.tw, in_.th, in_.ng, L);
         for (int l = 0; l < L; ++l) {
+            const double t0 = omp_get_wtime();
             const bool finest = l == L - 1;
             setup_level(styles[l], sguides[l], tguides[l], l);
             solve_level(l, cfg_.patch_size, cfg_.uniformity);
             if (finest && cfg_.extra_pass_3x3) solve_level(L, 3, 0.0f);  // §A3 step 5
+            stats_.level_seconds.push_back(omp_get_wtime() - t0);
         }
+        out.stats = stats_;
         const size_t n = (size_t)tw_ * th_;
         out.image = est_;
         out.error = err_;
@@ -214,6 +217,8 @@ class Synthesizer {
         prev_est_.assign(n * ns_, 0);
         active_.assign(n, 1);
         changed_.assign(n, 0);
+        any_change_.assign(n, 0);
+        err_dirty_.assign(n, 1);
     }
 
     // The caller's finest-level NNF mapped to this level's target and source sizes.
@@ -242,53 +247,95 @@ class Synthesizer {
         return v;
     }
 
-    void vote(int p, bool weighted) {
-        prev_est_.swap(est_);
-        const int r = p / 2;
+    // Box dilation of a 0/1 mask by radius r (separable max).
+    void dilate(const std::vector<uint8_t>& in, std::vector<uint8_t>& out, int r) {
+        tmp_mask_.resize(in.size());
         parallel_rows(th_, threads_, [&](int y) {
-            for (int x = 0; x < tw_; ++x)
-                vote_pixel(style_->data.data(), sw_, ns_, nnf_.data(), err_.data(), tw_, th_, r, weighted,
-                           style_scale_, x, y, est_.data(), tgt_.data(), np_);
+            const uint8_t* row = in.data() + (size_t)y * tw_;
+            for (int x = 0; x < tw_; ++x) {
+                uint8_t m = 0;
+                for (int xx = std::max(0, x - r); xx <= std::min(tw_ - 1, x + r) && !m; ++xx) m = row[xx];
+                tmp_mask_[(size_t)y * tw_ + x] = m;
+            }
+        });
+        out.resize(in.size());
+        parallel_rows(th_, threads_, [&](int y) {
+            for (int x = 0; x < tw_; ++x) {
+                uint8_t m = 0;
+                for (int yy = std::max(0, y - r); yy <= std::min(th_ - 1, y + r) && !m; ++yy)
+                    m = tmp_mask_[(size_t)yy * tw_ + x];
+                out[(size_t)y * tw_ + x] = m;
+            }
         });
     }
 
-    // Stop-threshold mask (§A8): pixels whose estimate changed by >= threshold, dilated by the patch radius.
-    void update_mask(int r) {
-        const size_t n = (size_t)tw_ * th_;
+    // Pixels whose match differs between two NNFs.
+    void nnf_changed(const std::vector<int32_t>& a, const std::vector<int32_t>& b, std::vector<uint8_t>& out) {
+        out.resize((size_t)tw_ * th_);
+        parallel_rows(th_, threads_, [&](int y) {
+            for (int x = 0; x < tw_; ++x) {
+                const size_t i = (size_t)y * tw_ + x;
+                out[i] = a[2 * i] != b[2 * i] || a[2 * i + 1] != b[2 * i + 1];
+            }
+        });
+    }
+
+    // Pixels whose last PatchMatch iteration improved them significantly (synth_core.h).
+    void improved(std::vector<uint8_t>& out) {
+        out.resize((size_t)tw_ * th_);
+        parallel_rows(th_, threads_, [&](int y) {
+            for (int x = 0; x < tw_; ++x) {
+                const size_t i = (size_t)y * tw_ + x;
+                out[i] = improved_significantly(nnf_.data(), nnf_at_pm_.data(), err_.data(), err_at_pm_.data(), i);
+            }
+        });
+    }
+
+    // Voting (§A6). A plain vote of a pixel depends only on the matches within the patch radius, so after the
+    // first vote of a level only pixels near a changed match are re-voted (the others would get the same value).
+    void vote(int p, bool weighted, bool first) {
+        Timer t(stats_.vote);
+        prev_est_.swap(est_);
+        const int r = p / 2;
+        const bool incremental = !first && !weighted;
+        if (incremental) {
+            nnf_changed(nnf_, nnf_at_vote_, changed_);
+            dilate(changed_, vote_dirty_, r);
+        }
+        parallel_rows(th_, threads_, [&](int y) {
+            for (int x = 0; x < tw_; ++x) {
+                const size_t i = (size_t)y * tw_ + x;
+                if (incremental && !vote_dirty_[i]) {
+                    for (int c = 0; c < ns_; ++c) est_[i * ns_ + c] = prev_est_[i * ns_ + c];
+                    continue;
+                }
+                vote_pixel(style_->data.data(), sw_, ns_, nnf_.data(), err_.data(), tw_, th_, r, weighted,
+                           style_scale_, x, y, est_.data(), tgt_.data(), np_);
+            }
+        });
+        nnf_at_vote_ = nnf_;
+    }
+
+    // After a vote: the stop-threshold mask (§A8: pixels whose estimate changed by >= threshold, dilated by the
+    // patch radius) and the pixels whose patch error must be recomputed (estimate changed at all in the patch).
+    void update_masks(int r, bool stop_mask) {
         parallel_rows(th_, threads_, [&](int y) {
             for (int x = 0; x < tw_; ++x) {
                 const size_t i = (size_t)y * tw_ + x;
                 changed_[i] = style_changed(est_.data(), prev_est_.data(), ns_, cfg_.stop_threshold, i);
+                any_change_[i] = style_changed(est_.data(), prev_est_.data(), ns_, 1, i);
             }
         });
-        std::vector<uint8_t> rowmax(n);
-        parallel_rows(th_, threads_, [&](int y) {
-            for (int x = 0; x < tw_; ++x) {
-                uint8_t m = 0;
-                for (int dx = -r; dx <= r && !m; ++dx) {
-                    const int xx = x + dx;
-                    if (xx >= 0 && xx < tw_) m = changed_[(size_t)y * tw_ + xx];
-                }
-                rowmax[(size_t)y * tw_ + x] = m;
-            }
-        });
-        parallel_rows(th_, threads_, [&](int y) {
-            for (int x = 0; x < tw_; ++x) {
-                uint8_t m = 0;
-                for (int dy = -r; dy <= r && !m; ++dy) {
-                    const int yy = y + dy;
-                    if (yy >= 0 && yy < th_) m = rowmax[(size_t)yy * tw_ + x];
-                }
-                active_[(size_t)y * tw_ + x] = m;
-            }
-        });
+        if (stop_mask) dilate(changed_, active_, r);
+        dilate(any_change_, err_dirty_, r);
     }
 
-    void recompute_error(const SynthView& v) {
+    void recompute_error(const SynthView& v, bool all) {
+        Timer t(stats_.error);
         parallel_rows(th_, threads_, [&](int y) {
             for (int x = 0; x < tw_; ++x) {
                 const size_t i = (size_t)y * tw_ + x;
-                err_[i] = patch_error(v, x, y, nnf_[2 * i], nnf_[2 * i + 1], kInf);
+                if (all || err_dirty_[i]) err_[i] = patch_error(v, x, y, nnf_[2 * i], nnf_[2 * i + 1], kInf);
             }
         });
     }
@@ -296,11 +343,12 @@ class Synthesizer {
     // One Jacobi pass: every active pixel computes its new match from (nnf_, err_) into (nnf2_, err2_).
     template <class F>
     void pass(Occupancy* occ, F&& pixel) {
+        const double t0 = omp_get_wtime();
         parallel_rows(th_, threads_, [&](int y) {
             for (int x = 0; x < tw_; ++x) {
                 const size_t i = (size_t)y * tw_ + x;
                 Match m;
-                if (active_[i]) {
+                if (search_[i]) {
                     m = pixel(x, y);
                 } else {
                     m.x = nnf_[2 * i];
@@ -312,7 +360,10 @@ class Synthesizer {
                 err2_[i] = m.err;
             }
         });
+        const double t1 = omp_get_wtime();
+        stats_.search += t1 - t0;
         if (occ) occ->update(nnf_.data(), nnf2_.data(), (size_t)tw_ * th_);
+        stats_.occupancy += omp_get_wtime() - t1;
         nnf_.swap(nnf2_);
         err_.swap(err2_);
     }
@@ -331,12 +382,17 @@ class Synthesizer {
         const float occ_scale = uniformity / ((float)p * p * omega);
         Occupancy occ(sw_, sh_, p, threads_);
         Occupancy* occp = uniformity > 0.0f ? &occ : nullptr;
-        vote(p, false);  // §A3 step 2: initial vote (errors not known yet, so plain)
+        vote(p, false, true);  // §A3 step 2: initial vote (errors not known yet, so plain)
         const int sv_iters = cfg_.search_vote_iters, pm_iters = cfg_.patchmatch_iters;
         for (int sv = 0; sv < sv_iters; ++sv) {
-            if (occp) occp->rebuild(nnf_.data(), n);
+            stats_.active_pixels.push_back(std::count(active_.begin(), active_.end(), 1));
+            if (occp) {
+                Timer t(stats_.occupancy);
+                occp->rebuild(nnf_.data(), n);
+            }
             const SynthView v = view(p, occp, occ_scale);
-            recompute_error(v);
+            recompute_error(v, sv == 0);
+            search_ = active_;
             if (sv == 0 && in_.init_nnf && l > 0 && l < cfg_.levels) {
                 // Offer the caller's NNF (mapped to this level) as a candidate next to the upsampled one.
                 pass(occp, [&](int x, int y) {
@@ -348,21 +404,44 @@ class Synthesizer {
                 });
             }
             for (int pm = 0; pm < pm_iters; ++pm) {
-                for (int k = 4, pi = 0; k >= 1; k /= 2, ++pi) {
+                if (pm > 0) {
+                    // Converged neighbourhoods are not searched again in this search-vote iteration.
+                    improved(changed_);
+                    dilate(changed_, search_, kConvergenceRadius);
+                    int64_t left = 0;
+                    for (size_t i = 0; i < n; ++i) left += (search_[i] &= active_[i]);
+                    stats_.searched_pixels.push_back(left);
+                    if (left == 0) break;
+                } else {
+                    stats_.searched_pixels.push_back(std::count(search_.begin(), search_.end(), 1));
+                }
+                nnf_at_pm_ = nnf_;
+                err_at_pm_ = err_;
+                const double tp = stats_.search;
+                for (int k = 4; k >= 1; k /= 2) {
                     pass(occp, [&](int x, int y) { return propagate_pixel(v, nnf_.data(), err_.data(), x, y, k); });
                 }
+                stats_.propagation += stats_.search - tp;
                 const unsigned int pid = pass_id(l, sv, pm, 3);
                 pass(occp, [&](int x, int y) {
                     const Match cur = current_match(v, nnf_.data(), err_.data(), x, y);
                     return random_search_pixel(v, cur, x, y, cfg_.seed, pid);
                 });
             }
-            vote(p, cfg_.weighted_vote);
-            if (sv + 1 < sv_iters) update_mask(r);
+            vote(p, cfg_.weighted_vote, false);
+            update_masks(r, sv + 1 < sv_iters);
         }
-        if (sv_iters == 0) recompute_error(view(p, nullptr, 0.0f));
+        if (sv_iters == 0) recompute_error(view(p, nullptr, 0.0f), true);
     }
 
+    struct Timer {
+        double& sink;
+        double t0;
+        explicit Timer(double& s) : sink(s), t0(omp_get_wtime()) {}
+        ~Timer() { sink += omp_get_wtime() - t0; }
+    };
+
+    SynthStats stats_;
     const SynthInputs& in_;
     SynthConfig cfg_;
     int threads_ = 1, ns_ = 0, np_ = 0;
@@ -370,9 +449,11 @@ class Synthesizer {
     std::vector<float> guide_scale_;
     int sw_ = 0, sh_ = 0, tw_ = 0, th_ = 0;
     const Image8* style_ = nullptr;
-    std::vector<float> src_, tgt_, err_, err2_;
+    std::vector<float> src_, tgt_, err_, err2_, err_at_pm_;
     std::vector<int32_t> nnf_, nnf2_;
-    std::vector<uint8_t> est_, prev_est_, active_, changed_;
+    std::vector<int32_t> nnf_at_vote_, nnf_at_pm_;
+    std::vector<uint8_t> est_, prev_est_, active_, changed_, any_change_, search_, vote_dirty_, err_dirty_,
+        tmp_mask_;
 };
 
 }  // namespace

@@ -31,7 +31,16 @@ struct SynthInputs {
     const int32_t* init_nnf;     // [th][tw][2] or null
 };
 
+// Where the time went (wall seconds) and how much of the target the stop-threshold mask kept searching.
+struct SynthStats {
+    double search = 0, propagation = 0, occupancy = 0, vote = 0, error = 0;
+    std::vector<double> level_seconds;    // coarsest first
+    std::vector<int64_t> active_pixels;  // per search-vote iteration, all levels in order
+    std::vector<int64_t> searched_pixels;  // per PatchMatch iteration, all levels in order
+};
+
 struct SynthOutputs {
+    SynthStats stats;
     std::vector<uint8_t> image;  // [th][tw][ns]
     std::vector<float> error;    // [th][tw]
     std::vector<int32_t> nnf;    // [th][tw][2]

@@ -126,6 +126,17 @@ __global__ void changed_mask(const unsigned char* est, const unsigned char* prev
     changed[i] = rr::style_changed(est, prev, ns, threshold, i) ? 1 : 0;
 }
 
+__global__ void improved_mask(const int* nnf, const int* nnf_before, const float* err, const float* err_before,
+                              int tw, int th, unsigned char* out) {
+    PIXEL_XY(tw, th)
+    out[i] = rr::improved_significantly(nnf, nnf_before, err, err_before, i) ? 1 : 0;
+}
+
+__global__ void and_mask(unsigned char* a, const unsigned char* b, int tw, int th) {
+    PIXEL_XY(tw, th)
+    a[i] = a[i] && b[i];
+}
+
 // Dilation of the changed mask by the patch radius, one axis per launch (dx = 1: rows, dx = 0: columns).
 __global__ void dilate(const unsigned char* in, unsigned char* out, int tw, int th, int r, int along_x) {
     PIXEL_XY(tw, th)
