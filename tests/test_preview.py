@@ -25,7 +25,7 @@ import av
 import cv2
 import numpy as np
 import pytest
-from media import normal_clip
+from media import normal_clip, not_a_video
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts"
@@ -433,6 +433,7 @@ def test_bad_command_line_is_one_line(clip, tmp_path):
     for argv, needle in [
         (["-i", str(tmp_path / "missing.mp4")], "input file not found"),
         (["-i", "-"], "not '-'"),
+        (["-i", str(not_a_video(tmp_path))], "not a media file"),
         (
             ["-i", str(clip), "-K", "0"],
             run_message(["-i", str(clip), "-K", "0", "-o", str(tmp_path / "o.mp4")]),

@@ -89,9 +89,11 @@ def main(argv: list[str]) -> int:
             workdir=Path(tmp),
             output_dir=args.output_dir.resolve() if args.output_dir else None,
             fast=FastPreview(size=args.fast_size, steps=args.fast_steps),
+            log=lambda message: print(f"rerender preview: {message}", file=sys.stderr, flush=True),
         )
         # The command line's run options are checked like `rerender run` checks them, before serving.
         session.check_initial()
+        session.show_first_frame()
         try:
             server = PreviewServer((args.host, args.port), session, check_host=args.host in LOOPBACK)
         except OSError as exc:
@@ -123,7 +125,8 @@ def main(argv: list[str]) -> int:
         try:
             server.serve_forever(poll_interval=0.25)
         except KeyboardInterrupt:
-            print("rerender preview: stopping (cancelling the run in flight)", file=sys.stderr, flush=True)
+            note = " (cancelling the run in flight)" if session.running else ""
+            print(f"rerender preview: stopping{note}", file=sys.stderr, flush=True)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

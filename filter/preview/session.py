@@ -14,12 +14,13 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 
-from ..errors import RerenderError, UsageError
+from ..errors import InputError, RerenderError, UsageError
 from ..frames import Frame
 from .latest import LatestImages
 from .settings import FastPreview, PageSettings, fast_argv, form_fields, page_argv, split_run_argv
@@ -64,6 +65,7 @@ class PreviewSession:
         workdir: Path,
         output_dir: Path | None = None,
         fast: FastPreview = FastPreview(),
+        log: Callable[[str], None] | None = None,
     ) -> None:
         from .. import job
 
@@ -72,6 +74,7 @@ class PreviewSession:
         self.workdir = workdir
         self.output_dir = output_dir
         self.fast = fast
+        self._log = log or (lambda message: None)
         self.parser = job.build_run_parser()
         self.fields = form_fields(self.parser)
         self.initial_values, self.initial_extra = split_run_argv(run_argv, self.fields, self.parser)
@@ -115,6 +118,17 @@ class PreviewSession:
             str(self.input_path), PageSettings(self.initial_values, self.initial_extra), self.fields
         )
         self._job.parse_run_options(self._output_argv(argv, self.workdir / "check.mp4"))
+
+    def show_first_frame(self) -> None:
+        """Open the input once at start: a file that is not a usable video is a one-line InputError now,
+        and the page shows its first frame before anything is rendered."""
+        from ..io import open_source
+
+        with open_source(self.input_path, keep_side_packets=False) as source:
+            first = next(source.frames(), None)
+        if first is None:
+            raise InputError(f"{self.input_path} has no video frames; give a clip with at least one frame")
+        self.images.put("input", first.image)
 
     def _output_argv(self, argv: list[str], path: Path) -> list[str]:
         return [*argv, "-o", str(path)]
@@ -247,6 +261,7 @@ class PreviewSession:
             self._update(run_id, state="cancelled", message="cancelled", eta=None)
         except RerenderError as exc:
             self._update(run_id, state="error", message=str(exc), eta=None)
+            self._log(f"run {run_id} ({stage}) failed: {exc}")
         except Exception as exc:  # a bug: keep serving, show it, and print the traceback for a report
             traceback.print_exc(file=sys.stderr)
             self._update(
@@ -260,10 +275,17 @@ class PreviewSession:
                 message=f"wrote {output}" if kind == "render" else "",
                 output=str(output) if kind == "render" else None,
             )
+            if kind == "render":
+                self._log(f"wrote {output}")
         finally:
             self._update(run_id, elapsed=round(time.monotonic() - started, 2))
             if kind == "preview" and stage == "full":
                 Path(output).unlink(missing_ok=True)  # the preview's file is a by-product; the page saw it
+
+    @property
+    def running(self) -> bool:
+        with self._lock:
+            return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         """Cancel the run in flight (if any) and wait for it to end."""
