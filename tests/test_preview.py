@@ -415,17 +415,26 @@ def test_fast_mode_caps_previews_only_and_job_errors_reach_the_page(server, outd
 # -- command line ---------------------------------------------------------------------------------
 
 
-def test_ctrl_c_cancels_the_run_and_stops(clip, tmp_path):
-    srv = Server(["-i", str(clip), "-K", "2", *CHEAP])
+def test_cancel_button_and_ctrl_c_stop_a_run_in_flight(clip, tmp_path):
+    """A full propagation at the 512 processing size takes far longer than these checks, so both the
+    Cancel request and Ctrl-C land while it runs."""
+    srv = Server(["-i", str(clip), "-K", "2"])
+    slow = {"stage": "full", "fast": False, "values": {"--size": "512"}, "extra": ""}
     try:
-        code, _, body = srv.request("POST", "/run", body={"stage": "full", "values": {}, "extra": ""})
+        code, _, body = srv.request("POST", "/run", body=slow)
         assert code == 202, body
-        wait_for(lambda: srv.status()["state"] != "idle", 10, "the run to start")
+        wait_for(lambda: srv.status()["keyframes"], 60, "the first keyframe")
+        code, _, body = srv.request("POST", "/cancel", body={})
+        assert code == 200 and json.loads(body)["state"] == "cancelled", body
+        code, _, body = srv.request("POST", "/run", body=slow)
+        assert code == 202, body
+        wait_for(lambda: srv.status()["keyframes"], 60, "the first keyframe again")
         assert srv.interrupt() == 0
     finally:
         srv.stop()
     assert "on 127.0.0.1 only" in srv.stderr
-    assert "stopped" in srv.stderr and "Traceback" not in srv.stderr
+    assert "cancelling the run in flight" in srv.stderr and "stopped" in srv.stderr
+    assert "Traceback" not in srv.stderr
 
 
 def test_bad_command_line_is_one_line(clip, tmp_path):
