@@ -46,6 +46,11 @@ def visible_files(outbox: Path) -> list[str]:
     return sorted(found)
 
 
+def locks_left(inbox: Path) -> list[str]:
+    """Clip locks still in INBOX (finish marks, `*.json`, stay there by design)."""
+    return [n for n in os.listdir(inbox / ".rerender-locks") if not n.endswith(".json")]
+
+
 def ledger_rows(outbox: Path) -> list[dict]:
     db = sqlite3.connect(outbox / ".rerender" / "ledger.sqlite")
     db.row_factory = sqlite3.Row
@@ -178,7 +183,7 @@ def test_dropped_clips_come_out_once_complete_and_bad_ones_go_to_failed(folders,
         "slow.mkv",
         "sub",
     ]  # originals kept
-    assert os.listdir(inbox / ".rerender-locks") == []
+    assert locks_left(inbox) == []
 
     status = subprocess.run([*RERENDER, "watch", "--status", str(outbox)], capture_output=True, text=True)
     assert status.returncode == 0
@@ -267,7 +272,7 @@ def test_kill_9_at_random_moments_leaves_every_clip_done_exactly_once(folders, t
     assert {r["state"] for r in rows} == {"done"}
     staging = outbox / ".rerender" / "staging"
     assert not staging.exists() or os.listdir(staging) == []
-    assert os.listdir(inbox / ".rerender-locks") == []
+    assert locks_left(inbox) == []
 
 
 def test_sigterm_abandons_cleanly_and_the_next_start_resumes_from_the_keyframes(folders):
@@ -411,3 +416,22 @@ def test_an_inbox_that_goes_away_is_waited_for(folders, tmp_path):
     daemon.wait_until(lambda: daemon.of("done"))
     assert daemon.stop() == 0
     assert count_frames(outbox / "a_rerender.mp4") == 10
+
+
+def test_two_daemons_with_separate_outboxes_never_take_the_same_clip(folders, tmp_path):
+    inbox, outbox = folders
+    other_outbox = tmp_path / "outbox-of-another-machine"
+    names = [f"clip{i}.mp4" for i in range(4)]
+    for name in names:
+        write_clip(inbox / name, frames=12)
+    first = Daemon(inbox, outbox, "--once")
+    second = Daemon(inbox, other_outbox, "--once")
+    assert first.wait() == 0 and second.wait() == 0
+    started = [e["clip"] for e in first.of("start") + second.of("start")]
+    assert sorted(started) == names  # the finish marks in INBOX tell each daemon what the other did
+    outputs = visible_files(outbox) + visible_files(other_outbox)
+    assert sorted(outputs) == sorted(n.replace(".mp4", "_rerender.mp4") for n in names)
+    # A daemon that starts later with the same preset takes nothing either, and its ledger says why.
+    third = once(inbox, tmp_path / "third-outbox")
+    assert third.of("start") == [] and len(third.of("skipped")) == len(names)
+    assert {r["state"] for r in ledger_rows(tmp_path / "third-outbox")} == {"done"}

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from ..errors import RerenderError
 from .ledger import Ledger, Row
 from .lock import ClipLocks, Owner
+from .marks import FinishMarks
 from .output import Layout, fsync_path, numbered
 from .report import Reporter
 from .scan import SeenClip, StabilityTracker, scan_inbox
@@ -89,6 +90,7 @@ class Watcher:
         self.owner = Owner.me()
         self.ledger = Ledger(self.layout.ledger_path)
         self.locks = ClipLocks(options.inbox, self.owner, stale_after=options.stale_lock)
+        self.marks = FinishMarks(self.locks)
         self.settings = SettingsSource(options.preset, api.build_parser, api.parse)
         self.tracker = StabilityTracker(options.stable)
         self.wake = Waker()
@@ -204,6 +206,9 @@ class Watcher:
             if row.state == "running":
                 # We hold the lock, so whoever marked it running is gone.
                 row = self._recover(row)
+            if row.state == "queued" and self._finished_elsewhere(row):
+                self.locks.release(clip.rel)
+                return 0
             if row.state != "queued" or not self._unchanged(clip):
                 self.locks.release(clip.rel)
                 return 0
@@ -212,6 +217,32 @@ class Watcher:
             raise
         self._start(clip, row, settings)
         return 0
+
+    def _finished_elsewhere(self, row: Row) -> bool:
+        """True (and the ledger updated) if a daemon writing to another OUTBOX already took this clip."""
+        mark = self.marks.read(row.path, row.size, row.mtime_ns, row.settings_hash)
+        if mark is None or mark.get("outbox") == str(self.options.outbox):
+            return False  # our own mark: our ledger is the authority (deleting it forces a re-render)
+        output = f"{mark.get('outbox')}/{mark.get('output')}" if mark.get("output") else None
+        self.ledger.adopt(row.id, mark.get("state", "done"), output, mark.get("error"))
+        self.reporter.emit(
+            {
+                "event": "skipped",
+                "clip": row.path,
+                "message": f"{row.path}: already {mark.get('state')} by {mark.get('by')} into {mark.get('outbox')}",
+            }
+        )
+        return True
+
+    def _mark(self, row: Row, state: str, output: str | None, error: str | None) -> None:
+        record = {
+            "state": state,
+            "outbox": str(self.options.outbox),
+            "output": output,
+            "error": error,
+            "by": self.owner.describe(),
+        }
+        self.marks.write(row.path, row.size, row.mtime_ns, row.settings_hash, record)
 
     def _unchanged(self, clip: SeenClip) -> bool:
         try:
@@ -351,6 +382,7 @@ class Watcher:
             else:
                 raise OSError(f"no free output name next to {target}")
         self.ledger.done(row.id, self.layout.relative_output(final), frames)
+        self._mark(row, "done", self.layout.relative_output(final), None)
         self.layout.remove_staging(row.id)
         return final
 
@@ -360,6 +392,7 @@ class Watcher:
         log = "\n".join(job.log) if job is not None else ""
         report = self.layout.write_report(rel, row.id, f"{reason}\n\n--- log ---\n{log}\n")
         self.ledger.failed(row.id, reason)
+        self._mark(row, "failed", None, reason)
         self.reporter.emit(
             {"event": "failed", "clip": rel, "reason": reason, "report": self.layout.relative_output(report)}
         )
@@ -405,6 +438,7 @@ class Watcher:
                 staged_there = False
             if not staged_there and output.exists():
                 self.ledger.done(row.id, self.layout.relative_output(output), row.frames)
+                self._mark(row, "done", self.layout.relative_output(output), None)
                 self.layout.remove_staging(row.id)
                 self.reporter.emit({"event": "recovered", "clip": row.path, "action": "output was complete"})
                 return self.ledger.get(row.id)

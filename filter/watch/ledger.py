@@ -193,6 +193,14 @@ class Ledger:
                 (error, now, now, now, row_id),
             )
 
+    def adopt(self, row_id: int, state: str, output: str | None, error: str | None) -> None:
+        """Record the outcome another daemon (writing to another OUTBOX) reached for this clip."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE clips SET state=?, phase=NULL, owner=NULL, output=?, error=?, finished_at=? WHERE id=?",
+                (state, output, error, time.time(), row_id),
+            )
+
     def requeue(self, row_id: int, *, count_attempt: bool) -> None:
         """running -> queued. A clean abandon (SIGTERM) does not count as an attempt; a crash does."""
         with self._tx() as db:
