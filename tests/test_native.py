@@ -122,8 +122,9 @@ def test_same_seed_gives_identical_results_and_another_seed_a_different_search()
 def test_thread_count_does_not_change_the_result():
     # Every pass is a Jacobi step (a pixel reads only the previous pass), so the result is not merely
     # within a bound of the 1-thread one: it is the same.
-    style = textured(60, 52, 3, seed=1)
-    target = textured(50, 66, 3, seed=2)
+    # Large enough (> 16384 pixels) that the finest level really runs on several threads.
+    style = textured(140, 130, 3, seed=1)
+    target = textured(130, 150, 3, seed=2)
     guides = [Guide(style, target, 2.0)]
     one = synthesize(style, guides, SynthParams(search_vote_iters=3, patchmatch_iters=2, threads=1))
     two = synthesize(style, guides, SynthParams(search_vote_iters=3, patchmatch_iters=2, threads=2))

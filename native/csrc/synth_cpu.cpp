@@ -146,7 +146,7 @@ std::vector<float> pack(const Image8* style, int ns, const Image8& guide, int np
 class Synthesizer {
   public:
     Synthesizer(const SynthInputs& in, const SynthConfig& cfg) : in_(in), cfg_(cfg) {
-        threads_ = cfg.threads > 0 ? cfg.threads : omp_get_max_threads();
+        max_threads_ = cfg.threads > 0 ? cfg.threads : omp_get_max_threads();
         ns_ = in.ns;
         np_ = ((in.ns + in.ng) + 3) / 4 * 4;
         for (int c = 0; c < in.ns; ++c) style_scale_[c] = std::sqrt(in.style_weights[c]);
@@ -181,6 +181,9 @@ class Synthesizer {
         sh_ = style.h;
         tw_ = tguide.w;
         th_ = tguide.h;
+        // Small levels run on one thread: a pass there is shorter than waking a team (hundreds of passes per
+        // level make that overhead dominate on a busy machine). Results do not depend on the thread count.
+        threads_ = (size_t)std::max(tw_ * th_, sw_ * sh_) < kMinPixelsPerThread ? 1 : max_threads_;
         style_ = &style;
         src_ = pack(&style, ns_, sguide, np_, style_scale_, guide_scale_.data());
         tgt_ = pack(nullptr, ns_, tguide, np_, style_scale_, guide_scale_.data());
@@ -247,10 +250,11 @@ class Synthesizer {
         return v;
     }
 
-    // Box dilation of a 0/1 mask by radius r (separable max).
+    // Box dilation of a 0/1 mask by radius r (separable max). The mask helpers below are O(pixels) byte
+    // operations and run serially for the same reason as the occupancy update.
     void dilate(const std::vector<uint8_t>& in, std::vector<uint8_t>& out, int r) {
         tmp_mask_.resize(in.size());
-        parallel_rows(th_, threads_, [&](int y) {
+        parallel_rows(th_, 1, [&](int y) {
             const uint8_t* row = in.data() + (size_t)y * tw_;
             for (int x = 0; x < tw_; ++x) {
                 uint8_t m = 0;
@@ -259,7 +263,7 @@ class Synthesizer {
             }
         });
         out.resize(in.size());
-        parallel_rows(th_, threads_, [&](int y) {
+        parallel_rows(th_, 1, [&](int y) {
             for (int x = 0; x < tw_; ++x) {
                 uint8_t m = 0;
                 for (int yy = std::max(0, y - r); yy <= std::min(th_ - 1, y + r) && !m; ++yy)
@@ -272,7 +276,7 @@ class Synthesizer {
     // Pixels whose match differs between two NNFs.
     void nnf_changed(const std::vector<int32_t>& a, const std::vector<int32_t>& b, std::vector<uint8_t>& out) {
         out.resize((size_t)tw_ * th_);
-        parallel_rows(th_, threads_, [&](int y) {
+        parallel_rows(th_, 1, [&](int y) {
             for (int x = 0; x < tw_; ++x) {
                 const size_t i = (size_t)y * tw_ + x;
                 out[i] = a[2 * i] != b[2 * i] || a[2 * i + 1] != b[2 * i + 1];
@@ -283,7 +287,7 @@ class Synthesizer {
     // Pixels whose last PatchMatch iteration improved them significantly (synth_core.h).
     void improved(std::vector<uint8_t>& out) {
         out.resize((size_t)tw_ * th_);
-        parallel_rows(th_, threads_, [&](int y) {
+        parallel_rows(th_, 1, [&](int y) {
             for (int x = 0; x < tw_; ++x) {
                 const size_t i = (size_t)y * tw_ + x;
                 out[i] = improved_significantly(nnf_.data(), nnf_at_pm_.data(), err_.data(), err_at_pm_.data(), i);
@@ -319,7 +323,7 @@ class Synthesizer {
     // After a vote: the stop-threshold mask (§A8: pixels whose estimate changed by >= threshold, dilated by the
     // patch radius) and the pixels whose patch error must be recomputed (estimate changed at all in the patch).
     void update_masks(int r, bool stop_mask) {
-        parallel_rows(th_, threads_, [&](int y) {
+        parallel_rows(th_, 1, [&](int y) {
             for (int x = 0; x < tw_; ++x) {
                 const size_t i = (size_t)y * tw_ + x;
                 changed_[i] = style_changed(est_.data(), prev_est_.data(), ns_, cfg_.stop_threshold, i);
@@ -380,7 +384,9 @@ class Synthesizer {
         // Uniformity (§A5): lambda * (occupancy sum / p^2) / omega*, omega* = |T| / |S| * p^2.
         const float omega = (float)n / ((float)sw_ * sh_) * p * p;
         const float occ_scale = uniformity / ((float)p * p * omega);
-        Occupancy occ(sw_, sh_, p, threads_);
+        // Serial: O(|S|) integer box filters take about a millisecond; a parallel region plus its barriers costs
+        // more than that on a busy machine (measured: 10x slower with 2 threads under load).
+        Occupancy occ(sw_, sh_, p, 1);
         Occupancy* occp = uniformity > 0.0f ? &occ : nullptr;
         vote(p, false, true);  // §A3 step 2: initial vote (errors not known yet, so plain)
         const int sv_iters = cfg_.search_vote_iters, pm_iters = cfg_.patchmatch_iters;
@@ -444,7 +450,8 @@ class Synthesizer {
     SynthStats stats_;
     const SynthInputs& in_;
     SynthConfig cfg_;
-    int threads_ = 1, ns_ = 0, np_ = 0;
+    static constexpr size_t kMinPixelsPerThread = 16384;
+    int threads_ = 1, max_threads_ = 1, ns_ = 0, np_ = 0;
     float style_scale_[8] = {0};
     std::vector<float> guide_scale_;
     int sw_ = 0, sh_ = 0, tw_ = 0, th_ = 0;
