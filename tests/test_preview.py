@@ -180,6 +180,10 @@ def test_any_other_path_is_404(server, path):
 def test_state_changes_need_json_from_this_host(server):
     code, _, _ = server.request("POST", "/run", headers={"Content-Type": "text/plain"})
     assert code == 415  # a cross-site form post cannot start jobs
+    code, _, _ = server.request(
+        "POST", "/run", headers={"Content-Type": "application/json", "Content-Length": "-5"}
+    )
+    assert code == 400
     code, _, _ = server.request("GET", "/status", headers={"Host": "evil.example:80"})
     assert code == 403  # DNS rebinding: only the loopback names are served
 

@@ -75,6 +75,8 @@ class PreviewHandler(BaseHTTPRequestHandler):
         self.send_header("X-Content-Type-Options", "nosniff")
         for key, value in (extra or {}).items():
             self.send_header(key, value)
+        if self.close_connection:
+            self.send_header("Connection", "close")
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
@@ -155,6 +157,8 @@ class PreviewHandler(BaseHTTPRequestHandler):
     # -- POST ----------------------------------------------------------------------------------------
 
     def do_POST(self) -> None:
+        # A POST's body may be left unread (a refused request): never reuse the connection after it.
+        self.close_connection = True
         path = self._route()
         if path is None:
             return
@@ -165,7 +169,13 @@ class PreviewHandler(BaseHTTPRequestHandler):
         if kind != "application/json":
             self._json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "send the settings as application/json"})
             return
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._json(HTTPStatus.BAD_REQUEST, {"error": "a valid Content-Length is required"})
+            return
         if length > MAX_BODY:
             self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "request body too large"})
             return
