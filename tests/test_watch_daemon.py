@@ -225,6 +225,11 @@ def test_dropped_clips_come_out_once_complete_and_bad_ones_go_to_failed(folders,
     assert [e["clip"] for e in changed.of("start")] == ["a.mp4"]
     assert count_frames(outbox / "a_rerender.mp4") == 12
     assert count_frames(outbox / "a_rerender-2.mp4") == 14
+    # --overwrite replaces the first-choice name instead of numbering.
+    write_clip(inbox / "a.mp4", frames=16)
+    once(inbox, outbox, "--overwrite")
+    assert count_frames(outbox / "a_rerender.mp4") == 16
+    assert not (outbox / "a_rerender-3.mp4").exists()
 
 
 def test_kill_9_at_random_moments_leaves_every_clip_done_exactly_once(folders, tmp_path):
@@ -450,3 +455,17 @@ def test_two_daemons_with_separate_outboxes_never_take_the_same_clip(folders, tm
     third = once(inbox, tmp_path / "third-outbox")
     assert third.of("start") == [] and len(third.of("skipped")) == len(names)
     assert {r["state"] for r in ledger_rows(tmp_path / "third-outbox")} == {"done"}
+
+
+def test_a_clip_that_keeps_killing_the_daemon_is_failed_after_max_attempts(folders):
+    inbox, outbox = folders
+    write_clip(inbox / "poison.mp4", frames=150)
+    daemon = Daemon(inbox, outbox, "--max-attempts", "1")
+    daemon.wait_until(lambda: daemon.of("keyframe"))
+    daemon.stop(signal.SIGKILL)  # as if the decoder had crashed the process
+    again = once(inbox, outbox, "--max-attempts", "1")
+    assert again.of("start") == []
+    (failed,) = again.of("failed")
+    assert failed["clip"] == "poison.mp4" and "--max-attempts" in failed["reason"]
+    assert visible_files(outbox) == ["failed/poison.mp4.error.txt"]
+    assert [(r["state"], r["attempts"]) for r in ledger_rows(outbox)] == [("failed", 1)]

@@ -451,8 +451,8 @@ class Watcher:
         self.layout.clear_staged_output(row.id)
         if row.attempts >= self.options.max_attempts:
             reason = (
-                f"the daemon stopped while rendering this clip {row.attempts} times (killed or crashed); "
-                "fix the cause or raise --max-attempts, then touch the clip to retry"
+                f"the daemon was killed or crashed while rendering this clip, on each of its {row.attempts} "
+                "attempt(s); fix the cause or raise --max-attempts, then touch the clip to retry"
             )
             self._fail(row, row.path, reason, None)
         else:
