@@ -293,6 +293,20 @@ def test_with_a_pickle_preset_a_sidecar_can_not_choose_the_checkpoint(tmp_path):
     assert error is not None and "allows pickle checkpoints" in error
 
 
+def test_relative_paths_are_relative_to_the_toml_file(tmp_path):
+    (tmp_path / "stylized").mkdir()
+    _touch(tmp_path / "raft.pth")
+    source = _settings(tmp_path, 'renderer = "frames"\nkeyframes-dir = "stylized"\nflow = "raft:raft.pth"\n')
+    clip = _touch(tmp_path / "in" / "a.mov")
+    values = source.for_clip(clip).values
+    assert values["keyframes_dir"] == str(tmp_path / "stylized")
+    assert values["flow"] == f"raft:{tmp_path / 'raft.pth'}"
+    lora = _touch(tmp_path / "in" / "looks" / "style.safetensors")
+    _touch(clip.with_name("a.mov.toml"), b'lora = ["looks/style.safetensors:0.8"]\n')  # next to the sidecar
+    settings = source.for_clip(clip)
+    assert settings.error is None and settings.values["lora"] == [f"{lora}:0.8"]
+
+
 def test_a_sidecar_may_pick_local_checkpoints(tmp_path):
     source = _settings(tmp_path, None)
     clip = _touch(tmp_path / "in" / "a.mov")

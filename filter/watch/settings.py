@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,8 @@ SIDECAR_FORBIDDEN_EXTRA = frozenset({"encoder_option"})
 # Flags that choose a checkpoint to load. When the preset allows pickles, a sidecar may not set these, or it
 # could pick which pickle gets unpickled.
 CHECKPOINT_KEYS = frozenset({"model", "model_config", "lora", "controlnet", "flow"})
+# Settings whose value is (or contains) a file or folder path.
+PATH_KEYS = CHECKPOINT_KEYS | {"keyframes_dir"}
 # What the daemon passes for -i/-o when it checks the preset at start (the parser does not open them).
 _PROBE_IO = ["-i", "probe-input.mov", "-o", "probe-output.mov"]
 
@@ -157,18 +160,22 @@ def _checkpoint_path(key: str, value: object) -> str | None:
 
 
 def _absolutize(values: dict[str, Any], folder: Path) -> dict[str, Any]:
-    """A relative path that exists next to the TOML file is made absolute, so a preset can say
-    `model = "models/sd15.safetensors"` whatever the daemon's working folder."""
-    out = {}
-    for key, value in values.items():
-        if isinstance(value, str) and value and not value.startswith(("/", "~")):
-            candidate = folder / value.split(":", 1)[0] if key in ("lora", "controlnet") else folder / value
-            if ("/" in value or "." in value) and candidate.exists():
-                value = str(folder / value)
-        elif isinstance(value, list):
-            value = list(_absolutize({key: v}, folder)[key] for v in value)
-        out[key] = value
+    """Relative paths in path-valued settings that exist next to the TOML file are made absolute, so a preset
+    can say `model = "models/sd15.safetensors"` whatever the daemon's working folder."""
+    out = dict(values)
+    for key in PATH_KEYS & set(values):
+        value = values[key]
+        items = value if isinstance(value, list) else [value]
+        absolute = [_absolute(key, item, folder) for item in items]
+        out[key] = absolute if isinstance(value, list) else absolute[0]
     return out
+
+
+def _absolute(key: str, value: Any, folder: Path) -> Any:
+    path = _checkpoint_path(key, value)
+    if path is None or os.path.isabs(path) or not (folder / path).exists():
+        return value
+    return value.replace(path, str(folder / path), 1)
 
 
 @dataclass(frozen=True)
