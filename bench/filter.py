@@ -169,6 +169,8 @@ def bench_clip(clip: Path, args, workdir: Path) -> None:
         f"pipe/file = {pipe_wall / file_wall:.2f} ({len(piped.stdout) / 1e6:.1f} MB piped out)"
     )
 
+    if args.throughput_only:
+        return
     # 3. Fidelity and warp error per K; the K = 1 output is the per-frame stylization (the reference).
     dis = DISFlow()
     inputs = [f.image for f in frames]
@@ -233,6 +235,9 @@ def main() -> int:
     p.add_argument("--adaptive-k", type=int, default=10)
     p.add_argument("--search-vote-iters", type=int, default=12)
     p.add_argument("--patchmatch-iters", type=int, default=6)
+    p.add_argument(
+        "--throughput-only", action="store_true", help="only parts 1 and 2 (fps, shares, pipe/file)"
+    )
     args = p.parse_args()
     args.ks = [int(k) for k in args.ks.split(",")]
     if not args.media.is_dir():

@@ -41,6 +41,7 @@ from .geometry import Fit, ProcessingGeometry, to_depth, to_uint8
 from .propagation import KeySide, PropagationOptions, Timings, propagate_gap
 from .renderers.base import KeyframeContext, KeyframeRenderer, RenderedKeyframe
 from .schedule import (
+    AdaptivePlanner,
     Decision,
     FixedSchedule,
     KeyframeSchedule,
@@ -112,6 +113,9 @@ class Filter:
         indices = getattr(renderer, "keyframe_indices", None)
         self._fixed = FixedSchedule(frozenset(indices)) if indices is not None else None
         self._schedule = KeyframeSchedule(options.schedule)
+        sched = options.schedule
+        adaptive = sched.mode == "adaptive" and self._fixed is None
+        self._planner = AdaptivePlanner(sched.interval, sched.max_factor) if adaptive else None
         self.timings = Timings()
         self.keyframe_count = 0
         self.frames_in = 0
@@ -157,12 +161,16 @@ class Filter:
         started = time.perf_counter()
         image = self._space.to_processing(to_uint8(frame.image))
         self.timings.add("resize", time.perf_counter() - started)
-        decision, pair = self._decide(frame, image)
+        decision, pair, motion = self._decide(frame, image)
         entry = _Pending(frame, image, pair)
         if decision is Decision.PROPAGATE:
-            if not self.options.propagate:
+            if not self.options.propagate and self._planner is None:
                 self._pending.clear()  # keyframes only: keep just the newest frame (it may end the stream)
             self._pending.append(entry)
+            if self._planner is not None:
+                position = self._planner.add(motion.cost if motion is not None else 0.0)
+                if position is not None:
+                    self._key_positions([position])
             return
         if decision is Decision.ANCHOR and self._last_key is not None:
             self._close_scene()
@@ -214,7 +222,7 @@ class Filter:
         )
         self._dtype = frame.image.dtype
 
-    def _decide(self, frame: Frame, image: np.ndarray) -> tuple[Decision, FlowPair | None]:
+    def _decide(self, frame: Frame, image: np.ndarray) -> tuple[Decision, FlowPair | None, Motion | None]:
         previous = self._previous_image
         self._previous_image = image
         if self._fixed is not None:
@@ -222,19 +230,19 @@ class Filter:
             if previous is not None and self.options.propagate:
                 pair = self._estimate(previous, image)
             if not self._fixed.is_keyframe(frame.index):
-                return Decision.PROPAGATE, pair
-            return (Decision.ANCHOR if self._last_key is None else Decision.KEYFRAME), pair
+                return Decision.PROPAGATE, pair, None
+            return (Decision.ANCHOR if self._last_key is None else Decision.KEYFRAME), pair, None
         hist = colour_histogram(image) if self.options.schedule.scene_cuts else None
         previous_hist, self._previous_hist = self._previous_hist, hist
         if previous is None:
-            return self._schedule.decide(None), None
+            return self._schedule.decide(None), None, None
         needs_pair = self.options.propagate or self._schedule.needs_motion
         pair = self._estimate(previous, image) if needs_pair else None
         motion = None
         if pair is not None:
             distance = histogram_distance(previous_hist, hist) if hist is not None else 0.0
             motion = Motion(distance, pair.occluded_fraction, pair.mean_motion, min(image.shape[:2]))
-        return self._schedule.decide(motion), pair
+        return self._schedule.decide(motion), pair, motion
 
     def _estimate(self, earlier: np.ndarray, later: np.ndarray) -> FlowPair:
         started = time.perf_counter()
@@ -254,11 +262,31 @@ class Filter:
         self._outbox.append([self._output(key.frame, key.side.stylized)])
         self._last_key = key
 
+    def _key_positions(self, positions: list[int]) -> None:
+        """Make the pending frames at these increasing positions keyframes, closing the gaps before them."""
+        consumed = 0
+        for position in positions:
+            pending = self._pending
+            entry = pending[position - consumed]
+            self._pending = pending[: position - consumed]
+            rest = pending[position - consumed + 1 :]
+            self._key(entry, anchor=self._last_key is None)
+            self._pending = rest
+            consumed = position + 1
+
+    def _close_pending(self) -> None:
+        """At a cut or the end: the last pending frame becomes a keyframe (adaptive: with the keyframes the
+        planner spreads over the frames left), so no gap is left open."""
+        if not self._pending:
+            return
+        if self._planner is not None:
+            self._key_positions(self._planner.finish())
+        else:
+            self._key_positions([len(self._pending) - 1])
+
     def _close_scene(self) -> None:
         """The frame before a cut becomes a keyframe so that the gap behind it is closed inside its scene."""
-        if self._pending:
-            last = self._pending.pop()
-            self._key(last, anchor=False)
+        self._close_pending()
         self._last_key = None
         self._anchor = None
 
@@ -277,8 +305,7 @@ class Filter:
             self._propagate(self._last_key, gap, None, None)
             self._warn_unused_files()
             return
-        last = self._pending.pop()
-        self._key(last, anchor=self._last_key is None)
+        self._close_pending()
 
     def _no_keyframe_files(self) -> UsageError:
         first = min(self._fixed.indices)

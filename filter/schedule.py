@@ -6,11 +6,12 @@ propagated across it. The schedule is streaming: it decides for each frame as it
 measured between that frame and the one before (`Motion`), and never looks further ahead.
 
 Adaptive keyframes (issue 4: the paper names uniform sampling as a limitation): propagation degrades with
-the amount of new content (occlusions) and with large motion, so each frame adds a cost
-`occluded fraction + mean flow / (MOTION_SCALE * short side)` to a budget spent since the last keyframe;
-a keyframe is placed when the spent budget reaches K times the mean per-frame cost seen so far (at least
-MIN_MEAN_COST). On a stream of constant motion this is one keyframe every K frames, like uniform; still
-passages get fewer keyframes (up to `max_factor` K apart) and busy passages more (down to K / `max_factor`).
+the amount of new content (occlusions) and with large motion, so each frame has a cost
+`occluded fraction + mean flow / (MOTION_SCALE * short side)`, and keyframes are placed so that the cost
+between two keyframes is about K times the mean per-frame cost of the scene so far (`AdaptivePlanner`,
+which looks up to 2K frames ahead: the Filter buffers the frames of a gap anyway). On
+a stream of constant motion this is one keyframe every K frames, like uniform; still passages get fewer
+keyframes (up to `max_factor` K apart) and busy passages more (down to K / `max_factor`).
 """
 
 from __future__ import annotations
@@ -96,7 +97,7 @@ class ScheduleOptions:
     interval: int = 10
     mode: KeyframeMode = "uniform"
     scene_cuts: bool = True
-    max_factor: float = 3.0  # adaptive: keyframe spacing stays within [K / max_factor, K * max_factor]
+    max_factor: float = 2.0  # adaptive: keyframe spacing stays within [K / max_factor, K * max_factor]
     detector: SceneCutDetector = SceneCutDetector()
 
     def __post_init__(self) -> None:
@@ -109,14 +110,14 @@ class ScheduleOptions:
 
 
 class KeyframeSchedule:
-    """Decides, frame by frame, which frames are keyframes (uniform or adaptive, with scene cuts)."""
+    """Decides, frame by frame, which frames are uniform keyframes and which start a scene (anchors).
+
+    In adaptive mode it only finds anchors; the keyframes inside a scene come from `AdaptivePlanner`,
+    which looks ahead over the frames the Filter buffers anyway."""
 
     def __init__(self, options: ScheduleOptions):
         self.options = options
         self._since_key = 0  # frames since the last keyframe
-        self._spent = 0.0  # adaptive: cost accumulated since the last keyframe
-        self._cost_sum = 0.0
-        self._cost_count = 0
         self._started = False
 
     @property
@@ -132,24 +133,66 @@ class KeyframeSchedule:
         if motion is not None and opts.scene_cuts and opts.detector.is_cut(motion):
             return self._key(Decision.ANCHOR)
         self._since_key += 1
-        if opts.mode == "uniform" or motion is None:
-            return self._key(Decision.KEYFRAME) if self._since_key >= opts.interval else Decision.PROPAGATE
-        # Adaptive (module doc). A small floor keeps a perfectly still stream from never spending budget.
-        cost = max(motion.cost, 1e-4)
-        self._cost_sum += cost
-        self._cost_count += 1
-        self._spent += cost
-        budget = opts.interval * max(MIN_MEAN_COST, self._cost_sum / self._cost_count)
-        shortest = max(1, round(opts.interval / opts.max_factor))
-        longest = max(shortest, round(opts.interval * opts.max_factor))
-        if self._since_key >= longest or (self._since_key >= shortest and self._spent >= budget):
+        if opts.mode == "uniform" and self._since_key >= opts.interval:
             return self._key(Decision.KEYFRAME)
         return Decision.PROPAGATE
 
     def _key(self, decision: Decision) -> Decision:
         self._since_key = 0
-        self._spent = 0.0
         return decision
+
+
+class AdaptivePlanner:
+    """Adaptive keyframes with lookahead (module doc).
+
+    `add(cost)` is called for each frame after the last keyframe, in order; once a window of
+    `interval * max_factor` frames is buffered, it returns the position (0 = the first frame after the
+    last keyframe) of the next keyframe: the first frame where the cost spent since the last keyframe
+    reaches K times the mean per-frame cost of the scene so far, lookahead included (at least
+    MIN_MEAN_COST), no sooner than
+    K / max_factor frames. With constant motion that is every K frames; a still stretch followed by motion
+    gets its keyframe inside the motion. `finish()` (at a cut or the end) places the remaining keyframes so
+    that the frames left are split into gaps of equal cost, the last frame being a keyframe.
+    """
+
+    def __init__(self, interval: int, max_factor: float):
+        self.interval = interval
+        self.shortest = max(1, round(interval / max_factor))
+        self.window = max(interval, round(interval * max_factor))
+        self._costs: list[float] = []
+        self._total = 0.0  # every cost seen in the scene, for the mean the budget scales with
+        self._count = 0
+
+    def add(self, cost: float) -> int | None:
+        cost = max(0.0, cost)
+        self._costs.append(cost)
+        self._total += cost
+        self._count += 1
+        if len(self._costs) < self.window:
+            return None
+        budget = self.interval * max(MIN_MEAN_COST, self._total / self._count)
+        spent = 0.0
+        position = self.window - 1
+        for i, c in enumerate(self._costs):
+            spent += c
+            if i + 1 >= self.shortest and spent >= budget:
+                position = i
+                break
+        self._costs = self._costs[position + 1 :]
+        return position
+
+    def finish(self) -> list[int]:
+        """Keyframe positions among the frames after the last keyframe; the last one is always included."""
+        n = len(self._costs)
+        self._costs, costs = [], self._costs
+        self._total, self._count = 0.0, 0  # a cut or the end: the next scene has its own mean
+        if n == 0:
+            return []
+        gaps = max(1, round(n / self.interval))
+        cumulative = np.cumsum(np.maximum(costs, 1e-6))
+        targets = cumulative[-1] * np.arange(1, gaps) / gaps
+        inner = {int(np.searchsorted(cumulative, t)) for t in targets}
+        return sorted(p for p in inner if p < n - 1) + [n - 1]
 
 
 class FixedSchedule:

@@ -203,6 +203,23 @@ def test_scene_cuts_can_be_turned_off():
     assert [c.index for c in renderer.contexts] == [0, 4, 8, 12, 16, 18]
 
 
+def test_adaptive_keyframes_follow_the_motion():
+    """12 frames of a held picture, then 12 of a moving texture: adaptive (K=4) puts its keyframes where
+    the picture moves, and still emits every frame in order."""
+    images = [texture(0, 40, 32)] * 12 + [texture(3 * i, 40, 32) for i in range(1, 13)]
+    frames = [Frame(i, i, TIME_BASE, image) for i, image in enumerate(images)]
+    keys: list[int] = []
+    opts = FilterOptions(
+        schedule=ScheduleOptions(interval=4, mode="adaptive", scene_cuts=False), size=64, propagation=FAST
+    )
+    out = run(Filter(Posterize(), opts, on_keyframe=lambda i, s, t: keys.append(i)), frames)
+    assert [f.index for f in out] == list(range(24))
+    assert keys[0] == 0 and keys[-1] == 23
+    held = [k for k in keys if 0 < k < 12]
+    moving = [k for k in keys if k >= 12]
+    assert len(moving) > len(held) and len(moving) > 3  # uniform K=4 would put 3 in each part
+
+
 def test_high_bit_depth_frames_come_back_in_their_depth():
     frames = [Frame(i, i, TIME_BASE, texture(i, 40, 32, bit_depth=10)) for i in range(5)]
     out = run(Filter(Posterize(), options(2)), frames)

@@ -8,6 +8,7 @@ from media import texture
 from rerender.filter.errors import UsageError
 from rerender.filter.geometry import ProcessingGeometry, to_depth, to_uint8
 from rerender.filter.schedule import (
+    AdaptivePlanner,
     Decision,
     KeyframeSchedule,
     Motion,
@@ -36,21 +37,55 @@ def test_uniform_schedule_is_every_k_frames():
     assert keyframes(KeyframeSchedule(ScheduleOptions(interval=1)), motions[:4]) == [0, 1, 2, 3]
 
 
-def test_adaptive_schedule_spends_keyframes_where_the_motion_is():
+def plan(costs: list[float], k: int) -> list[int]:
+    """Absolute keyframe indices for frames 1.. with these costs (frame 0 is the anchor), as the Filter
+    drives the planner: add() per frame, finish() at the end."""
+    planner = AdaptivePlanner(k, ScheduleOptions().max_factor)
+    keys, last = [0], 0
+    for cost in costs:
+        position = planner.add(cost)
+        if position is not None:
+            last += position + 1
+            keys.append(last)
+    for position in planner.finish():
+        keys.append(last + 1 + position)
+    return keys
+
+
+def test_adaptive_planner_spends_keyframes_where_the_motion_is():
     # 40 still frames, then 40 busy ones: uniform K=10 puts 4 keyframes in each half.
-    motions = [None] + [still()] * 39 + [busy()] * 40
-    keys = keyframes(KeyframeSchedule(ScheduleOptions(interval=10, mode="adaptive")), motions)
-    in_still = [k for k in keys if 0 < k < 40]
-    in_busy = [k for k in keys if k >= 40]
+    keys = plan([still().cost] * 40 + [busy().cost] * 40, 10)
+    in_still = [k for k in keys if 0 < k <= 40]
+    in_busy = [k for k in keys if k > 40]
     assert len(in_busy) > 4 > len(in_still)
     gaps = np.diff(keys)
-    assert gaps.min() >= 3 and gaps.max() <= 30  # within [K / 3, 3 K]
+    assert gaps.min() >= 5 and gaps.max() <= 20  # within [K / 2, 2 K]
+    assert keys[-1] == 80
 
 
-def test_adaptive_schedule_on_constant_motion_is_uniform():
-    motions = [None] + [busy()] * 40
-    keys = keyframes(KeyframeSchedule(ScheduleOptions(interval=8, mode="adaptive")), motions)
-    assert keys == [0, 8, 16, 24, 32, 40]
+def test_adaptive_planner_on_constant_motion_is_uniform():
+    assert plan([busy().cost] * 40, 8) == [0, 8, 16, 24, 32, 40]
+
+
+def test_adaptive_planner_splits_the_end_into_equal_cost_gaps():
+    planner = AdaptivePlanner(10, 2.0)
+    for cost in [0.0] * 5 + [1.0] * 10:
+        assert planner.add(cost) is None  # fewer than 2K frames: no decision yet
+    positions = planner.finish()
+    assert positions[-1] == 14 and len(positions) == 2  # 15 frames ~ 2 gaps of K
+    assert 5 < positions[0] < 14  # the split lands inside the moving part
+
+
+def test_uniform_mode_never_uses_motion_for_keyframes():
+    schedule = KeyframeSchedule(ScheduleOptions(interval=3))
+    motions = [None, busy(), still(), busy(), busy()]
+    assert [schedule.decide(m) is not Decision.PROPAGATE for m in motions] == [
+        True,
+        False,
+        False,
+        True,
+        False,
+    ]
 
 
 def test_scene_cut_makes_an_anchor():
