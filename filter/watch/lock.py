@@ -1,6 +1,7 @@
-"""Per-clip locks: an atomic `mkdir` in INBOX's hidden `.rerender-locks` folder, so that two daemons (on one
-machine or on two machines sharing the folder) never take the same clip (ecosystem.md §5.2, the HandBrake
-watcher's `mkdir <relpath>.lock`).
+"""Per-clip locks: one folder per clip in INBOX's hidden `.rerender-locks` folder, created atomically, so that
+two daemons (on one machine or on two machines sharing the folder) never take the same clip (ecosystem.md
+§5.2, the HandBrake watcher's `mkdir <relpath>.lock`; we rename a prepared folder into place instead of
+mkdir, so a lock never exists without its owner file).
 
 The lock folder holds `owner.json` (host, pid, process start time, a random token). A lock is stale when its
 owner is on this host and that process is gone (kill -9, power loss), or when it is on another host and its
@@ -80,19 +81,28 @@ class ClipLocks:
         return self.root / (hashlib.sha1(rel.encode()).hexdigest()[:20] + ".lock")
 
     def acquire(self, rel: str) -> bool:
-        """True if this process now holds the lock of `rel` (breaking a stale lock if needed)."""
+        """True if this process now holds the lock of `rel` (breaking a stale lock if needed).
+
+        The lock folder is prepared under a hidden name with its owner file inside and renamed into place:
+        rename is as atomic as mkdir (and fails when the name holds a non-empty folder), and a lock is never
+        seen without its owner, so a kill -9 at any moment leaves a lock that is recognisably stale."""
         path = self.path_for(rel)
         self.root.mkdir(parents=True, exist_ok=True)
         for _ in range(3):
+            fresh = self.root / f".new-{uuid.uuid4().hex}"
             try:
-                path.mkdir()
-            except FileExistsError:
-                if not self._break_if_stale(path):
+                fresh.mkdir()
+                self._write_owner(fresh, rel)
+            except OSError:
+                shutil.rmtree(fresh, ignore_errors=True)
+                return False
+            try:
+                os.rename(fresh, path)
+            except OSError:
+                shutil.rmtree(fresh, ignore_errors=True)
+                if not path.exists() or not self._break_if_stale(path):
                     return False
                 continue
-            except OSError:
-                return False
-            self._write_owner(path, rel)
             self._held.add(rel)
             return True
         return False
@@ -127,8 +137,9 @@ class ClipLocks:
         except OSError:
             return 0
         for entry in entries:
-            if ".lock.stale-" in entry.name:
-                # A tombstone lives for microseconds unless its breaker died; leave young ones alone.
+            if ".lock.stale-" in entry.name or entry.name.startswith(".new-"):
+                # Tombstones and half-made locks live for microseconds unless their maker died; leave
+                # young ones alone.
                 try:
                     old = time.time() - entry.stat().st_mtime > 60
                 except OSError:
