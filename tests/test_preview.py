@@ -445,6 +445,8 @@ def test_bad_command_line_is_one_line(clip, tmp_path):
     env = dict(os.environ)
     for argv, needle in [
         (["-i", str(tmp_path / "missing.mp4")], "input file not found"),
+        ([], "required: -i/--input"),
+        (["-i", str(clip), "--fast-size", "100"], "--fast-size must be a multiple of 64"),
         (["-i", "-"], "not '-'"),
         (["-i", str(not_a_video(tmp_path))], "not a media file"),
         (

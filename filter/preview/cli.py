@@ -16,8 +16,15 @@ from .settings import FastPreview
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line, exit 2) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message}; see `rerender preview --help`")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="rerender preview",
         allow_abbrev=False,  # every other flag belongs to `rerender run`; no prefix may be taken for ours
         description=(
