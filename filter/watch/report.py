@@ -31,14 +31,18 @@ class Reporter:
 
     def emit(self, event: dict[str, Any]) -> None:
         with self._lock:
-            if self.mode == "json":
-                self._out.write(json.dumps(event, default=str) + "\n")
-                self._out.flush()
-                return
-            line = self._text(event)
-            if line is not None:
-                self._err.write(f"rerender watch: {line}\n")
-                self._err.flush()
+            try:
+                if self.mode == "json":
+                    self._out.write(json.dumps(event, default=str) + "\n")
+                    self._out.flush()
+                    return
+                line = self._text(event)
+                if line is not None:
+                    self._err.write(f"rerender watch: {line}\n")
+                    self._err.flush()
+            except (BrokenPipeError, ValueError):
+                # Whoever read our output went away (or closed it): the daemon's work does not depend on it.
+                self.mode, self._out, self._err = "json", _Null(), _Null()
 
     def _text(self, e: dict[str, Any]) -> str | None:
         kind, clip = e.get("event"), e.get("clip", "")
@@ -72,6 +76,14 @@ class Reporter:
             detail = e.get("message") or ""
             return f"[{kind}] {detail}".rstrip()
         return None  # keyframe events and others: JSON only
+
+
+class _Null:
+    def write(self, _text: str) -> int:
+        return 0
+
+    def flush(self) -> None:
+        pass
 
 
 def format_status(rows: list[Row]) -> str:
