@@ -19,6 +19,7 @@ from rerender.filter.watch.ledger import Ledger
 from rerender.filter.watch.lock import ClipLocks, Owner
 from rerender.filter.watch.output import Layout
 from rerender.filter.watch.scan import StabilityTracker, scan_inbox
+from rerender.filter.watch.wake import WakeHint, Waker
 
 RERENDER = [sys.executable, "-m", "rerender.filter.cli"]
 
@@ -95,6 +96,21 @@ def test_an_empty_file_is_never_stable(tmp_path):
     tracker.update(scan_inbox(inbox).clips)
     now[0] += 10
     assert tracker.update(scan_inbox(inbox).clips) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the inotify wake-up hint is Linux only")
+def test_a_file_dropped_into_inbox_wakes_the_loop_before_the_next_poll(tmp_path):
+    waker = Waker()
+    hint = WakeHint.start(tmp_path, waker)
+    try:
+        assert not waker.wait(0.0)
+        (tmp_path / "a.mov").write_bytes(b"x")
+        assert waker.wait(30.0)  # woken by the event, long before this generous timeout
+        waker.set()  # wake-ups from workers and signal handlers use the same pipe
+        assert waker.wait(30.0)
+    finally:
+        hint.close()
+        waker.close()
 
 
 # -- locks -------------------------------------------------------------------------------------------------

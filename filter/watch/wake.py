@@ -40,13 +40,15 @@ class Waker:
         with contextlib.suppress(BlockingIOError, OSError):  # a full pipe already means "wake up"
             os.write(self._write, b"!")
 
-    def wait(self, timeout: float) -> None:
-        """Sleep until `set()` or `timeout` seconds, then forget the wake-ups received."""
+    def wait(self, timeout: float) -> bool:
+        """Sleep until `set()` or `timeout` seconds, then forget the wake-ups received. True if woken."""
+        ready: list = []
         with contextlib.suppress(InterruptedError, OSError, ValueError):
-            select.select([self._read], [], [], max(0.0, timeout))
+            ready, _, _ = select.select([self._read], [], [], max(0.0, timeout))
         with contextlib.suppress(BlockingIOError, OSError):
             while os.read(self._read, 4096):
                 pass
+        return bool(ready)
 
     def close(self) -> None:
         for fd in (self._read, self._write):
