@@ -106,6 +106,10 @@ def test_a_file_dropped_into_inbox_wakes_the_loop_before_the_next_poll(tmp_path)
         assert not waker.wait(0.0)
         (tmp_path / "a.mov").write_bytes(b"x")
         assert waker.wait(30.0)  # woken by the event, long before this generous timeout
+        (tmp_path / "Reel2").mkdir()  # a sub-folder made after the start is watched too
+        assert waker.wait(30.0)  # the hint thread adds the new folder's watch before it wakes us
+        (tmp_path / "Reel2" / "b.mov").write_bytes(b"x")
+        assert waker.wait(30.0)
         waker.set()  # wake-ups from workers and signal handlers use the same pipe
         assert waker.wait(30.0)
     finally:

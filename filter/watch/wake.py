@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import os
 import select
+import struct
 import sys
 import threading
 from pathlib import Path
@@ -19,6 +20,7 @@ _IN_CLOSE_WRITE = 0x008
 _IN_MOVED_TO = 0x080
 _IN_CREATE = 0x100
 _IN_DELETE = 0x200
+_IN_ISDIR = 0x40000000
 _IN_NONBLOCK = 0o4000
 _IN_CLOEXEC = 0o2000000
 # Not IN_MODIFY: a clip being written would wake the loop for every chunk; its stability window is timed by
@@ -57,35 +59,44 @@ class Waker:
 
 
 class WakeHint:
-    def __init__(self, fd: int | None, wake: Waker) -> None:
-        self._fd = fd
+    """inotify watches on INBOX and its visible sub-folders (new sub-folders are added as they appear)."""
+
+    def __init__(self, wake: Waker, libc=None, fd: int | None = None) -> None:
         self._wake = wake
+        self._libc = libc
+        self._fd = fd
+        self._folders: dict[int, bytes] = {}  # watch descriptor -> folder
         self._closed = threading.Event()
         self._pipe = os.pipe() if fd is not None else None
         self._thread: threading.Thread | None = None
-        if fd is not None:
-            self._thread = threading.Thread(target=self._loop, args=(fd, self._pipe[0]), daemon=True)
-            self._thread.start()
 
     @classmethod
     def start(cls, inbox: Path, wake: Waker) -> WakeHint:
         if not sys.platform.startswith("linux"):
-            return cls(None, wake)
+            return cls(wake)
         try:
             libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
             fd = libc.inotify_init1(_IN_NONBLOCK | _IN_CLOEXEC)
-            if fd < 0:
-                return cls(None, wake)
-            count = 0
-            for folder, dirs, _files in os.walk(inbox):
-                dirs[:] = [d for d in dirs if not d.startswith(".")]
-                if libc.inotify_add_watch(fd, os.fsencode(folder), _MASK) >= 0:
-                    count += 1
-                if count >= _MAX_WATCHES:
-                    break
-            return cls(fd, wake)
         except (OSError, AttributeError):
-            return cls(None, wake)
+            return cls(wake)
+        if fd < 0:
+            return cls(wake)
+        hint = cls(wake, libc, fd)
+        for folder, dirs, _files in os.walk(inbox):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            if not hint._add(os.fsencode(folder)):
+                break
+        hint._thread = threading.Thread(target=hint._loop, args=(fd, hint._pipe[0]), daemon=True)
+        hint._thread.start()
+        return hint
+
+    def _add(self, folder: bytes) -> bool:
+        if len(self._folders) >= _MAX_WATCHES:
+            return False
+        wd = self._libc.inotify_add_watch(self._fd, folder, _MASK)
+        if wd >= 0:
+            self._folders[wd] = folder
+        return True
 
     def _loop(self, fd: int, stop_fd: int) -> None:
         while not self._closed.is_set():
@@ -93,10 +104,27 @@ class WakeHint:
                 ready, _, _ = select.select([fd, stop_fd], [], [])
             except OSError:
                 return
-            if fd in ready:
-                with contextlib.suppress(BlockingIOError, OSError):
-                    os.read(fd, 65536)
-                self._wake.set()
+            if fd not in ready:
+                continue
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                data = b""
+            self._new_folders(data)
+            self._wake.set()
+
+    def _new_folders(self, data: bytes) -> None:
+        """Watch sub-folders created (or moved in) after the start, e.g. by Resolve's "preserve source
+        directory levels"; each event is `struct inotify_event` (wd, mask, cookie, len, name)."""
+        offset = 0
+        while offset + 16 <= len(data):
+            wd, mask, _cookie, size = struct.unpack_from("iIII", data, offset)
+            name = data[offset + 16 : offset + 16 + size].rstrip(b"\0")
+            offset += 16 + size
+            if mask & _IN_ISDIR and mask & (_IN_CREATE | _IN_MOVED_TO) and name and not name.startswith(b"."):
+                parent = self._folders.get(wd)
+                if parent is not None:
+                    self._add(os.path.join(parent, name))
 
     def close(self) -> None:
         self._closed.set()
