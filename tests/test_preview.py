@@ -447,6 +447,7 @@ def test_bad_command_line_is_one_line(clip, tmp_path):
         (["-i", str(tmp_path / "missing.mp4")], "input file not found"),
         ([], "required: -i/--input"),
         (["-i", str(clip), "--fast-size", "100"], "--fast-size must be a multiple of 64"),
+        (["-i", str(clip), "-o", str(tmp_path / "o.mp4")], "only on 'Render to file'"),
         (["-i", "-"], "not '-'"),
         (["-i", str(not_a_video(tmp_path))], "not a media file"),
         (

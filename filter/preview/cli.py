@@ -11,7 +11,7 @@ from pathlib import Path
 from ..errors import InputError, UsageError
 from .server import PreviewServer
 from .session import PreviewSession
-from .settings import FastPreview
+from .settings import FIXED_FLAGS, FastPreview
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -65,6 +65,15 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         raise UsageError(
             "rerender preview needs -i INPUT (a video file); see `rerender preview --help`"
         ) from None
+    for token in run_argv:
+        name = token.partition("=")[0]
+        if name in ("-o", "--output"):
+            raise UsageError(
+                "rerender preview writes a file only on 'Render to file' (next to the input or into "
+                "--output-dir); drop -o"
+            )
+        if name in FIXED_FLAGS:
+            raise UsageError(f"{name} has no use in rerender preview (the page shows the progress); drop it")
     if args.input == "-":
         raise UsageError("rerender preview needs a file for -i, not '-': every run reads the clip again")
     if not Path(args.input).is_file():

@@ -20,6 +20,7 @@ from typing import Literal
 
 import numpy as np
 
+from .. import job
 from ..errors import InputError, RerenderError, UsageError
 from ..frames import Frame
 from .latest import LatestImages
@@ -36,7 +37,8 @@ def render_path(input_path: Path, output_dir: Path | None) -> Path:
     """`<stem>.rerender<ext>` next to the input (or in output_dir), never over an existing file:
     `-2`, `-3`, ... are added, so an earlier render is kept."""
     folder = output_dir if output_dir is not None else input_path.parent
-    suffix = input_path.suffix or ".mp4"
+    # The input's container when it is one the default encode (libx264 + remuxed audio) fits, else Matroska.
+    suffix = input_path.suffix if input_path.suffix.lower() in (".mp4", ".mov", ".mkv") else ".mkv"
     candidate = folder / f"{input_path.stem}.rerender{suffix}"
     n = 2
     while candidate.exists():
@@ -67,8 +69,6 @@ class PreviewSession:
         fast: FastPreview = FastPreview(),
         log: Callable[[str], None] | None = None,
     ) -> None:
-        from .. import job
-
         self._job = job
         self.input_path = input_path
         self.workdir = workdir
@@ -146,7 +146,7 @@ class PreviewSession:
         if kind == "render":
             stage, output = "full", render_path(self.input_path, self.output_dir)
         else:
-            output = self.workdir / f"preview{self.input_path.suffix or '.mp4'}"
+            output = self.workdir / "preview.mkv"  # a by-product: Matroska takes any input's streams
             if fast:
                 argv = fast_argv(argv, self.fast, self.parser, diffusion=checked.renderer == "diffusion")
         run_argv = self._output_argv(argv, output)

@@ -28,7 +28,7 @@ DIFFUSION_FLAGS = (
 )
 # Flags that decide which files are read or written or how progress is printed: fixed by the command line
 # (the page may not point the server at other files, issue 8 item 4).
-FIXED_FLAGS = ("-i", "--input", "-o", "--output", "-f", "--format", "--progress", "--quiet")
+FIXED_FLAGS = ("-i", "--input", "-o", "--output", "-f", "--format", "--progress", "-q", "--quiet")
 
 
 @dataclass(frozen=True)
