@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Real
 
 import cv2
 import numpy as np
@@ -23,9 +24,9 @@ class BlendParams:
 
     def __post_init__(self) -> None:
         w = self.poisson_weights
-        if len(w) != 3 or not all(isinstance(v, int | float) and math.isfinite(v) and v >= 0 for v in w):
+        if len(w) != 3 or not all(isinstance(v, Real) and math.isfinite(v) and v >= 0 for v in w):
             raise ValueError(f"poisson_weights must be three finite numbers >= 0 (L, a, b), got {w!r}.")
-        if not (isinstance(self.gradient_clip, int | float) and self.gradient_clip > 0):
+        if not (isinstance(self.gradient_clip, Real) and self.gradient_clip > 0):
             raise ValueError(f"gradient_clip must be a number > 0, got {self.gradient_clip!r}.")
 
 
@@ -126,7 +127,7 @@ def blend_pair(
         )
     if forward.error.shape != a.shape[:2] or backward.error.shape != a.shape[:2]:
         raise ValueError("the error maps must have the images' height and width.")
-    if not (isinstance(weight_forward, int | float) and 0.0 <= weight_forward <= 1.0):
+    if not (isinstance(weight_forward, Real) and 0.0 <= weight_forward <= 1.0):
         raise ValueError(f"weight_forward must be a number in [0, 1], got {weight_forward!r}.")
     if carried_mask is not None and (
         not isinstance(carried_mask, np.ndarray)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from numbers import Real
 from typing import Literal
 
 import numpy as np
@@ -48,7 +49,7 @@ class Guide:
                 f"Guide.source and Guide.target must have the same number of channels, "
                 f"got {source.shape[2]} and {target.shape[2]}."
             )
-        if not (isinstance(self.weight, int | float) and math.isfinite(self.weight) and self.weight >= 0):
+        if not (isinstance(self.weight, Real) and math.isfinite(self.weight) and self.weight >= 0):
             raise ValueError(f"Guide.weight must be a finite number >= 0, got {self.weight!r}.")
 
 
@@ -84,7 +85,7 @@ class SynthParams:
                 raise ValueError(f"{name} must be an integer >= 0, got {v!r}.")
         for name in ("uniformity", "style_weight"):
             v = getattr(self, name)
-            if not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+            if not isinstance(v, Real) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name} must be a finite number >= 0, got {v!r}.")
         if self.vote not in ("plain", "weighted"):
             raise ValueError(f"vote must be 'plain' or 'weighted', got {self.vote!r}.")
