@@ -185,6 +185,32 @@ def test_weighted_vote_and_extra_pass_run_and_stay_faithful():
     assert np.abs(res.image.astype(int) - target.astype(int))[interior].mean() < 2.0
 
 
+def test_stop_threshold_mask_searches_less_at_equal_quality():
+    # Like a video frame: the style gently deformed (a few pixels of smooth displacement).
+    style = textured(72, 80, 3, seed=13)
+    ys, xs = np.mgrid[0:72, 0:80].astype(np.float32)
+    target = cv2.remap(
+        style,
+        xs + 3 * np.sin(ys / 9),
+        ys + 2 * np.cos(xs / 11),
+        cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_REFLECT,
+    )
+    guides = [Guide(style, target, 6.0)]
+    masked = synthesize(style, guides, SynthParams(search_vote_iters=6, patchmatch_iters=3, stop_threshold=5))
+    full = synthesize(style, guides, SynthParams(search_vote_iters=6, patchmatch_iters=3, stop_threshold=0))
+
+    # From the third search-vote iteration of each level (6 per level) on, only pixels whose estimate still
+    # moves by >= 5 levels are searched...
+    def late(result):
+        return sum(a for i, a in enumerate(result.stats["active_pixels"]) if i % 6 >= 2)
+
+    assert late(masked) < 0.5 * late(full)
+    # ...and what is skipped does not matter for the result.
+    assert float(masked.error.mean()) <= 1.1 * float(full.error.mean()) + 1.0
+    assert np.abs(masked.image.astype(int) - full.image.astype(int)).mean() < 2.0
+
+
 def test_available_backends_reports_cpu_and_a_reason_for_cuda():
     info = available_backends()
     assert info["cpu"] is None
