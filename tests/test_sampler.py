@@ -313,18 +313,26 @@ def test_keyframe_cost_and_state_updates(networks):
     assert sorted(state.adain) == [16, 17, 18, 19] and state.anchor_x0 == {}  # shape window before entry
     flow = torch.zeros(1, 2, SIZE, SIZE)
     flow[:, 0] = -3.0
-    occluded = torch.zeros(1, 1, SIZE, SIZE)
-    occluded[..., :, :3] = 1  # pixels that entered the frame
-    guide = FlowGuide(flow, occluded, flow, occluded, anchor.image, anchor.image)
+    # Side by side occlusions: the composite shows pass 1 between them, where Mp keeps the target.
+    occ_anchor, occ_previous = torch.zeros(1, 1, SIZE, SIZE), torch.zeros(1, 1, SIZE, SIZE)
+    occ_anchor[..., :, :10] = 1
+    occ_previous[..., :, 12:22] = 1
+    guide = FlowGuide(flow, occ_anchor, flow, occ_previous, anchor.image, anchor.image)
     result = render_keyframe(networks, settings, _cond(networks, frame), state, guide, seed=0)
-    # Pass 1 stops at 0.6 of the schedule (steps 5..11, 14 evaluations) + the full pass 2 (30) = 44 ≤ 45.
-    assert (result.evaluations, result.passes) == (44, 2)
+    # Pass 1 stops at 0.45 of the schedule (steps 5..8, 8 evaluations) + the full pass 2 (30) = 38 ≤ 45.
+    assert (result.evaluations, result.passes) == (38, 2)
     assert all(state.previous[i][0] is not state.first[i][0] for i in range(5, 20))
     assert not torch.equal(state.previous[10][0], state.first[10][0])
-    # When both warps see every pixel, pass 1 cannot show and is skipped.
-    none = torch.zeros_like(occluded)
-    guide = FlowGuide(flow, none, flow, none, anchor.image, anchor.image)
-    assert render_keyframe(networks, settings, _cond(networks, frame), state, guide, seed=0).evaluations == 30
+    stop_06 = SamplerSettings(steps=20, strength=0.75, first_pass_stop=0.6)  # steps 5..11: 14 + 30
+    assert render_keyframe(networks, stop_06, _cond(networks, frame), state, guide, seed=0).evaluations == 44
+    # When one warp sees every pixel, pass 1's result cannot show, so it is skipped.
+    none = torch.zeros_like(occ_anchor)
+    for occ_a, occ_p in ((occ_anchor, none), (none, none)):
+        guide = FlowGuide(flow, occ_a, flow, occ_p, anchor.image, anchor.image)
+        assert (
+            render_keyframe(networks, settings, _cond(networks, frame), state, guide, seed=0).evaluations
+            == 30
+        )
 
 
 def test_color_correction_moves_colours_and_keeps_luminosity():

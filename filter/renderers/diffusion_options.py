@@ -58,7 +58,7 @@ class DiffusionOptions:
     # propagation's --flow names, pass-1 early stop (fraction of the schedule) and the smooth boundary.
     model_config: str | None = None
     flow: str = "dis"
-    first_pass_stop: float = 0.6
+    first_pass_stop: float = 0.45
     smooth_boundary: bool = True
     # Added by the export helper (issue 6): the backend, chosen once at load time (engines/select.py), and
     # the export directory the onnxruntime/TensorRT backends serve (`rerender export --out DIR`).
@@ -107,7 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--first-pass-stop",
         type=float,
-        default=0.6,
+        default=0.45,
         help="fraction of the schedule where pass 1 stops (1 = full pass; its result only fills "
         "pixels both warps miss)",
     )

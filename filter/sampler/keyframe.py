@@ -6,8 +6,8 @@ and `render_keyframe` take the `Networks`, the per-keyframe inputs and the per-a
 return the image plus the number of UNet+ControlNet image-evaluations they spent.
 
 Keyframe = up to two passes (§B.9). Pass 1 only supplies the pixels that *both* warps miss (§B.3 step 3),
-so it is skipped when no such pixel exists and otherwise stops early at `first_pass_stop` of the schedule,
-using its x̂0 there (`SamplerSettings.first_pass_stop`; bench/sampler.py measures what that costs).
+so it is skipped when its result cannot reach the masked fusion target (`pass_one_shows`) and otherwise
+stops early at `first_pass_stop` of the schedule, using its x̂0 there (bench/sampler.py measures the cost).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class SamplerSettings:
     inner_strength: float = 0.9
     smooth_boundary: bool = True
     fidelity_threshold: float = 0.25
-    first_pass_stop: float = 0.6
+    first_pass_stop: float = 0.45
 
 
 @dataclass
@@ -290,6 +290,20 @@ def pixel_guide(
     return PixelGuide(target, mask * settings.mask_strength, rescale)
 
 
+def pass_one_shows(guide: FlowGuide) -> bool:
+    """Whether pass 1's result can reach the fused target x_trg · Mp (§B.3 steps 3–5).
+
+    The composite shows the fresh generation with weight bm_0 · bm_pre, and x_trg is multiplied by Mp, which
+    is 0 on the latent blocks of pixels both warps miss: there pass 1 never matters, and it reaches the target
+    only through the soft tails of the masks. When even those are empty (one of the warps sees every pixel)
+    pass 1 is skipped; otherwise it stops early (`first_pass_stop`).
+    """
+    direct_weight = fusion.soft_mask(guide.occluded_anchor) * fusion.soft_mask(guide.occluded_previous)
+    mask = fusion.pixel_fusion_mask(guide.occluded_previous, guide.occluded_anchor)
+    kept = torch.nn.functional.interpolate(mask, scale_factor=fusion.LATENT_FACTOR, mode="nearest")
+    return bool(((direct_weight * kept) > 0).any())
+
+
 def render_keyframe(
     networks: Networks,
     settings: SamplerSettings,
@@ -315,8 +329,7 @@ def render_keyframe(
             shape=shape, update_previous=update_previous,
         )  # fmt: skip
         return KeyframeResult(decode(networks, x), evaluations, 1)
-    direct_weight = fusion.soft_mask(guide.occluded_anchor) * fusion.soft_mask(guide.occluded_previous)
-    if bool((direct_weight > 0).any()):
+    if pass_one_shows(guide):
         stop = min(steps, max(entry + 1, math.ceil(steps * settings.first_pass_stop - 1e-9)))
         x, x0, evaluations = run_pass(
             networks, schedule, settings, cond, state, _generator(seed), "first", shape=shape, stop=stop
@@ -324,7 +337,7 @@ def render_keyframe(
         direct = decode(networks, x if stop == steps else x0)
         passes = 1
     else:
-        # Both warps cover every pixel: the composite never shows pass 1's result, so it is not computed.
+        # Pass 1's result would only land where the target is masked out: it is not computed.
         direct = torch.zeros_like(guide.anchor_output)
     pixel = pixel_guide(networks, settings, guide, direct)
     x, _, second = run_pass(
