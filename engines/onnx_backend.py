@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from .runtime import ControlResiduals, Networks, ReferenceStates, ScheduleConfig, SelfAttentionLayer
-from .specs import NetworkSpec, Precision
+from .specs import NetworkSpec, Precision, network_precision
 
 TORCH_DTYPES = {
     "float32": torch.float32,
@@ -84,7 +84,12 @@ class OrtGraph:
             options_cuda["user_compute_stream"] = str(stream)
             providers = [("CUDAExecutionProvider", options_cuda)]
         self.session = ort.InferenceSession(str(path), options, providers=providers)
-        self._dtypes = {t.name: TORCH_DTYPES[t.dtype] for t in (*spec.inputs, *spec.outputs)}
+        # The graph's own element types (not the spec's): an fp16 graph may keep some outputs in fp32
+        # (transformers' CLIP upcasts), and I/O binding must match the graph exactly.
+        self._dtypes = {
+            value.name: _ORT_TYPES[value.type]
+            for value in (*self.session.get_inputs(), *self.session.get_outputs())
+        }
 
     def _input(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
         return tensor.to(device=self.device, dtype=self._dtypes[name]).contiguous()
@@ -114,6 +119,14 @@ class OrtGraph:
         self.session.run_with_iobinding(binding)
         return outputs
 
+
+_ORT_TYPES = {
+    "tensor(float)": torch.float32,
+    "tensor(float16)": torch.float16,
+    "tensor(int64)": torch.int64,
+    "tensor(int32)": torch.int32,
+    "tensor(bool)": torch.bool,
+}
 
 _NUMPY_NAMES = {
     torch.float32: np.float32,
@@ -301,7 +314,9 @@ class ExportManifest:
         }
         for i in range(len(self.controlnets)):
             specs[f"controlnet_{i}"] = controlnet_spec(f"controlnet_{i}", self.unet_config, self.hidden_size)
-        return {name: spec.with_dtype(self.precision) for name, spec in specs.items()}
+        return {
+            name: spec.with_dtype(network_precision(name, self.precision)) for name, spec in specs.items()
+        }
 
     def check_matches(
         self, model: str, loras: tuple[tuple[str, float], ...], controlnets: tuple[str, ...]
@@ -377,4 +392,6 @@ def load_onnx_networks(
         name: OrtGraph(directory / manifest.graphs[name], spec, device, threads)
         for name, spec in manifest.specs().items()
     }
-    return assemble_networks(manifest, runners, load_tokenize(directory), scales, device, torch.float32)
+    # fp16 graphs on a GPU hand fp16 to the sampler; on the CPU the sampler works in fp32 (runtime.py).
+    dtype = torch.float16 if manifest.precision == "fp16" and device.type == "cuda" else torch.float32
+    return assemble_networks(manifest, runners, load_tokenize(directory), scales, device, dtype)

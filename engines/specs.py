@@ -198,6 +198,16 @@ class NetworkSpec:
                 raise ValueError(f"{self.name}: input {t.name} has shape {got}; the spec expects {t.shape}")
 
 
+# Networks exported in fp32 whatever `--precision` says: the text encoder runs once per prompt, and
+# transformers' CLIP traced in fp16 upcasts its residual stream, giving LayerNormalization nodes with mixed
+# fp16/fp32 inputs that onnxruntime and strongly typed TensorRT reject.
+FP32_ONLY = ("text_encoder",)
+
+
+def network_precision(name: str, precision: Precision) -> Precision:
+    return "fp32" if name in FP32_ONLY else precision
+
+
 H8, W8 = Dim("height", 8), Dim("width", 8)
 
 

@@ -32,6 +32,7 @@ from ..engines.specs import (
     Precision,
     SizeRange,
     controlnet_spec,
+    network_precision,
     text_encoder_spec,
     unet_spec,
     vae_decoder_spec,
@@ -103,13 +104,13 @@ def export_bundle(
             f"{len(controlnets)} ControlNet names given for {len(bundle.controlnets)} ControlNets"
         )
     out.mkdir(parents=True, exist_ok=True)
-    dtype = torch.float16 if plan.precision == "fp16" else torch.float32
     modules = network_modules(bundle)
     exported = []
     for index, (name, (module, spec)) in enumerate(modules.items(), 1):
-        progress(f"[{index}/{len(modules)}] exporting {name} to ONNX ({plan.precision}) ...")
-        module = module.to(dtype).eval()
-        graph = export_network(module, spec, out / f"{name}.onnx", TRACE_SIZE, plan.precision)
+        precision = network_precision(name, plan.precision)
+        progress(f"[{index}/{len(modules)}] exporting {name} to ONNX ({precision}) ...")
+        module = module.to(torch.float16 if precision == "fp16" else torch.float32).eval()
+        graph = export_network(module, spec, out / f"{name}.onnx", TRACE_SIZE, precision)
         progress(f"[{index}/{len(modules)}] {name}: {graph.seconds:.1f} s, {graph.bytes / 1e6:.1f} MB")
         exported.append(graph)
     bundle.tokenizer.save_pretrained(str(out / "tokenizer"))
@@ -167,7 +168,7 @@ def build_engines(
         key = EngineKey(
             network=name,
             profile=profile_tuple(spec.profile(sizes)),
-            precision=manifest.precision,
+            precision=network_precision(name, manifest.precision),
             trt_version=trt.__version__,
             gpu_name=gpu_name,
             compute_capability=capability,
@@ -181,7 +182,9 @@ def build_engines(
         progress(f"[{index}/{len(specs)}] TensorRT {name}: looking up {cache.path_for(key).name} ...")
 
         def build(onnx_path=onnx_path, spec=spec, refittable=refittable, log_path=log_path) -> bytes:
-            options = BuildOptions(precision=manifest.precision, refittable=refittable)
+            options = BuildOptions(
+                precision=network_precision(spec.name, manifest.precision), refittable=refittable
+            )
             return build_engine(onnx_path, spec, sizes, options, log_path, timing).engine
 
         def refit(donor: Path, onnx_path=onnx_path, log_path=log_path) -> bytes:

@@ -174,3 +174,43 @@ def test_spec_shapes_follow_the_image_size(exported):
     assert unet.output_shapes(2, 128, 64)["own_state_8"] == (2, 16 * 8, 16)
     profile = unet.profile(SIZES)
     assert profile["sample"] == ((1, 4, 8, 8), (2, 4, 8, 8), (2, 4, 16, 16))
+
+
+def test_fp16_export_serves_the_contract_close_to_fp32_torch(sources, tmp_path):
+    """--precision fp16: every graph loads in onnxruntime and stays close to the fp32 torch networks.
+
+    The text encoder stays fp32 (engines/specs.py FP32_ONLY): traced in fp16, transformers' CLIP gives
+    mixed-type LayerNormalization nodes that onnxruntime refuses to load.
+    """
+    from rerender.engines.onnx_backend import load_onnx_networks
+    from rerender.engines.runtime import ReferenceStates, cross_frame_mask
+    from rerender.engines.torch_backend import torch_networks
+
+    manifest, _, _ = _export(sources, tmp_path, precision="fp16")
+    specs = manifest.specs()
+    assert specs["unet"].inputs[0].dtype == "float16" and specs["text_encoder"].outputs[0].dtype == "float32"
+    unet = onnx.load(str(tmp_path / "unet.onnx"), load_external_data=False)
+    assert unet.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
+    onnx_networks = load_onnx_networks(tmp_path, (0.7,), "cpu", threads=1)
+    reference = torch_networks(
+        load_bundle(sources["model"], controlnets=((sources["controlnet"], 0.7),)), "cpu"
+    )
+    g = torch.Generator().manual_seed(4)
+    ids = reference.tokenize(["a cat", ""])
+    sample, timestep = torch.randn(2, 4, 8, 16, generator=g), torch.tensor([500, 500])
+    hint = torch.rand(2, 3, 64, 128, generator=g)
+    layers = reference.unet.layers
+    states = tuple(torch.randn(2, 2 * layer.tokens(8, 16), layer.channels, generator=g) for layer in layers)
+    refs = ReferenceStates(states, cross_frame_mask(layers, "loose"))
+
+    def run(networks):
+        embeddings = networks.text_encoder(ids)
+        control = networks.controlnets[0][0](sample, timestep, embeddings, hint, torch.tensor([0.7]))
+        noise, _ = networks.unet(sample, timestep, embeddings, control, refs)
+        return embeddings, noise, networks.vae_decoder(sample[:1])
+
+    with torch.no_grad():
+        for got, want in zip(run(onnx_networks), run(reference), strict=True):
+            assert got.dtype == torch.float32
+            scale = want.abs().max().item()
+            assert (got - want).abs().max().item() < 2e-2 * max(scale, 1.0)
