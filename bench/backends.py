@@ -1,6 +1,6 @@
 """Backends benchmark: keyframe time on torch-CPU vs onnxruntime-CPU, and ONNX export cost of full SD1.5.
 
-    python bench/backends.py [--skip-full] [--full-precision fp16|fp32] [--threads N]
+    python bench/backends.py [--skip-full | --skip-keyframes] [--full-precision fp16|fp32] [--threads N]
 
 1. The same anchor + one constrained keyframe (both passes, cross-frame attention, fusion, AdaIN, one
    ControlNet) rendered by the unchanged sampler on the torch backend and on the onnxruntime backend, for
@@ -203,12 +203,14 @@ def bench_full_export(precision):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--skip-full", action="store_true", help="skip the full SD1.5 export")
+    parser.add_argument("--skip-keyframes", action="store_true", help="only the full SD1.5 export")
     parser.add_argument("--full-precision", choices=["fp16", "fp32"], default="fp16")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=2)
     args = parser.parse_args()
-    bench_keyframes("tiny", _tiny_configs(), (64, 64), 10, args.repeat, args.threads)
-    bench_keyframes("reduced", _reduced_configs(), (256, 256), 10, args.repeat, args.threads)
+    if not args.skip_keyframes:
+        bench_keyframes("tiny", _tiny_configs(), (64, 64), 10, args.repeat, args.threads)
+        bench_keyframes("reduced", _reduced_configs(), (256, 256), 10, args.repeat, args.threads)
     if not args.skip_full:
         bench_full_export(args.full_precision)
     return 0
