@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -113,16 +112,18 @@ def test_bad_input_is_one_line_exit_2_and_no_output(tmp_path, args, message):
     assert not out.exists() and not list(tmp_path.glob("*.tmp*"))
 
 
-def test_diffusion_renderer_absent_is_a_usage_error(tmp_path):
-    if importlib.util.find_spec("rerender.filter.renderers.diffusion") is not None:
-        pytest.skip("this build has the diffusion renderer")
+def test_missing_model_is_a_usage_error_and_writes_nothing(tmp_path):
     clip = write_clip(tmp_path / "in.mkv", width=64, height=48, frames=2, audio=False)
+    out = tmp_path / "o.mp4"
     done = subprocess.run(
-        [*CLI, "-i", str(clip), "-o", str(tmp_path / "o.mp4"), "--model", "x", "-q"],
+        [*CLI, "-i", str(clip), "-o", str(out), "--model", str(tmp_path / "no-such-model"), "-q"],
         capture_output=True,
         timeout=60,
     )
-    assert done.returncode == 2 and "not available in this build" in done.stderr.decode()
+    stderr = done.stderr.decode().strip()
+    assert done.returncode == 2, stderr
+    assert "--model" in stderr and "does not exist" in stderr and len(stderr.splitlines()) == 1
+    assert not out.exists() and not list(tmp_path.glob("*.tmp*"))
 
 
 # -- the job API (what the watch daemon and the preview server call) ------------------------------------
