@@ -188,7 +188,7 @@ def full_size(size: int, steps: int, strength: float, stops: list[float], repeat
     for _ in range(repeat):  # interleaved, so a change of machine load hits both sides
         bundle.unet.set_attn_processor(AttnProcessor2_0())  # the stock processors for diffusers' pipeline
         plain_times.append(plain())
-        bundle.unet.set_attn_processor(cross_frame)
+        bundle.unet.set_attn_processor(dict(cross_frame))  # diffusers consumes the dict it is given
         for stop in stops:
             settings = SamplerSettings(steps=steps, strength=strength, first_pass_stop=stop)
             start = time.perf_counter()
