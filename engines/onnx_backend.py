@@ -274,8 +274,10 @@ class ExportManifest:
     def save(self, directory: Path) -> Path:
         from dataclasses import asdict
 
+        from ..export.cache import atomic_write
+
         path = directory / MANIFEST
-        path.write_text(json.dumps(asdict(self), indent=1))
+        atomic_write(path, json.dumps(asdict(self), indent=1).encode())
         return path
 
     @staticmethod

@@ -150,7 +150,7 @@ def build_engines(
     import tensorrt as trt
 
     from ..engines.tensorrt_backend import gpu_identity
-    from .cache import EngineCache, EngineKey, profile_tuple
+    from .cache import EngineCache, EngineKey, atomic_write, profile_tuple
     from .onnx_export import onnx_checksums
     from .tensorrt_build import BuildOptions, build_engine, refit_from_onnx, timing_cache_path
 
@@ -199,5 +199,5 @@ def build_engines(
     index[f"{trt.__version__}|{gpu_name}|{capability[0]}.{capability[1]}"] = {
         name: str(path.relative_to(out)) for name, path in paths.items()
     }
-    index_path.write_text(json.dumps(index, indent=1))
+    atomic_write(index_path, json.dumps(index, indent=1).encode())
     return paths
