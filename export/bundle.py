@@ -104,6 +104,9 @@ def export_bundle(
             f"{len(controlnets)} ControlNet names given for {len(bundle.controlnets)} ControlNets"
         )
     out.mkdir(parents=True, exist_ok=True)
+    # A previous manifest goes first: an export that fails half-way leaves no manifest, so a mix of new
+    # and old graphs is never served; the new manifest is written last.
+    (out / "manifest.json").unlink(missing_ok=True)
     modules = network_modules(bundle)
     exported = []
     for index, (name, (module, spec)) in enumerate(modules.items(), 1):
