@@ -11,13 +11,14 @@ Events (`on_event`, and what `--progress json` prints one per line): `start`, `k
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
 import importlib.util
 import tempfile
 import threading
 import time
-from collections.abc import Callable
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -243,8 +244,69 @@ def parse_run_options(argv: list[str]) -> RunOptions:
     )
 
 
-def make_renderer(options: RunOptions, processing_size: tuple[int, int]) -> KeyframeRenderer:
-    """The keyframe renderer the options name; `processing_size` is (height, width)."""
+class RendererCache:
+    """The diffusion model the last `run_job` loaded, kept for the next run of the same caller.
+
+    The preview server runs job after job on one clip (first keyframe, all keyframes, full, render to file);
+    reloading Stable Diffusion for each click costs tens of seconds. One entry (an LRU of 1): a run whose
+    options give the same `diffusion.model_key` (model, model config, LoRAs and ControlNets with their
+    scales, control preprocessor, FreeU, device, dtype, backend, engines, allow_pickle) reuses the loaded
+    networks; a run with another key frees the old ones first, then loads. Only the networks are shared:
+    every run builds its own renderer (text embeddings, per-anchor sampler state, flow estimator), so a run's
+    output equals that of a fresh process. `loads` counts the loads this cache did.
+
+    Not for concurrent jobs: one set of networks must not serve two jobs at once (the torch UNet passes
+    cross-frame states through its attention processors during a call). `run_job` holds the cache for the
+    whole job, so a second job given the same cache waits for the first (or for its own `cancel`); callers
+    that run jobs in parallel (the watch daemon's workers) must not share one.
+    """
+
+    def __init__(self) -> None:
+        self._key: tuple | None = None
+        self._model: object | None = None
+        self._busy = threading.Lock()
+        self.loads = 0
+
+    @property
+    def model(self) -> object | None:
+        """The loaded model (`diffusion.LoadedModel`), or None."""
+        return self._model
+
+    def get(self, key: tuple, load: Callable[[], object]) -> object:
+        """The model for `key`: the cached one, or (after freeing the cached one) `load()`."""
+        if self._model is None or self._key != key:
+            self.clear()  # free the old weights before the new ones take the same memory
+            self._model = load()
+            self._key = key
+            self.loads += 1
+        return self._model
+
+    def clear(self) -> None:
+        """Free the cached model; call it when no job uses the cache (e.g. when the server closes)."""
+        model, self._model, self._key = self._model, None, None
+        if model is not None:
+            close = getattr(model, "close", None)
+            if close is not None:
+                close()
+            del model
+            gc.collect()  # the modules' reference cycles, so the memory is back before the next load
+
+    @contextmanager
+    def hold(self, check_cancel: Callable[[], None]) -> Iterator[None]:
+        """Use the cache for one job; waits (checking `check_cancel`) while another job holds it."""
+        while not self._busy.acquire(timeout=0.05):
+            check_cancel()
+        try:
+            yield
+        finally:
+            self._busy.release()
+
+
+def make_renderer(
+    options: RunOptions, processing_size: tuple[int, int], renderers: RendererCache | None = None
+) -> KeyframeRenderer:
+    """The keyframe renderer the options name; `processing_size` is (height, width). With `renderers`, the
+    diffusion renderer's networks come from (and stay in) that cache."""
     f = options.filter
     if options.renderer == "classic":
         return ClassicRenderer(options.classic)
@@ -259,7 +321,11 @@ def make_renderer(options: RunOptions, processing_size: tuple[int, int]) -> Keyf
             "the diffusion renderer is not available in this build; use --renderer classic or --renderer frames"
         )
     module = importlib.import_module("rerender.filter.renderers.diffusion")
-    return module.DiffusionRenderer.from_options(options.diffusion, processing_size)
+    model = None
+    if renderers is not None:
+        key = module.model_key(options.diffusion, processing_size)
+        model = renderers.get(key, lambda: module.load_model(options.diffusion, processing_size))
+    return module.DiffusionRenderer.from_options(options.diffusion, processing_size, model)
 
 
 # -- lavfi test sources -------------------------------------------------------------------------------------
@@ -322,13 +388,15 @@ def run_job(
     on_keyframe: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
     stage: Stage = "full",
     keyframe_cache: Path | None = None,
+    renderers: RendererCache | None = None,
 ) -> JobResult:
     """Decode, filter and encode one video; returns what was done.
 
     `stage` is the preview ladder: "first-keyframe" renders frame 0 only, "keyframes" renders every
     keyframe (no propagation); neither writes an output file. `cancel.set()` stops the job at the next
     frame or propagation step with `Cancelled`, leaving no output file. On any failure an `error` event is
-    sent and the exception re-raised (the Sink removes its partial output).
+    sent and the exception re-raised (the Sink removes its partial output). `renderers` keeps the loaded
+    diffusion model for the caller's next run (see `RendererCache`; one job at a time per cache).
     """
     if stage not in ("first-keyframe", "keyframes", "full"):
         raise ValueError(f"stage must be first-keyframe, keyframes or full; got {stage!r}")
@@ -351,6 +419,8 @@ def run_job(
     try:
         with ExitStack() as stack:
             check_cancel()
+            if renderers is not None:
+                stack.enter_context(renderers.hold(check_cancel))
             source_path = options.input
             known_count = None
             if source_path.startswith(LAVFI_PREFIX):
@@ -361,7 +431,7 @@ def run_job(
             info = src.info
             f = options.filter
             canvas = ProcessingGeometry.for_input(info.height, info.width, f.size, f.fit).canvas
-            renderer = make_renderer(options, canvas)
+            renderer = make_renderer(options, canvas, renderers)
             if stage == "keyframes":
                 f = FilterOptions(
                     f.schedule, f.size, f.fit, f.propagate_at, f.flow, f.propagation, propagate=False

@@ -3,7 +3,9 @@
 Every run is the one `run_job` of the streaming filter (no second pipeline, issue 8): a preview stage of the
 ladder (first keyframe → all keyframes → full propagation, ecosystem.md §6) or "render to file" with the
 full settings and `rerender run` semantics. Starting a run cancels the one in flight: there are two cores,
-and the user wants the newest settings, not the older ones.
+and the user wants the newest settings, not the older ones. The session's `RendererCache` keeps the
+diffusion model loaded from run to run while only per-run settings (prompt, seed, strength, steps, K, ...)
+change; runs take turns on it (one job at a time).
 """
 
 from __future__ import annotations
@@ -79,6 +81,7 @@ class PreviewSession:
         self.fields = form_fields(self.parser)
         self.initial_values, self.initial_extra = split_run_argv(run_argv, self.fields, self.parser)
         self.images = LatestImages()
+        self.renderers = job.RendererCache()  # the loaded model, shared by this session's runs only
         self._lock = threading.Lock()
         self._start_lock = threading.Lock()  # one start at a time: two clicks never leave two jobs running
         self._thread: threading.Thread | None = None
@@ -256,6 +259,7 @@ class PreviewSession:
                 on_keyframe=on_keyframe,
                 stage=stage,
                 keyframe_cache=cache,
+                renderers=self.renderers,
             )
         except self._job.Cancelled:
             self._update(run_id, state="cancelled", message="cancelled", eta=None)
@@ -298,4 +302,6 @@ class PreviewSession:
 
     def close(self) -> None:
         self.stop()
+        if not self.running:  # a run that outlived the cancel wait still uses the model; it goes with it
+            self.renderers.clear()
         self.images.close()

@@ -1,16 +1,18 @@
 """The diffusion keyframe renderer: SD1.5 + ControlNet keyframes with the hierarchical cross-frame constraints.
 
-Loads the model once (`rerender.engines.loading`), wraps it in a backend (torch), and renders every keyframe
-with the constrained sampler (`rerender.filter.sampler.keyframe`). Per-anchor state (stored attention
-inputs, anchor x̂0, AdaIN statistics) lives on one `AnchorState`, replaced at every anchor (stream start and
-scene cuts, Part 1 decision 2). Flow between the keyframe and the anchor / previous keyframe comes from the
-`--flow` estimator (OpenCV DIS by default, RAFT with `raft:WEIGHTS`).
+Loads the model once (`load_model`: `rerender.engines.loading`, on the backend `engines/select.py` chooses)
+and renders every keyframe with the constrained sampler (`rerender.filter.sampler.keyframe`). Per-anchor
+state (stored attention inputs, anchor x̂0, AdaIN statistics) lives on one `AnchorState`, replaced at every
+anchor (stream start and scene cuts, Part 1 decision 2). Flow between the keyframe and the anchor / previous keyframe comes from the
+`--flow` estimator (OpenCV DIS by default, RAFT with `raft:WEIGHTS`). A `LoadedModel` holds no per-run
+state, so the preview's `RendererCache` (filter/job.py) hands one to run after run with an equal `model_key`.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -29,6 +31,11 @@ from ..sampler.keyframe import (
 )
 from .base import KeyframeContext, RenderedKeyframe
 from .diffusion_options import DiffusionOptions
+
+if TYPE_CHECKING:
+    from ...engines.control import ControlPreprocessor
+    from ...engines.runtime import Networks
+    from ...engines.select import Selection
 
 _VARY_NOISE_STRIDE = 1_000_003  # --vary-noise: a distinct, reproducible seed per keyframe index
 
@@ -65,6 +72,106 @@ def make_flow(spec: str):
         raise UsageError(str(error)) from None
 
 
+def _check_size(processing_size: tuple[int, int]) -> None:
+    height, width = processing_size
+    if height % 64 or width % 64:
+        raise UsageError(
+            f"the diffusion renderer needs a processing size in multiples of 64; got {width}x{height}"
+        )
+
+
+def _control_is_stateless(spec: str) -> bool:
+    # canny/hed/depth map a frame to a hint and keep nothing; `video:PATH` reads its file forward only, so
+    # a reader shared between runs would start the second run where the first one stopped.
+    return spec.partition(":")[0] != "video"
+
+
+def model_key(opts: DiffusionOptions, processing_size: tuple[int, int]) -> tuple:
+    """Everything that changes what `load_model` loads: runs with equal keys can share one `LoadedModel`.
+
+    Prompt, seed, strength, steps, CFG, the step windows, K and (on torch) the size are applied per run and
+    are not part of it. The size is, with `--engines`: an exported engine's profile decides whether it can
+    serve that size (engines/select.py). Files changed on disk under the same path are not noticed."""
+    return (
+        opts.model,
+        opts.model_config,
+        opts.loras,
+        opts.controlnets,
+        opts.control if _control_is_stateless(opts.control) else None,
+        opts.freeu,
+        opts.device,
+        opts.dtype,
+        opts.backend,
+        opts.engines,
+        opts.allow_pickle,
+        tuple(processing_size) if opts.engines is not None else None,
+    )
+
+
+@dataclass
+class LoadedModel:
+    """The loaded networks of one `model_key` (weights on their backend, ControlNet hint models): nothing in
+    here changes while a run renders, so one `LoadedModel` can serve run after run (not two at once: the
+    torch UNet passes cross-frame states through its attention processors during a call)."""
+
+    networks: Networks
+    selection: Selection
+    controls: tuple[ControlPreprocessor, ...] | None  # None: a stateful preprocessor, made per run
+
+    def controls_for_run(self, opts: DiffusionOptions) -> tuple[ControlPreprocessor, ...]:
+        if self.controls is not None:
+            return self.controls
+        from ...engines.control import make_control
+
+        return tuple(
+            make_control(opts.control, opts.allow_pickle, self.networks.device) for _ in opts.controlnets
+        )
+
+    def close(self) -> None:
+        """Unload what the garbage collector cannot (a TensorRT session's engines)."""
+        if self.selection.session is not None:
+            self.selection.session.unload()
+            self.selection.session = None
+
+
+def load_model(opts: DiffusionOptions, processing_size: tuple[int, int]) -> LoadedModel:
+    """Load the model, LoRAs and ControlNets the options name on the backend they choose."""
+    from ...engines.control import make_control
+    from ...engines.loading import load_bundle
+    from ...engines.select import Request, select_networks
+    from ...engines.torch_backend import resolve_device, resolve_dtype, torch_networks
+
+    _check_size(processing_size)
+    height, width = processing_size
+    device = resolve_device(opts.device)
+    dtype = resolve_dtype(opts.dtype, device)
+
+    def load_torch():
+        bundle = load_bundle(
+            opts.model,
+            loras=opts.loras,
+            controlnets=opts.controlnets,
+            allow_pickle=opts.allow_pickle,
+            config_dir=opts.model_config,
+        )
+        return torch_networks(bundle, device, dtype, opts.freeu)
+
+    # The backend is chosen once here (engines/select.py, issue 6); the sampler never branches on it.
+    request = Request(
+        opts.model, opts.loras, opts.controlnets, (height, width), opts.device, opts.freeu is not None
+    )
+    selection = select_networks(opts.backend, request, opts.engines, load_torch)
+    if opts.engines is not None or opts.backend != "auto":  # without --engines only torch can serve
+        print(f"rerender: {selection.describe()}", file=sys.stderr)
+    networks = selection.networks
+    controls = None
+    if _control_is_stateless(opts.control):
+        controls = tuple(
+            make_control(opts.control, opts.allow_pickle, networks.device) for _ in opts.controlnets
+        )
+    return LoadedModel(networks, selection, controls)
+
+
 @dataclass(frozen=True)
 class KeyframeStats:
     index: int
@@ -91,41 +198,14 @@ class DiffusionRenderer:
         self.stats: list[KeyframeStats] = []
 
     @classmethod
-    def from_options(cls, opts: DiffusionOptions, processing_size: tuple[int, int]) -> DiffusionRenderer:
-        from ...engines.control import make_control
-        from ...engines.loading import load_bundle
-        from ...engines.select import Request, select_networks
-        from ...engines.torch_backend import resolve_device, resolve_dtype, torch_networks
-
-        height, width = processing_size
-        if height % 64 or width % 64:
-            raise UsageError(
-                f"the diffusion renderer needs a processing size in multiples of 64; got {width}x{height}"
-            )
-        device = resolve_device(opts.device)
-        dtype = resolve_dtype(opts.dtype, device)
-
-        def load_torch():
-            bundle = load_bundle(
-                opts.model,
-                loras=opts.loras,
-                controlnets=opts.controlnets,
-                allow_pickle=opts.allow_pickle,
-                config_dir=opts.model_config,
-            )
-            return torch_networks(bundle, device, dtype, opts.freeu)
-
-        # The backend is chosen once here (engines/select.py, issue 6); the sampler never branches on it.
-        request = Request(
-            opts.model, opts.loras, opts.controlnets, (height, width), opts.device, opts.freeu is not None
-        )
-        selection = select_networks(opts.backend, request, opts.engines, load_torch)
-        if opts.engines is not None or opts.backend != "auto":  # without --engines only torch can serve
-            print(f"rerender: {selection.describe()}", file=sys.stderr)
-        networks = selection.networks
-        controls = tuple(
-            make_control(opts.control, opts.allow_pickle, networks.device) for _ in opts.controlnets
-        )
+    def from_options(
+        cls, opts: DiffusionOptions, processing_size: tuple[int, int], model: LoadedModel | None = None
+    ) -> DiffusionRenderer:
+        """A renderer for one run. `model` is networks loaded earlier by `load_model` with the same
+        `model_key` (the preview's `RendererCache`); without it the model is loaded now. Everything per run
+        (text embeddings, anchor state, flow estimator, a control video's reader) is built fresh here."""
+        _check_size(processing_size)
+        model = model if model is not None else load_model(opts, processing_size)
         settings = SamplerSettings(
             steps=opts.steps,
             strength=opts.strength,
@@ -140,7 +220,7 @@ class DiffusionRenderer:
             fidelity_threshold=opts.fidelity_threshold,
             first_pass_stop=opts.first_pass_stop,
         )
-        return cls(networks, settings, opts, controls, make_flow(opts.flow))
+        return cls(model.networks, settings, opts, model.controls_for_run(opts), make_flow(opts.flow))
 
     def _seed(self, index: int) -> int:
         # Part 1 decision 4: every keyframe pass re-seeds identically unless --vary-noise.
