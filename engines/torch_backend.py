@@ -2,7 +2,7 @@
 
 `CrossFrameUNet` is an `nn.Module` with a flat tensor signature (what ONNX export traces); `TorchUNet` adapts
 it to the `UNet` protocol. Cross-frame attention is installed with `set_attn_processor` (attention.py); FreeU
-with diffusers' `enable_freeu` extension point. The backend is chosen once, in `torch_networks`.
+with forward pre-hooks on the up-block resnets (freeu.py). The backend is chosen once, in `torch_networks`.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .attention import CrossFrameAttnProcessor, StateExchange
+from .freeu import FreeUFactors, set_freeu
 from .runtime import ControlResiduals, Networks, ReferenceStates, SelfAttentionLayer, up_self_attention_layers
 from .tokenizer import make_tokenize
 
@@ -172,10 +173,9 @@ def torch_networks(
     device = resolve_device(device) if isinstance(device, str) else device
     dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
     unet = _place(bundle.unet, device, dtype)
-    if freeu is not None:
-        # FreeU through diffusers' extension point (reference §B.7); b1, b2, s1, s2 on the first two up blocks.
-        b1, b2, s1, s2 = freeu
-        unet.enable_freeu(s1=s1, s2=s2, b1=b1, b2=b2)
+    # FreeU (reference §B.7) keyed on the backbone channel count, as pre-hooks; replaces any FreeU a previous
+    # call installed on this bundle's UNet, so the UNet does exactly what this call asks.
+    set_freeu(unet, None if freeu is None else FreeUFactors.from_tuple(freeu))
     vae = _place(bundle.vae, device, dtype)
     text_encoder = _place(bundle.text_encoder, device, dtype)
     layers = up_self_attention_layers(unet.config)
