@@ -33,3 +33,16 @@ def nvcc() -> str:
     if path is None:
         pytest.skip("nvcc is not on PATH; the CUDA sources cannot be compiled here")
     return path
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a test module (`pytestmark = pytest.mark.usefixtures(...)`): tiny networks
+    gain nothing from more, and spinning OpenMP threads make torch many times slower on a busy 2-core
+    machine (the subprocess tests set OMP_NUM_THREADS=1 for the same reason). Restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,17 +15,10 @@ from rerender.engines.tokenizer import clip_tokenizer, make_tokenize
 from rerender.filter.errors import InputError, UsageError
 from safetensors.torch import load_file, save_file
 
-pytestmark = pytest.mark.skipif(
-    tiny_models.TOKENIZER_MISSING is not None, reason=str(tiny_models.TOKENIZER_MISSING)
-)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny networks: one thread avoids oversubscribing a shared machine
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.skipif(tiny_models.TOKENIZER_MISSING is not None, reason=str(tiny_models.TOKENIZER_MISSING)),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 @pytest.fixture(scope="module")

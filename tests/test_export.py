@@ -22,14 +22,7 @@ SIZES = SizeRange((64, 64), (64, 64), (128, 128))
 NETWORKS = ["text_encoder", "vae_encoder", "vae_decoder", "unet", "controlnet_0"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    # One intra-op thread, as the subprocess tests use OMP_NUM_THREADS=1: on a shared 2-core machine two
-    # spinning OpenMP threads per process make torch many times slower; restored afterwards.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

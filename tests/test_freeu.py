@@ -21,12 +21,7 @@ THREE_WIDTHS_H = [32] * 7 + [16] * 3 + [8] * 2
 FACTORS = FreeUFactors(b1=1.3, b2=1.2, s1=0.7, s2=0.2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _unet(config: dict, seed: int = 0) -> UNet2DConditionModel:

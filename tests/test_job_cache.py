@@ -16,23 +16,14 @@ import media
 import numpy as np
 import pytest
 import tiny_models
-import torch
 from rerender.filter import job
 from rerender.filter.preview.session import PreviewSession
 from rerender.filter.preview.settings import PageSettings
 
-pytestmark = pytest.mark.skipif(
-    tiny_models.TOKENIZER_MISSING is not None, reason=str(tiny_models.TOKENIZER_MISSING)
-)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # One thread: a shared 2-core machine, and the tiny model needs no more.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.skipif(tiny_models.TOKENIZER_MISSING is not None, reason=str(tiny_models.TOKENIZER_MISSING)),
+    pytest.mark.usefixtures("one_torch_thread"),
+]
 
 
 @pytest.fixture(scope="module")
