@@ -66,12 +66,19 @@ def histogram_blend(
     contrast. Inputs and output are float Lab [H, W, 3]."""
 
     def standardise(x: np.ndarray) -> np.ndarray:
-        mean = x.mean(axis=(0, 1))
-        std = x.std(axis=(0, 1))
+        mean, std = _channel_stats(x)
         return (x - mean) / np.where(std > 1e-6, std, 1.0)
 
     mix = (1.0 - weight_forward) * standardise(lab_a) + weight_forward * standardise(lab_b)
-    return standardise(mix) * lab_min.std(axis=(0, 1)) + lab_min.mean(axis=(0, 1))
+    mean_min, std_min = _channel_stats(lab_min)
+    return standardise(mix) * std_min + mean_min
+
+
+def _channel_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and (population) standard deviation of an [H, W, C] image. OpenCV's single pass is
+    several times faster than numpy's strided reductions over axes (0, 1) at video sizes."""
+    mean, std = cv2.meanStdDev(np.ascontiguousarray(x))
+    return mean.ravel(), std.ravel()
 
 
 def _forward_differences(x: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray]:
