@@ -105,20 +105,7 @@ def test_pull_blocks_until_a_gap_is_closed():
 
 def test_background_propagation_keeps_the_order_and_waits_at_the_flush():
     filt = Filter(Posterize(), options(3))
-    out = []
-    for frame in make_frames(11):
-        filt.push(frame)
-        while True:
-            try:
-                out.append(filt.pull())
-            except BlockingIOError:
-                break
-    filt.push(None)
-    while True:
-        try:
-            out.append(filt.pull())
-        except EOFError:
-            break
+    out = run(filt, make_frames(11))
     assert [f.index for f in out] == list(range(11))
     filt.close()
 
