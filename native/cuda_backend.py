@@ -196,6 +196,19 @@ class _CudaSynth:
             hist, tmp = tmp, hist
         self.launch("to_float", self.sw, self.sh, hist.gpudata, self.occ.gpudata, *self._i(self.sw, self.sh))
 
+    def patch_errors(self, p):
+        """Recompute the error map of the current NNF from scratch (§A8: after all PatchMatch iterations)."""
+        self.launch(
+            "patch_errors",
+            self.tw,
+            self.th,
+            self.src.gpudata,
+            self.tgt.gpudata,
+            *self._i(self.sw, self.sh, self.tw, self.th, self.np_, p),
+            self.nnf.gpudata,
+            self.err.gpudata,
+        )
+
     def vote(self, p, weighted):
         self.est, self.prev_est = self.prev_est, self.est
         self.launch(
@@ -258,16 +271,7 @@ class _CudaSynth:
             if occ is not None:
                 self.rebuild_occupancy(p)
             view = self.view_args(p, occ, occ_scale)
-            self.launch(
-                "patch_errors",
-                self.tw,
-                self.th,
-                self.src.gpudata,
-                self.tgt.gpudata,
-                *self._i(self.sw, self.sh, self.tw, self.th, self.np_, p),
-                self.nnf.gpudata,
-                self.err.gpudata,
-            )
+            self.patch_errors(p)
             if sv == 0 and self.init_nnf is not None and 0 < level < self.levels:
                 init = ga.to_gpu(self.mapped_init(r).ravel())
                 self.launch(
@@ -309,16 +313,7 @@ class _CudaSynth:
             if sv + 1 < sv_iters:
                 self.update_mask(r)
         if sv_iters == 0:
-            self.launch(
-                "patch_errors",
-                self.tw,
-                self.th,
-                self.src.gpudata,
-                self.tgt.gpudata,
-                *self._i(self.sw, self.sh, self.tw, self.th, self.np_, p),
-                self.nnf.gpudata,
-                self.err.gpudata,
-            )
+            self.patch_errors(p)
 
 
 _KERNELS = (
