@@ -204,6 +204,33 @@ def test_ledger_rows_are_keyed_by_path_size_mtime_and_settings(tmp_path):
     assert mode == "wal"
 
 
+_OPEN_LEDGER = """
+import sys, time
+from pathlib import Path
+from rerender.filter.watch.ledger import Ledger
+time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+ledger = Ledger(Path(sys.argv[1]))
+ledger.enqueue(f"clip{sys.argv[3]}.mov", 1, 1, "s")
+"""
+
+
+def test_daemons_opening_a_new_ledger_at_the_same_moment_all_start(tmp_path):
+    # Switching a fresh database to WAL answered "database is locked" without waiting when a second daemon
+    # opened it at the same instant (a CI failure of the two-daemon test); every opener must now get in.
+    for attempt in range(3):
+        path = tmp_path / f"l{attempt}.sqlite"
+        start = time.time() + 1.0
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", _OPEN_LEDGER, str(path), str(start), str(i)], stderr=subprocess.PIPE
+            )
+            for i in range(6)
+        ]
+        errors = [p.communicate(timeout=60)[1].decode() for p in procs]
+        assert [p.returncode for p in procs] == [0] * 6, errors
+        assert len(Ledger(path).rows()) == 6
+
+
 # -- output naming ---------------------------------------------------------------------------------------
 
 

@@ -67,6 +67,19 @@ class Row:
 
 
 _COLUMNS = ", ".join(Row.__dataclass_fields__)
+_BUSY_SECONDS = 60.0
+
+
+def _until_unlocked(step, seconds: float = _BUSY_SECONDS):
+    """Run `step` again while SQLite reports the database locked, for at most `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return step()
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 class Ledger:
@@ -77,13 +90,16 @@ class Ledger:
         self._local = threading.local()
         path.parent.mkdir(parents=True, exist_ok=True)
         # executescript commits on its own; IF NOT EXISTS makes concurrent first starts harmless.
-        self._db().executescript(_SCHEMA)
+        _until_unlocked(lambda: self._db().executescript(_SCHEMA))
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
+            db = sqlite3.connect(self.path, timeout=_BUSY_SECONDS, isolation_level=None)
+            # Switching a new database to WAL takes an exclusive lock, and SQLite answers "database is
+            # locked" at once instead of calling the busy handler when a second daemon starting at the same
+            # moment holds the file: retried here, like the busy timeout would.
+            _until_unlocked(lambda: db.execute("PRAGMA journal_mode=WAL"))
             # FULL: a transaction reported committed survives a power loss (the ledger writes a few rows per
             # clip, so the cost does not matter).
             db.execute("PRAGMA synchronous=FULL")
