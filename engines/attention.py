@@ -10,6 +10,11 @@ Per layer l the keys/values are computed from
 where `reference[l]` is [anchor; previous] (B, 2N, C). With mask 0 every key appears twice, and attention over
 a duplicated key set equals attention over the set: plain self-attention, with no branch on tensor values
 (so the same graph exports to ONNX/TensorRT).
+
+An eager caller that knows the mask in Python (the torch backend's `TorchUNet`) may list the layers whose
+mask is 0 in `StateExchange.plain`; those attend over their own N tokens instead of the doubled 2N, which is
+the same attention at half the key/value work (the anchor's pass and the layers "loose" mode skips). Traced
+graphs never see it: `plain` is empty unless a caller sets it.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ class StateExchange:
     reference: tuple[torch.Tensor, ...] = ()
     mask: torch.Tensor | None = None
     own: list[torch.Tensor | None] = field(default_factory=list)
+    plain: tuple[bool, ...] = ()  # per layer: mask known to be 0, attend over own tokens only (eager only)
 
 
 class CrossFrameAttnProcessor:
@@ -54,10 +60,13 @@ class CrossFrameAttnProcessor:
         # §B.1: what is stored is the attention's input after the block's LayerNorm, not K/V.
         exchange.own[self.index] = hidden_states
         batch, tokens, _ = hidden_states.shape
-        mask = exchange.mask[self.index].to(hidden_states.dtype)
-        reference = exchange.reference[self.index].to(hidden_states.dtype)
-        doubled = torch.cat([hidden_states, hidden_states], dim=1)
-        kv_input = mask * reference + (1.0 - mask) * doubled
+        if exchange.plain and exchange.plain[self.index]:
+            kv_input = hidden_states
+        else:
+            mask = exchange.mask[self.index].to(hidden_states.dtype)
+            reference = exchange.reference[self.index].to(hidden_states.dtype)
+            doubled = torch.cat([hidden_states, hidden_states], dim=1)
+            kv_input = mask * reference + (1.0 - mask) * doubled
 
         query = attn.to_q(hidden_states)
         key = attn.to_k(kv_input)

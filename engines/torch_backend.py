@@ -139,6 +139,14 @@ class TorchUNet:
     def __call__(self, sample, timestep, text_embeddings, control, reference: ReferenceStates):
         if len(reference.states) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} reference states, got {len(reference.states)}")
+        # Layers with mask 0 attend over their own tokens only (attention.py): same result, half the keys.
+        self.module.exchange.plain = tuple(m == 0.0 for m in reference.mask.tolist())
+        try:
+            return self._call(sample, timestep, text_embeddings, control, reference)
+        finally:
+            self.module.exchange.plain = ()
+
+    def _call(self, sample, timestep, text_embeddings, control, reference: ReferenceStates):
         if control is None:
             # Without a ControlNet the residual inputs are omitted (diffusers adds nothing).
             flat_control: tuple[torch.Tensor, ...] = (sample.new_zeros(0),)

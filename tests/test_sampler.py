@@ -165,6 +165,16 @@ def test_cross_frame_attention_with_own_states_equals_self_attention(networks):
     # ... and other states change the result (the layers really read them).
     other = ReferenceStates(tuple(torch.randn_like(s) for s in own_refs.states), own_refs.mask)
     assert (unet(sample, timestep, text, None, other)[0] - noise_plain).abs().max() > 1e-3
+    # The eager backend lets mask-0 layers attend over their own N tokens; the traced graph (what ONNX
+    # export sees: keys [own; own] mixed by the mask) gives the same noise, all layers off or some.
+    no_control = sample.new_zeros(0)
+    for refs in (plain, ReferenceStates(other.states, cross_frame_mask(unet.layers, "loose"))):
+        eager, eager_own = unet(sample, timestep, text, None, refs)
+        graph, *graph_own = unet.module(sample, timestep, text, no_control, *refs.states, refs.mask)
+        torch.testing.assert_close(eager, graph, atol=1e-5, rtol=1e-5)
+        for a, b in zip(eager_own, graph_own, strict=True):
+            torch.testing.assert_close(a, b)
+    assert unet.module.exchange.plain == ()  # nothing left behind for the next (possibly traced) call
 
 
 def test_loose_mode_skips_the_widest_layers(networks):
