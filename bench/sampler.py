@@ -1,6 +1,6 @@
 """Cost of one constrained keyframe vs diffusers' plain ControlNet img2img, and evaluations per keyframe.
 
-    python bench/sampler.py [--size 256] [--steps 10] [--strength 0.75] [--stops 1.0,0.45] [--threads N]
+    python bench/sampler.py [--size 256] [--steps 10] [--strength 0.75] [--stops 1.0,0.45,0.3] [--threads N]
                             [--skip-full]
 
 1. UNet+ControlNet image-evaluations per keyframe at S = 20 (a CFG batch of 2 counts 2; the official code
@@ -61,6 +61,18 @@ def _guide(anchor_frame, frame, anchor_image):
     occ = torch.from_numpy(occlusion(backward, forward).astype(np.float32))[None, None]
     # The first keyframe after the anchor: the previous keyframe is the anchor (flow computed once).
     return FlowGuide(flow, occ, flow, occ, anchor_image, anchor_image)
+
+
+def _pass_one_share(guide) -> float:
+    """The largest weight pass 1's image has in the masked fusion target (§B.3: bm_0·bm_pre where Mp keeps
+    the target), so what an early stop can change in pass 2's target at most."""
+    import torch.nn.functional as F
+    from rerender.filter.sampler import fusion
+
+    direct = fusion.soft_mask(guide.occluded_anchor) * fusion.soft_mask(guide.occluded_previous)
+    mask = fusion.pixel_fusion_mask(guide.occluded_previous, guide.occluded_anchor)
+    kept = F.interpolate(mask, scale_factor=fusion.LATENT_FACTOR, mode="nearest")
+    return float((direct * kept).max())
 
 
 def _cond(networks, frame):
@@ -198,6 +210,7 @@ def full_size(size: int, steps: int, strength: float, stops: list[float], repeat
             if stop not in results or seconds < results[stop][0]:
                 results[stop] = (seconds, key)
     base = min(plain_times)
+    print(f"   pass 1's largest weight in the fused target x_trg·Mp: {_pass_one_share(guide):.3f}")
     print(f"   plain ControlNet img2img: {base:.1f} s (runs: {', '.join(f'{t:.1f}' for t in plain_times)})")
     print(f"   anchor (one pass, records states): {anchor_time:.1f} s = {anchor_time / base:.2f}x plain")
     print("| pass-1 stop | evaluations | seconds | ratio to plain | mean abs diff vs full pass 1 | PSNR dB |")
@@ -216,7 +229,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--strength", type=float, default=0.75)
-    parser.add_argument("--stops", default="1.0,0.45")
+    parser.add_argument("--stops", default="1.0,0.45,0.3")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
         "--repeat", type=int, default=2, help="interleaved plain/constrained rounds (best kept)"

@@ -329,8 +329,8 @@ def test_keyframe_cost_and_state_updates(networks):
     occ_previous[..., :, 12:22] = 1
     guide = FlowGuide(flow, occ_anchor, flow, occ_previous, anchor.image, anchor.image)
     result = render_keyframe(networks, settings, _cond(networks, frame), state, guide, seed=0)
-    # Pass 1 stops at 0.45 of the schedule (steps 5..8, 8 evaluations) + the full pass 2 (30) = 38 ≤ 45.
-    assert (result.evaluations, result.passes) == (38, 2)
+    # Pass 1 stops at 0.3 of the schedule (step 5 only, 2 evaluations) + the full pass 2 (30) = 32 ≤ 45.
+    assert (result.evaluations, result.passes) == (32, 2)
     assert all(state.previous[i][0] is not state.first[i][0] for i in range(5, 20))
     assert not torch.equal(state.previous[10][0], state.first[10][0])
     stop_06 = SamplerSettings(steps=20, strength=0.75, first_pass_stop=0.6)  # steps 5..11: 14 + 30

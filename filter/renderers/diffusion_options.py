@@ -58,7 +58,7 @@ class DiffusionOptions:
     # propagation's --flow names, pass-1 early stop (fraction of the schedule) and the smooth boundary.
     model_config: str | None = None
     flow: str = "dis"
-    first_pass_stop: float = 0.45
+    first_pass_stop: float = 0.3
     smooth_boundary: bool = True
     # Added by the export helper (issue 6): the backend, chosen once at load time (engines/select.py), and
     # the export directory the onnxruntime/TensorRT backends serve (`rerender export --out DIR`).
@@ -107,9 +107,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--first-pass-stop",
         type=float,
-        default=0.45,
-        help="fraction of the schedule where pass 1 stops (1 = full pass; its result only fills "
-        "pixels both warps miss)",
+        default=0.3,
+        help="fraction of the schedule where pass 1 stops, at least one step after the SDEdit entry "
+        "(1 = full pass; its result only fills pixels both warps miss; default 0.3: one step at 20 steps, "
+        "strength 0.75)",
     )
     g.add_argument(
         "--no-smooth-boundary", action="store_true", help="pixel fusion without boundary smoothing"
