@@ -172,7 +172,14 @@ def full_size(size: int, steps: int, strength: float, stops: list[float], repeat
     )
     pipe.set_progress_bar_config(disable=True)
 
+    plain_evaluations = [0]  # UNet image-evaluations of diffusers' pipeline, counted by a forward pre-hook
+
+    def count(_module, args, kwargs) -> None:
+        plain_evaluations[0] += (args[0] if args else kwargs["sample"]).shape[0]
+
     def plain() -> float:
+        plain_evaluations[0] = 0
+        hook = bundle.unet.register_forward_pre_hook(count, with_kwargs=True)
         start = time.perf_counter()
         pipe(
             prompt="a cat, best quality, extremely detailed",
@@ -186,7 +193,9 @@ def full_size(size: int, steps: int, strength: float, stops: list[float], repeat
             generator=torch.Generator().manual_seed(0),
             output_type="np",
         )
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        hook.remove()
+        return seconds
 
     networks = torch_networks(bundle, "cpu", torch.float32)  # installs the cross-frame processors
     cross_frame = dict(bundle.unet.attn_processors)
@@ -197,6 +206,7 @@ def full_size(size: int, steps: int, strength: float, stops: list[float], repeat
     anchor_time = time.perf_counter() - start
     plain_times: list[float] = []
     results: dict[float, tuple[float, object]] = {}
+    runs: dict[float, list[float]] = {stop: [] for stop in stops}
     for _ in range(repeat):  # interleaved, so a change of machine load hits both sides
         bundle.unet.set_attn_processor(AttnProcessor2_0())  # the stock processors for diffusers' pipeline
         plain_times.append(plain())
@@ -207,11 +217,17 @@ def full_size(size: int, steps: int, strength: float, stops: list[float], repeat
             guide = _guide(anchor_frame, frame, anchor.image)
             key = render_keyframe(networks, settings, _cond(networks, frame), copy.deepcopy(state), guide, 0)
             seconds = time.perf_counter() - start
+            runs[stop].append(seconds)
             if stop not in results or seconds < results[stop][0]:
                 results[stop] = (seconds, key)
     base = min(plain_times)
     print(f"   pass 1's largest weight in the fused target x_trg·Mp: {_pass_one_share(guide):.3f}")
-    print(f"   plain ControlNet img2img: {base:.1f} s (runs: {', '.join(f'{t:.1f}' for t in plain_times)})")
+    print(
+        f"   plain ControlNet img2img: {base:.1f} s, {plain_evaluations[0]} evaluations "
+        f"(runs: {', '.join(f'{t:.1f}' for t in plain_times)})"
+    )
+    for stop in stops:
+        print(f"   keyframe, pass-1 stop {stop}: runs {', '.join(f'{t:.1f}' for t in runs[stop])} s")
     print(f"   anchor (one pass, records states): {anchor_time:.1f} s = {anchor_time / base:.2f}x plain")
     print("| pass-1 stop | evaluations | seconds | ratio to plain | mean abs diff vs full pass 1 | PSNR dB |")
     print("|---|---|---|---|---|---|")
