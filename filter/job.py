@@ -161,6 +161,14 @@ def build_run_parser() -> argparse.ArgumentParser:
     g.add_argument("--patchmatch-iters", type=int, default=6)
     g.add_argument("--pyramid-levels", type=int, default=None)
     g.add_argument("--poisson", action="store_true", help="gradient-domain fusion in the blend")
+    g.add_argument(
+        "--blend-weights",
+        choices=["auto", "frames", "motion"],
+        default=PropagationOptions.blend_weights,
+        help="how near a frame is to each keyframe when the two propagations are blended: by frame "
+        "position (the paper) or by the motion between them; auto (default): motion with --keyframes "
+        "adaptive, frames otherwise",
+    )
     diffusion_options.add_arguments(p)
     out = p.add_argument_group("progress")
     out.add_argument(
@@ -214,6 +222,7 @@ def parse_run_options(argv: list[str]) -> RunOptions:
             backend=args.synth_backend,
             threads=args.threads,
             poisson=args.poisson,
+            blend_weights=args.blend_weights,
         )
         schedule = ScheduleOptions(args.keyframe_interval, args.keyframes, scene_cuts=not args.no_scene_cuts)
     except ValueError as exc:

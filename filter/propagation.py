@@ -29,6 +29,7 @@ import cv2
 import numpy as np
 
 from ..engines.flow import FlowPair, warp
+from .schedule import Motion
 
 # 3x3 Laplacian, 4 at the centre and -1 at the 4-neighbours (Part 2 §D.2), saturated to uint8 by filter2D.
 LAPLACIAN = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], dtype=np.float32)
@@ -61,6 +62,9 @@ class PropagationOptions:
     carry_nnf: bool = True
     parallel_chains: bool = True
     poisson: bool = False  # gradient-domain fusion in the blend (Part 1 decision 9: optional)
+    # Where in the gap a frame counts as being for the blend's distance weighting (`blend_weights`);
+    # "auto": the Filter picks "motion" for adaptive keyframes and "frames" (the paper's) otherwise.
+    blend_weights: Literal["auto", "frames", "motion"] = "auto"
 
     def __post_init__(self) -> None:
         if self.patch_size < 3 or self.patch_size % 2 == 0:
@@ -69,6 +73,8 @@ class PropagationOptions:
             raise ValueError("--search-vote-iters and --patchmatch-iters must be at least 1")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be at least 1; got {self.threads}")
+        if self.blend_weights not in ("auto", "frames", "motion"):
+            raise ValueError(f"--blend-weights must be auto, frames or motion; got {self.blend_weights!r}")
 
 
 class Timings:
@@ -272,6 +278,31 @@ def propagate_gap(
     return blend_gap(forward_results, backward_results, pairs, options, timings)
 
 
+def blend_weights(pairs: Sequence[FlowPair], mode: Literal["auto", "frames", "motion"]) -> list[float]:
+    """The forward weight w_a of each of the n frames of a gap (`pairs` has n + 1 entries).
+
+    Distance weighting favours the nearer keyframe: the forward error counts more, and the forward result
+    less, the farther the frame is from the left keyframe. "frames" (Part 2 §D.4): position t + 1 of n + 1.
+    "motion": the share of the gap's propagation cost (schedule.py's per-frame `Motion.cost`: occluded
+    fraction plus flow magnitude) spent between the left keyframe and the frame, so a frame that has not
+    moved since one keyframe is that keyframe's even when the other is nearer in frames. A floor of 5% of the
+    gap's mean cost per frame keeps still stretches ordered, and a gap of equal costs gets the "frames"
+    weights exactly. "auto" is "frames" here (the Filter resolves it from the keyframe mode).
+    """
+    n = len(pairs) - 1
+    if mode != "motion" or n < 1:
+        return [(t + 1) / (n + 1) for t in range(n)]
+    costs = np.array([pair_cost(pair) for pair in pairs], dtype=np.float64)
+    costs += 0.05 * costs.mean() + 1e-9
+    cumulative = np.cumsum(costs)
+    return [float(c) for c in cumulative[:-1] / cumulative[-1]]
+
+
+def pair_cost(pair: FlowPair) -> float:
+    h, w = pair.occluded_later.shape[:2]
+    return Motion(0.0, pair.occluded_fraction, pair.mean_motion, min(h, w)).cost
+
+
 def blend_gap(
     forward_results: list,
     backward_results: list,
@@ -285,13 +316,11 @@ def blend_gap(
     n = len(forward_results)
     started = time.perf_counter()
     params = BlendParams(poisson=options.poisson)
+    weights = blend_weights(pairs, options.blend_weights)
     images = []
     carried = None
     for t in range(n):
-        # Distance weighting favours the nearer keyframe: the forward error counts more the farther the
-        # frame is from the left keyframe (position t + 1 of n + 1).
-        weight_forward = (t + 1) / (n + 1)
-        result = blend_pair(forward_results[t], backward_results[t], weight_forward, carried, params)
+        result = blend_pair(forward_results[t], backward_results[t], weights[t], carried, params)
         images.append(result.image)
         if t + 1 < n:
             carried = warp(result.mask, pairs[t + 1].later_to_earlier, nearest=True)

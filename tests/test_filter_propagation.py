@@ -9,11 +9,13 @@ import cv2
 import numpy as np
 import pytest
 from media import texture
+from rerender.engines.flow import FlowPair
 from rerender.filter.errors import UsageError
 from rerender.filter.frames import Frame
 from rerender.filter.graph import Filter, FilterOptions
 from rerender.filter.propagation import (
     PropagationOptions,
+    blend_weights,
     carry_nnf,
     edge_guide,
     inpaint_occluded,
@@ -73,6 +75,60 @@ def test_pure_translation_reproduces_the_shifted_keyframe():
         expected = np.roll(keyframe, j * step, axis=1)
         inner = (slice(8, -8), slice(8 + j * step, -8))  # skip the columns that entered the frame
         assert psnr(out[j].image[inner], expected[inner]) > 35, j
+
+
+def _pair(dx: float, occluded: float = 0.0, size: tuple[int, int] = (32, 48)) -> FlowPair:
+    """A consecutive-frame pair moving dx pixels, with the given occluded fraction (leading columns)."""
+    h, w = size
+    flow = np.zeros((h, w, 2), np.float32)
+    flow[..., 0] = dx
+    occ = np.zeros((h, w), bool)
+    occ[:, : round(occluded * w)] = True
+    return FlowPair(-flow, flow, occ, occ.copy())
+
+
+def test_blend_weights_by_frames_and_by_motion():
+    # Part 2 §D.4: position t + 1 of n + 1; a gap of equal costs gets exactly these under "motion" too.
+    even = [_pair(2.0)] * 4  # n = 3 frames between the keys
+    assert blend_weights(even, "frames") == pytest.approx([0.25, 0.5, 0.75])
+    assert blend_weights(even, "motion") == pytest.approx([0.25, 0.5, 0.75])
+    # Held still for 3 frames, then moving (and revealing): the still frames stay with the left keyframe.
+    gap = [_pair(0.0)] * 3 + [_pair(3.0, 0.1)] * 4  # n = 6 frames between the keys
+    motion = blend_weights(gap, "motion")
+    assert all(w < 0.03 for w in motion[:3])
+    assert motion == sorted(motion) and 0.0 < motion[0] and motion[-1] < 1.0
+    assert motion[3:] == pytest.approx([0.25, 0.5, 0.75], abs=0.02)
+    # A gap with no motion at all falls back to the frame positions.
+    assert blend_weights([_pair(0.0)] * 4, "motion") == pytest.approx([0.25, 0.5, 0.75])
+
+
+def test_motion_weights_keep_a_held_picture_on_its_keyframe():
+    """A picture held still for 8 frames, then moving: one gap between keyframes 0 and 15. By frame
+    position the held frames take up to half of the far keyframe's propagation; by motion they are the
+    left keyframe's (the per-pixel style of the held picture), and the moving frames are no worse."""
+    held = texture(0, 96, 64)
+    images = [held] * 9 + [texture(2 * i, 96, 64) for i in range(1, 8)]
+    frames = [Frame(i, i, TB, image) for i, image in enumerate(images)]
+    results = {}
+    for mode in ("frames", "motion"):
+        opts = FilterOptions(
+            schedule=ScheduleOptions(interval=15, scene_cuts=False),
+            size=64,
+            propagation=PropagationOptions(
+                search_vote_iters=2, patchmatch_iters=2, threads=1, blend_weights=mode
+            ),
+        )
+        out = drain(Filter(Posterize(), opts), frames)
+        assert [f.index for f in out] == list(range(16))
+        results[mode] = [psnr(f.image, posterize(image)) for f, image in zip(out, images, strict=True)]
+    # "auto" (the default) is the paper's frame weighting with uniform keyframes, motion with adaptive ones.
+    assert Filter(Posterize(), FilterOptions()).options.propagation.blend_weights == "frames"
+    adaptive = FilterOptions(schedule=ScheduleOptions(interval=15, mode="adaptive"))
+    assert Filter(Posterize(), adaptive).options.propagation.blend_weights == "motion"
+    held_frames, moving_frames = slice(1, 9), slice(9, 15)
+    by_frames, by_motion = results["frames"], results["motion"]
+    assert np.mean(by_motion[held_frames]) > np.mean(by_frames[held_frames]) + 3.0
+    assert np.mean(by_motion[moving_frames]) > np.mean(by_frames[moving_frames]) - 0.5
 
 
 def test_guides_follow_the_paper():
