@@ -27,7 +27,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -102,10 +102,6 @@ class Filter:
         check_cancel: Callable[[], None] | None = None,
     ):
         self.renderer = renderer
-        if options.propagation.blend_weights == "auto":
-            # Adaptive gaps are uneven in motion by design: weigh the blend by motion there (README "run").
-            weights = "motion" if options.schedule.mode == "adaptive" else "frames"
-            options = replace(options, propagation=replace(options.propagation, blend_weights=weights))
         self.options = options
         self._flow = flow if flow is not None else make_flow_estimator(options.flow)
         self._on_keyframe = on_keyframe

@@ -163,11 +163,10 @@ def build_run_parser() -> argparse.ArgumentParser:
     g.add_argument("--poisson", action="store_true", help="gradient-domain fusion in the blend")
     g.add_argument(
         "--blend-weights",
-        choices=["auto", "frames", "motion"],
+        choices=["frames", "motion"],
         default=PropagationOptions.blend_weights,
         help="how near a frame is to each keyframe when the two propagations are blended: by frame "
-        "position (the paper) or by the motion between them; auto (default): motion with --keyframes "
-        "adaptive, frames otherwise",
+        "position (the paper) or by the motion between them (default: %(default)s)",
     )
     diffusion_options.add_arguments(p)
     out = p.add_argument_group("progress")

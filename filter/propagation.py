@@ -62,9 +62,9 @@ class PropagationOptions:
     carry_nnf: bool = True
     parallel_chains: bool = True
     poisson: bool = False  # gradient-domain fusion in the blend (Part 1 decision 9: optional)
-    # Where in the gap a frame counts as being for the blend's distance weighting (`blend_weights`);
-    # "auto": the Filter picks "motion" for adaptive keyframes and "frames" (the paper's) otherwise.
-    blend_weights: Literal["auto", "frames", "motion"] = "auto"
+    # Where in the gap a frame counts as being for the blend's distance weighting (`blend_weights`):
+    # "frames" is the paper's; "motion" measured better on uneven motion and equal on steady (README).
+    blend_weights: Literal["frames", "motion"] = "motion"
 
     def __post_init__(self) -> None:
         if self.patch_size < 3 or self.patch_size % 2 == 0:
@@ -73,8 +73,8 @@ class PropagationOptions:
             raise ValueError("--search-vote-iters and --patchmatch-iters must be at least 1")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads must be at least 1; got {self.threads}")
-        if self.blend_weights not in ("auto", "frames", "motion"):
-            raise ValueError(f"--blend-weights must be auto, frames or motion; got {self.blend_weights!r}")
+        if self.blend_weights not in ("frames", "motion"):
+            raise ValueError(f"--blend-weights must be frames or motion; got {self.blend_weights!r}")
 
 
 class Timings:
@@ -278,7 +278,7 @@ def propagate_gap(
     return blend_gap(forward_results, backward_results, pairs, options, timings)
 
 
-def blend_weights(pairs: Sequence[FlowPair], mode: Literal["auto", "frames", "motion"]) -> list[float]:
+def blend_weights(pairs: Sequence[FlowPair], mode: Literal["frames", "motion"]) -> list[float]:
     """The forward weight w_a of each of the n frames of a gap (`pairs` has n + 1 entries).
 
     Distance weighting favours the nearer keyframe: the forward error counts more, and the forward result
@@ -287,10 +287,10 @@ def blend_weights(pairs: Sequence[FlowPair], mode: Literal["auto", "frames", "mo
     fraction plus flow magnitude) spent between the left keyframe and the frame, so a frame that has not
     moved since one keyframe is that keyframe's even when the other is nearer in frames. A floor of 5% of the
     gap's mean cost per frame keeps still stretches ordered, and a gap of equal costs gets the "frames"
-    weights exactly. "auto" is "frames" here (the Filter resolves it from the keyframe mode).
+    weights exactly.
     """
     n = len(pairs) - 1
-    if mode != "motion" or n < 1:
+    if mode == "frames" or n < 1:
         return [(t + 1) / (n + 1) for t in range(n)]
     costs = np.array([pair_cost(pair) for pair in pairs], dtype=np.float64)
     costs += 0.05 * costs.mean() + 1e-9
