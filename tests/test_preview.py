@@ -51,10 +51,10 @@ def free_port() -> int:
 class Server:
     """A `rerender preview` subprocess; its stderr is collected by a thread (the pipe never fills up)."""
 
-    def __init__(self, args: list[str]) -> None:
+    def __init__(self, args: list[str], env: dict | None = None) -> None:
         self.port = free_port()
         cmd = [sys.executable, "-m", "rerender.filter.cli", "preview", *args, "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.lines: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -414,6 +414,51 @@ def test_fast_mode_caps_previews_only_and_job_errors_reach_the_page(server, outd
     st = run("/render", {"fast": True})  # the file never uses the fast caps
     assert st["kind"] == "render" and effective(st) == (512, 20) and st["state"] == "error"
     assert sorted(outdir.iterdir()) == before  # a failed render leaves no file behind
+
+
+def test_a_diffusion_model_stays_loaded_from_run_to_run(clip, tmp_path):
+    """The diffusion renderer through the page's HTTP API (tiny SD1.5, random weights, offline): the first
+    keyframe, then every keyframe with another prompt and seed, both from one model load; the keyframe
+    image is served while the page shows the run's exact `rerender run` command."""
+    import tiny_models
+
+    if tiny_models.TOKENIZER_MISSING is not None:
+        pytest.skip(str(tiny_models.TOKENIZER_MISSING))
+    model = tiny_models.write_diffusers_folder(tmp_path / "sd", tiny_models.build_components())
+    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", OMP_NUM_THREADS="1")
+    srv = Server(["-i", str(clip), "-K", str(K), "--model", str(model), *CHEAP], env=env)
+    try:
+        code, _, payload = srv.request("GET", "/settings")
+        form = json.loads(payload)["values"]  # what the page's form holds: the command line's options
+        assert form["--model"] == str(model)
+
+        def run(stage: str, changes: dict) -> dict:
+            before = srv.status()["run_id"]
+            body = {"stage": stage, "fast": True, "values": {**form, **changes}, "extra": ""}
+            code, _, payload = srv.request("POST", "/run", body=body)
+            assert code == 202, payload
+
+            def finished():
+                st = srv.status()
+                return st if st["run_id"] > before and st["state"] != "running" else None
+
+            return wait_for(finished, 300, f"the diffusion {stage} run")
+
+        st = run("first-keyframe", {"--prompt": "a watercolour cat", "--seed": "1"})
+        assert st["state"] == "done", st["message"]
+        assert st["keyframes"] == [0] and st["model_loads"] == 1
+        assert "--model" in st["command"] and "watercolour" in st["command"]
+        code, headers, jpeg = srv.request("GET", "/keyframe.jpg")
+        assert code == 200 and headers["Content-Type"] == "image/jpeg"
+        keyframe = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert keyframe is not None and min(keyframe.shape[:2]) == 64  # the fast processing size
+        st = run("keyframes", {"--prompt": "an oil painting of a cat", "--seed": "2"})
+        assert st["state"] == "done", st["message"]
+        assert st["keyframes"] == uniform_keyframes(FRAMES, K)
+        assert st["model_loads"] == 1  # the prompt and seed changed; the networks were not loaded again
+    finally:
+        srv.stop()
+    assert "Traceback" not in srv.stderr
 
 
 # -- command line ---------------------------------------------------------------------------------

@@ -108,6 +108,7 @@ class PreviewSession:
         with self._lock:
             status = dict(self._status)
             status["keyframes"] = list(status.get("keyframes", []))
+        status["model_loads"] = self.renderers.loads  # diffusion model loads by this session so far
         if status["state"] == "running":
             status["elapsed"] = round(time.monotonic() - status["started"], 2)
         status.pop("started", None)
