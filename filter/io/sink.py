@@ -25,7 +25,7 @@ import numpy as np
 
 from ..errors import RerenderError, UsageError
 from ..frames import Frame
-from . import adts
+from . import adts, x264
 from .formats import (
     DEFAULT_PIPE_FORMAT,
     DISPLAY_MATRIX_MUXERS,
@@ -146,6 +146,9 @@ class Sink:
             # encoder delay (FFmpeg's avoid_negative_ts), and the output would no longer carry the input's
             # pts. Without B-frames dts == pts, so nothing shifts.
             encoder_options["bf"] = "0"
+        if codec_name == "libx264":
+            # Byte-identical output run to run on AVX-512 CPUs (x264.py says what was measured).
+            encoder_options = x264.with_reproducible_asm(encoder_options, x264.cpu_flags())
         try:
             stream = self._container.add_stream(codec_name, options=encoder_options)
         except ValueError as exc:
