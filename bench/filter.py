@@ -43,6 +43,7 @@ from rerender.filter.job import parse_run_options, run_job
 from rerender.filter.propagation import PropagationOptions
 from rerender.filter.renderers.classic import ClassicRenderer
 from rerender.filter.schedule import ScheduleOptions
+from rerender.native.params import SynthParams
 
 REPO = Path(__file__).resolve().parent.parent
 STAGES = ("decode", "flow", "render", "propagation", "blend", "resize", "encode")
@@ -151,7 +152,7 @@ def bench_clip(clip: Path, args, workdir: Path) -> None:
     n = len(frames)
     h, w = frames[0].image.shape[:2]
     propagation = PropagationOptions(
-        search_vote_iters=args.search_vote_iters, patchmatch_iters=args.patchmatch_iters
+        SynthParams(search_vote_iters=args.search_vote_iters, patchmatch_iters=args.patchmatch_iters)
     )
     base = FilterOptions(size=args.size, propagation=propagation)
     common = ["--size", str(args.size), "--search-vote-iters", str(args.search_vote_iters)]

@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 
 from ..engines.flow import ESTIMATOR_MODULES, make_flow_estimator
+from ..native.params import SynthParams
 from .errors import InputError, RerenderError, UsageError
 from .frames import Frame
 from .geometry import ProcessingGeometry
@@ -211,23 +212,32 @@ def parse_run_options(argv: list[str]) -> RunOptions:
         _lavfi_graph(args.input)
     if args.keyframes_first_index < 0:
         raise UsageError(f"--keyframes-first-index must be >= 0; got {args.keyframes_first_index}")
+    if args.patch_size < 3 or args.patch_size % 2 == 0:
+        raise UsageError(f"--patch-size must be an odd number >= 3; got {args.patch_size}")
+    if args.search_vote_iters < 1 or args.patchmatch_iters < 1:
+        raise UsageError("--search-vote-iters and --patchmatch-iters must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be at least 1; got {args.threads}")
+    if args.pyramid_levels is not None and args.pyramid_levels < 1:
+        raise UsageError(f"--pyramid-levels must be at least 1; got {args.pyramid_levels}")
     try:
         classic = ClassicOptions(args.classic_style, args.classic_sigma_s, args.classic_sigma_r)
-        propagation = PropagationOptions(
+        synth = SynthParams(
             patch_size=args.patch_size,
             pyramid_levels=args.pyramid_levels,
             search_vote_iters=args.search_vote_iters,
             patchmatch_iters=args.patchmatch_iters,
-            backend=args.synth_backend,
             threads=args.threads,
+        )
+        propagation = PropagationOptions(
+            synth=synth,
+            backend=args.synth_backend,
             poisson=args.poisson,
             blend_weights=args.blend_weights,
         )
         schedule = ScheduleOptions(args.keyframe_interval, args.keyframes, scene_cuts=not args.no_scene_cuts)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    if args.pyramid_levels is not None and args.pyramid_levels < 1:
-        raise UsageError(f"--pyramid-levels must be at least 1; got {args.pyramid_levels}")
     filter_options = FilterOptions(
         schedule=schedule,
         size=args.size,

@@ -22,13 +22,14 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import cv2
 import numpy as np
 
 from ..engines.flow import FlowPair, warp
+from ..native.params import SynthParams
 from .schedule import Motion
 
 # 3x3 Laplacian, 4 at the centre and -1 at the 4-neighbours (Part 2 §D.2), saturated to uint8 by filter2D.
@@ -47,17 +48,12 @@ class GuideWeights:
 
 @dataclass(frozen=True)
 class PropagationOptions:
-    """Synthesis parameters default to the official ones (Part 1 decision 9)."""
+    """How a gap is propagated. `synth`: the synthesis parameters, the official ones by default (Part 1
+    decision 9); its `threads=None` means the cores shared between the two chains (`chain_threads`)."""
 
+    synth: SynthParams = field(default_factory=SynthParams)
     weights: GuideWeights = field(default_factory=GuideWeights)
-    patch_size: int = 5
-    pyramid_levels: int | None = None
-    search_vote_iters: int = 12
-    patchmatch_iters: int = 6
-    uniformity: float = 3500.0
-    stop_threshold: int = 5
     backend: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int | None = None
     inpaint_radius: int = 30
     carry_nnf: bool = True
     parallel_chains: bool = True
@@ -67,12 +63,6 @@ class PropagationOptions:
     blend_weights: Literal["frames", "motion"] = "motion"
 
     def __post_init__(self) -> None:
-        if self.patch_size < 3 or self.patch_size % 2 == 0:
-            raise ValueError(f"--patch-size must be an odd number >= 3; got {self.patch_size}")
-        if self.search_vote_iters < 1 or self.patchmatch_iters < 1:
-            raise ValueError("--search-vote-iters and --patchmatch-iters must be at least 1")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"--threads must be at least 1; got {self.threads}")
         if self.blend_weights not in ("frames", "motion"):
             raise ValueError(f"--blend-weights must be frames or motion; got {self.blend_weights!r}")
 
@@ -171,8 +161,6 @@ class PropagationChain:
     """One direction of one gap: synthesizes frame after frame from a keyframe (Part 2 §D.1-D.2)."""
 
     def __init__(self, key: KeySide, options: PropagationOptions, timings: Timings):
-        from ..native import SynthParams
-
         self.key = key
         self.options = options
         self.timings = timings
@@ -182,15 +170,8 @@ class PropagationChain:
         self._previous_output = key.stylized
         self._previous_positional = self._ramp
         self._previous_nnf = identity_nnf(h, w)
-        self._params = SynthParams(
-            patch_size=options.patch_size,
-            pyramid_levels=options.pyramid_levels,
-            search_vote_iters=options.search_vote_iters,
-            patchmatch_iters=options.patchmatch_iters,
-            uniformity=options.uniformity,
-            stop_threshold=options.stop_threshold,
-            threads=options.threads or chain_threads(options.parallel_chains),
-        )
+        threads = options.synth.threads or chain_threads(options.parallel_chains)
+        self._params = replace(options.synth, threads=threads)
 
     def step(self, target: np.ndarray, target_edge: np.ndarray, flow: np.ndarray, occluded: np.ndarray):
         """`flow` maps the target's pixels into the previous frame of the chain; returns a SynthResult."""

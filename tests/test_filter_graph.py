@@ -19,9 +19,10 @@ from rerender.filter.propagation import PropagationOptions
 from rerender.filter.renderers.base import KeyframeContext
 from rerender.filter.renderers.classic import ClassicRenderer
 from rerender.filter.schedule import ScheduleOptions
+from rerender.native.params import SynthParams
 
 FAST = PropagationOptions(
-    search_vote_iters=1, patchmatch_iters=1, pyramid_levels=2, inpaint_radius=5, threads=1
+    SynthParams(search_vote_iters=1, patchmatch_iters=1, pyramid_levels=2, threads=1), inpaint_radius=5
 )
 TIME_BASE = Fraction(1, 90000)
 

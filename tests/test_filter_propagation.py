@@ -23,6 +23,7 @@ from rerender.filter.propagation import (
 )
 from rerender.filter.renderers.frames import FramesRenderer, scan_keyframe_files
 from rerender.filter.schedule import ScheduleOptions
+from rerender.native.params import SynthParams
 
 TB = Fraction(1, 25)
 
@@ -67,7 +68,7 @@ def test_pure_translation_reproduces_the_shifted_keyframe():
     opts = FilterOptions(
         schedule=ScheduleOptions(interval=k, scene_cuts=False),
         size=64,  # 128x64 is already a processing canvas: no resampling blurs the comparison
-        propagation=PropagationOptions(search_vote_iters=4, patchmatch_iters=3),
+        propagation=PropagationOptions(SynthParams(search_vote_iters=4, patchmatch_iters=3)),
     )
     out = drain(Filter(Posterize(), opts), frames)
     keyframe = out[0].image
@@ -115,7 +116,7 @@ def test_motion_weights_keep_a_held_picture_on_its_keyframe():
             schedule=ScheduleOptions(interval=15, scene_cuts=False),
             size=64,
             propagation=PropagationOptions(
-                search_vote_iters=2, patchmatch_iters=2, threads=1, blend_weights=mode
+                SynthParams(search_vote_iters=2, patchmatch_iters=2, threads=1), blend_weights=mode
             ),
         )
         out = drain(Filter(Posterize(), opts), frames)
@@ -186,7 +187,7 @@ def clip(n: int) -> list[Frame]:
 
 
 FAST = PropagationOptions(
-    search_vote_iters=2, patchmatch_iters=2, pyramid_levels=2, inpaint_radius=5, threads=1
+    SynthParams(search_vote_iters=2, patchmatch_iters=2, pyramid_levels=2, threads=1), inpaint_radius=5
 )
 
 
