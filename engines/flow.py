@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal, Protocol
 
 import cv2
@@ -155,11 +156,13 @@ class FlowPair:
     occluded_later: np.ndarray  # pixels of the later frame with no match in the earlier one
     occluded_earlier: np.ndarray
 
-    @property
+    # Cached: the keyframe schedule reads both when the pair is made, the motion-weighted blend again when
+    # its gap is blended (computing them again is idempotent, so threads racing here is harmless).
+    @cached_property
     def occluded_fraction(self) -> float:
         return float(self.occluded_later.mean())
 
-    @property
+    @cached_property
     def mean_motion(self) -> float:
         return float(_norm(self.later_to_earlier).mean())
 
