@@ -93,6 +93,18 @@ class Server:
         assert code == 200
         return json.loads(payload)
 
+    def run_and_wait(self, path: str, body: dict, timeout: float, what: str) -> dict:
+        """POST a run (`/run` or `/render`) and wait until it is no longer running; its final status."""
+        before = self.status()["run_id"]
+        code, _, payload = self.request("POST", path, body=body)
+        assert code == 202, payload
+
+        def finished():
+            st = self.status()
+            return st if st["run_id"] > before and st["state"] != "running" else None
+
+        return wait_for(finished, timeout, what)
+
     def interrupt(self, timeout: float = 20) -> int:
         self.proc.send_signal(signal.SIGINT)
         return self.proc.wait(timeout)
@@ -388,15 +400,8 @@ def test_fast_mode_caps_previews_only_and_job_errors_reach_the_page(server, outd
     values = {"--model": str(missing), "--steps": "20"}
 
     def run(path: str, body: dict) -> dict:
-        before = server.status()["run_id"]
-        code, _, payload = server.request("POST", path, body={"values": values, "extra": "", **body})
-        assert code == 202, payload
-
-        def finished():
-            st = server.status()
-            return st if st["run_id"] > before and st["state"] != "running" else None
-
-        return wait_for(finished, 60, "the diffusion run to fail")
+        body = {"values": values, "extra": "", **body}
+        return server.run_and_wait(path, body, 60, "the diffusion run to fail")
 
     def effective(st: dict) -> tuple[int, int]:
         """(processing size, sampler steps) of the command the run was started with."""
@@ -433,16 +438,8 @@ def test_a_diffusion_model_stays_loaded_from_run_to_run(clip, tmp_path):
         assert form["--model"] == str(model)
 
         def run(stage: str, changes: dict) -> dict:
-            before = srv.status()["run_id"]
             body = {"stage": stage, "fast": True, "values": {**form, **changes}, "extra": ""}
-            code, _, payload = srv.request("POST", "/run", body=body)
-            assert code == 202, payload
-
-            def finished():
-                st = srv.status()
-                return st if st["run_id"] > before and st["state"] != "running" else None
-
-            return wait_for(finished, 300, f"the diffusion {stage} run")
+            return srv.run_and_wait("/run", body, 300, f"the diffusion {stage} run")
 
         st = run("first-keyframe", {"--prompt": "a watercolour cat", "--seed": "1"})
         assert st["state"] == "done", st["message"]
