@@ -124,17 +124,72 @@ def outside(flow: np.ndarray) -> np.ndarray:
     return (x < -0.5) | (x > w - 0.5) | (y < -0.5) | (y > h - 0.5)
 
 
-def occlusion(flow: np.ndarray, reverse: np.ndarray) -> np.ndarray:
+@dataclass(frozen=True)
+class OcclusionRule:
+    """When a pixel counts as having no match in the other frame.
+
+    `photometric=None` is the forward-backward check alone (the authors' rule, docs/method.md §3). A number
+    adds a photometric test: a pixel that fails the forward-backward check is still *kept* (not occluded)
+    when the other frame, warped to it, agrees within that many 8-bit levels (mean over RGB) at the pixel
+    and at its 4-neighbours. DIS on grey levels fails the check in smooth regions whose colours still
+    warp correctly; the propagation then inpaints guides there for no reason. Pixels whose flow leaves the
+    frame stay occluded either way.
+    """
+
+    alpha: float = OCCLUSION_ALPHA
+    beta: float = OCCLUSION_BETA
+    photometric: float | None = None
+
+    def __post_init__(self) -> None:
+        for name, value, low, high in (("alpha", self.alpha, 0.0, 1.0), ("beta", self.beta, 0.0, 100.0)):
+            if not (low <= value <= high):
+                raise ValueError(f"occlusion {name} must be in {low}..{high}; got {value}")
+        if self.photometric is not None and not (0.0 <= self.photometric <= 255.0):
+            raise ValueError(
+                f"the photometric occlusion threshold must be 0..255 levels; got {self.photometric}"
+            )
+
+
+FB_ONLY = OcclusionRule()
+
+
+def occlusion(
+    flow: np.ndarray,
+    reverse: np.ndarray,
+    rule: OcclusionRule = FB_ONLY,
+    image: np.ndarray | None = None,
+    other: np.ndarray | None = None,
+) -> np.ndarray:
     """Pixels of the first frame with no valid match in the second (bool HxW).
 
-    `flow` maps the first frame into the second and `reverse` the second into the first. Part 2 §C: p is
-    occluded when |flow(p) + reverse(p + flow(p))| > alpha (|flow(p)| + |reverse(p)|) + beta, with the
-    magnitudes taken at p without warping, alpha = 0.01, beta = 0.5 px; pixels that leave the frame too.
+    `flow` maps the first frame into the second and `reverse` the second into the first (docs/method.md
+    §3): p fails the forward-backward check when |flow(p) + reverse(p + flow(p))| > alpha (|flow(p)| +
+    |reverse(p)|) + beta, with the magnitudes taken at p without warping; pixels that leave the frame are
+    occluded too. With `rule.photometric`, `image` (the first frame) and `other` (the second) are needed:
+    see `OcclusionRule`.
     """
     back = warp(reverse, flow)
     diff = _norm(flow + back)
     magnitude = _norm(flow) + _norm(reverse)
-    return (diff > OCCLUSION_ALPHA * magnitude + OCCLUSION_BETA) | outside(flow)
+    failed = diff > rule.alpha * magnitude + rule.beta
+    if rule.photometric is not None:
+        if image is None or other is None:
+            raise ValueError("a photometric occlusion rule needs both frames")
+        failed &= ~photometric_agreement(image, other, flow, rule.photometric)
+    return failed | outside(flow)
+
+
+def photometric_agreement(
+    image: np.ndarray, other: np.ndarray, flow: np.ndarray, levels: float
+) -> np.ndarray:
+    """Pixels of `image` where `other` warped by `flow` agrees within `levels` (mean |difference| over the
+    channels), at the pixel and at its 4-neighbours (so a single matching pixel on an edge does not pass)."""
+    warped = warp(other, flow)
+    difference = cv2.absdiff(np.ascontiguousarray(image), warped)
+    mean = difference.reshape(*difference.shape[:2], -1).mean(axis=2, dtype=np.float32)
+    # The largest difference in the 4-neighbourhood (a 3x3 cross), so agreement must hold around p.
+    worst = cv2.dilate(mean, cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3)))
+    return worst <= levels
 
 
 def _norm(flow: np.ndarray) -> np.ndarray:
@@ -167,8 +222,15 @@ class FlowPair:
         return float(_norm(self.later_to_earlier).mean())
 
 
-def estimate_pair(estimator: FlowEstimator, earlier: np.ndarray, later: np.ndarray) -> FlowPair:
+def estimate_pair(
+    estimator: FlowEstimator, earlier: np.ndarray, later: np.ndarray, rule: OcclusionRule = FB_ONLY
+) -> FlowPair:
     """Two flow estimations per consecutive pair serve both chains and both occlusion masks."""
     backward = estimator.estimate(later, earlier)
     forward = estimator.estimate(earlier, later)
-    return FlowPair(backward, forward, occlusion(backward, forward), occlusion(forward, backward))
+    return FlowPair(
+        backward,
+        forward,
+        occlusion(backward, forward, rule, later, earlier),
+        occlusion(forward, backward, rule, earlier, later),
+    )

@@ -34,7 +34,7 @@ from typing import Literal
 import cv2
 import numpy as np
 
-from ..engines.flow import FlowEstimator, FlowPair, estimate_pair, make_flow_estimator
+from ..engines.flow import FB_ONLY, FlowEstimator, FlowPair, OcclusionRule, estimate_pair, make_flow_estimator
 from .errors import InputError, UsageError
 from .frames import Frame
 from .geometry import Fit, ProcessingGeometry, to_depth, to_uint8
@@ -59,6 +59,7 @@ class FilterOptions:
     fit: Fit = "pad"
     propagate_at: Literal["processing", "output"] = "processing"
     flow: str = "dis"
+    occlusion: OcclusionRule = FB_ONLY  # which pixels count as occluded between frames (engines/flow.py)
     propagation: PropagationOptions = field(default_factory=PropagationOptions)
     # False: keyframes only (the preview ladder's "keyframes" stage); in-between frames are not emitted.
     propagate: bool = True
@@ -246,7 +247,7 @@ class Filter:
 
     def _estimate(self, earlier: np.ndarray, later: np.ndarray) -> FlowPair:
         started = time.perf_counter()
-        pair = estimate_pair(self._flow, earlier, later)
+        pair = estimate_pair(self._flow, earlier, later, self.options.occlusion)
         self.timings.add("flow", time.perf_counter() - started)
         return pair
 

@@ -75,3 +75,46 @@ def test_make_flow_estimator_names():
         make_flow_estimator("farneback")
     with pytest.raises(UsageError, match="preset"):
         make_flow_estimator("dis:slowest")
+
+
+def gradient_pair(dx: int, width: int = 160, height: int = 96):
+    """A smooth horizontal gradient with one textured square; `later` has everything moved right by dx,
+    and a flat grey band enters at the left (revealed content that `earlier` never showed)."""
+    big = np.zeros((height, width + dx, 3), np.uint8)
+    ramp = np.linspace(40, 200, width + dx, dtype=np.float32)
+    big[...] = ramp[None, :, None].astype(np.uint8)
+    big[30:60, 80:110] = texture(3, 30, 30)
+    earlier = np.ascontiguousarray(big[:, dx:])
+    later = np.ascontiguousarray(big[:, :width])
+    later[:, :dx] = 250  # revealed: a colour that appears nowhere in `earlier`
+    return earlier, later
+
+
+def test_photometric_rule_keeps_a_moved_smooth_gradient_and_flags_revealed_content():
+    from rerender.engines.flow import OcclusionRule
+
+    earlier, later = gradient_pair(8)
+    fb = estimate_pair(DISFlow(), earlier, later)
+    photo = estimate_pair(DISFlow(), earlier, later, OcclusionRule(photometric=3.0))
+    smooth = np.zeros(later.shape[:2], bool)
+    smooth[:, 24:70] = True  # gradient only, away from the square and the revealed band
+    # The photometric rule never flags more than the forward-backward check alone.
+    assert not (photo.occluded_later & ~fb.occluded_later).any()
+    # DIS on a smooth gradient fails the forward-backward check in places although the warp is right; the
+    # photometric rule keeps those pixels ...
+    assert fb.occluded_later[smooth].mean() > 0.1
+    assert photo.occluded_later[smooth].mean() < 0.05
+    # ... while the revealed band stays occluded under both rules.
+    assert photo.occluded_later[:, :6].mean() > 0.85 and fb.occluded_later[:, :6].mean() > 0.85
+
+
+def test_photometric_rule_needs_both_frames_and_bounded_values():
+    from rerender.engines.flow import OcclusionRule
+
+    flow = np.zeros((4, 4, 2), np.float32)
+    with pytest.raises(ValueError, match="both frames"):
+        occlusion(flow, flow, OcclusionRule(photometric=3.0))
+    with pytest.raises(ValueError, match="0..255"):
+        OcclusionRule(photometric=300.0)
+    with pytest.raises(ValueError, match="alpha"):
+        OcclusionRule(alpha=-1.0)
