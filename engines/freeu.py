@@ -7,6 +7,12 @@ recorded at installation by walking `unet.up_blocks` in execution order (h of a 
 previous block's output, or the mid block's; h of the others is the preceding resnet's output). No module's
 `forward` is reassigned.
 
+Only the UNet's own skip feature is Fourier-filtered; a ControlNet residual is added to it afterwards
+(docs/method.md §2.7, as the authors' UNet forward does). diffusers adds the residuals to the skips before the
+up blocks, so what a resnet receives is skip + residual: a forward pre-hook on the UNet keeps the call's
+`down_block_additional_residuals` for the resnet hooks, which filter (skip + residual) − residual and add the
+residual back (in float32). Without residuals the skip is filtered as it arrives.
+
 Which blocks are scaled (the reference keys on channel count, not on block index):
 - h with the widest backbone width (the largest of `block_out_channels`; 1280 in SD1.5, output blocks 0–6):
   the first half of h's channels (640) is multiplied by 1 + (b1 − 1)·m̂ and the skip is Fourier-filtered with s1;
@@ -23,7 +29,7 @@ bit for bit (the FFT round trip would otherwise add float rounding).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -57,6 +63,7 @@ class FreeUSite:
     backbone_channels: int
     skip_channels: int
     level: int | None  # 1 = b1/s1 (widest h), 2 = b2/s2 (second widest), None = untouched
+    skip_index: int = 0  # which of diffusers' down-block outputs (and ControlNet residuals) is the skip
 
 
 def backbone_scale(h: torch.Tensor, b: float) -> torch.Tensor:
@@ -91,13 +98,51 @@ def fourier_filter(x: torch.Tensor, scale: float, half_width: int = 1) -> torch.
     return torch.fft.ifftn(freq, dim=(-2, -1)).real.to(x.dtype)
 
 
+class _CallResiduals:
+    """The ControlNet skip residuals of the UNet call in progress (None outside a call or without any).
+
+    One per installation: the UNet's forward pre-hook sets it, its forward hook clears it, and the resnet
+    hooks read the entry of their skip while the call runs."""
+
+    def __init__(self) -> None:
+        self.residuals: tuple[torch.Tensor, ...] | None = None
+        self.handles: list[RemovableHandle] = []
+
+    def start(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        residuals = kwargs.get("down_block_additional_residuals")
+        self.residuals = tuple(residuals) if residuals is not None else None
+
+    def finish(self, module: nn.Module, args: tuple, kwargs: dict, output) -> None:
+        self.residuals = None
+
+    def skip_residual(self, index: int) -> torch.Tensor | None:
+        if self.residuals is None:
+            return None
+        return self.residuals[index]
+
+
+def filter_own_skip(skip: torch.Tensor, residual: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Fourier-filter the UNet's own skip feature and add the ControlNet residual after the filter.
+
+    `skip` is what diffusers hands the up block: the UNet's skip plus `residual` (or the bare skip when
+    `residual` is None)."""
+    if residual is None:
+        return fourier_filter(skip, scale)
+    own = skip.float() - residual.float()
+    return (fourier_filter(own, scale) + residual.float()).to(skip.dtype)
+
+
 class _FreeUPreHook:
     """Forward pre-hook of one resnet: split its input into h and skip, apply §B.7, concatenate again."""
 
-    def __init__(self, backbone_channels: int, b: float, s: float):
+    def __init__(
+        self, backbone_channels: int, b: float, s: float, skip_index: int, call: _CallResiduals | None = None
+    ):
         self.backbone_channels = backbone_channels
         self.b = b
         self.s = s
+        self.skip_index = skip_index  # position of this resnet's skip in diffusers' down-block outputs
+        self.call = call
         self.handle: RemovableHandle | None = None
 
     def __call__(self, module: nn.Module, args: tuple, kwargs: dict):
@@ -107,7 +152,8 @@ class _FreeUPreHook:
         if self.b != 1:
             h = backbone_scale(h, self.b)
         if self.s != 1:
-            skip = fourier_filter(skip, self.s)
+            residual = self.call.skip_residual(self.skip_index) if self.call is not None else None
+            skip = filter_own_skip(skip, residual, self.s)
         hidden = torch.cat([h, skip], dim=1)
         if from_kwargs:
             return args, {**kwargs, "input_tensor": hidden}
@@ -140,7 +186,8 @@ def freeu_sites(unet: nn.Module) -> tuple[FreeUSite, ...]:
                 )
             )
             previous = resnet.out_channels  # upsamplers keep the channel count
-    return tuple(sites)
+    # The up blocks take the down-block outputs last first: output block j takes skip n − 1 − j.
+    return tuple(replace(site, skip_index=len(sites) - 1 - site.output_block) for site in sites)
 
 
 @dataclass(frozen=True)
@@ -160,18 +207,23 @@ def install_freeu(unet: nn.Module, factors: FreeUFactors) -> FreeUHooks:
 
     Raises if FreeU hooks are already installed on this UNet (remove those first, or use `set_freeu`).
     """
-    if any(_installed(resnet) for block in unet.up_blocks for resnet in block.resnets):
+    if _call_hooks(unet) or any(_installed(resnet) for block in unet.up_blocks for resnet in block.resnets):
         raise ValueError("FreeU is already installed on this UNet; remove the previous hooks first")
     if any(getattr(block, "b1", None) is not None for block in unet.up_blocks):
         raise ValueError("diffusers' own FreeU is enabled on this UNet; call unet.disable_freeu() first")
     by_level = {1: (factors.b1, factors.s1), 2: (factors.b2, factors.s2)}
-    handles = []
+    call = _CallResiduals()
+    handles = [
+        unet.register_forward_pre_hook(call.start, with_kwargs=True),
+        unet.register_forward_hook(call.finish, with_kwargs=True, always_call=True),
+    ]
+    call.handles = list(handles)
     for site in freeu_sites(unet):
         if site.level is None:
             continue
         b, s = by_level[site.level]
         resnet = unet.up_blocks[site.up_block].resnets[site.resnet]
-        hook = _FreeUPreHook(site.backbone_channels, b, s)
+        hook = _FreeUPreHook(site.backbone_channels, b, s, site.skip_index, call)
         hook.handle = resnet.register_forward_pre_hook(hook, with_kwargs=True)
         handles.append(hook.handle)
     return FreeUHooks(factors, tuple(handles))
@@ -180,6 +232,11 @@ def install_freeu(unet: nn.Module, factors: FreeUFactors) -> FreeUHooks:
 def _freeu_hooks(resnet: nn.Module) -> list[_FreeUPreHook]:
     # torch has no public listing of a module's hooks; only reading the dict, removal uses the handles.
     return [hook for hook in resnet._forward_pre_hooks.values() if isinstance(hook, _FreeUPreHook)]
+
+
+def _call_hooks(unet: nn.Module) -> list[_CallResiduals]:
+    hooks = [*unet._forward_pre_hooks.values(), *unet._forward_hooks.values()]
+    return [h.__self__ for h in hooks if isinstance(getattr(h, "__self__", None), _CallResiduals)]
 
 
 def _installed(resnet: nn.Module) -> bool:
@@ -193,6 +250,9 @@ def remove_freeu(unet: nn.Module) -> None:
             for hook in _freeu_hooks(resnet):
                 if hook.handle is not None:
                     hook.handle.remove()
+    for call in _call_hooks(unet):
+        for handle in call.handles:
+            handle.remove()
 
 
 def set_freeu(unet: nn.Module, factors: FreeUFactors | None) -> FreeUHooks | None:

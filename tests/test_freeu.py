@@ -103,7 +103,7 @@ def test_sd15_config_scales_output_blocks_0_to_6_with_b1_and_7_to_9_with_b2():
     # Skip channels = the matching down-block outputs, popped in reverse (LDM input blocks 11..0).
     assert [s.skip_channels for s in sites] == [1280] * 5 + [640] * 3 + [320] * 4
     hooks = install_freeu(unet, FACTORS)
-    assert len(hooks.handles) == 10
+    assert len(hooks.handles) == 2 + 10  # the UNet's residual pre/post hooks + 10 resnets
     hooked = [r for r in _resnets(unet) if r._forward_pre_hooks]
     assert [r.in_channels for r in hooked] == [2560] * 5 + [1920] * 2 + [1280, 960, 960]
     assert [h.backbone_channels for r in hooked for h in r._forward_pre_hooks.values()] == [1280] * 7 + [
@@ -175,6 +175,51 @@ def test_installing_twice_is_refused_and_set_freeu_replaces():
     other = FreeUFactors(1.1, 1.2, 1.0, 0.2)
     hooks = set_freeu(unet, other)
     assert hooks is not None and hooks.factors == other
-    assert sum(len(r._forward_pre_hooks) for r in _resnets(unet)) == len(hooks.handles)
+    assert sum(len(r._forward_pre_hooks) for r in _resnets(unet)) == len(hooks.handles) - 2
     assert set_freeu(unet, None) is None
     assert sum(len(r._forward_pre_hooks) for r in _resnets(unet)) == 0
+    assert not unet._forward_pre_hooks and not unet._forward_hooks
+
+
+def test_only_the_unets_own_skip_is_filtered_and_the_controlnet_residual_is_added_after():
+    # The authors' UNet forward filters hs.pop() and then adds control.pop(); diffusers adds the residual to
+    # the skip before the up blocks, so the hook must not low-pass the residual with the skip.
+    unet = _unet(tiny_models.UNET_CONFIG)
+    controlnet = tiny_models.build_components().controlnet
+    sample, timestep, text = _inputs(16)
+    image = torch.rand(2, 3, 128, 128, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        down, mid = controlnet(sample, timestep, text, image, 1.0, return_dict=False)
+    install_freeu(unet, FACTORS)
+    own_skips: list[torch.Tensor] = []  # diffusers' down_block_res_samples, before the residuals are added
+    unet.conv_in.register_forward_hook(lambda m, args, out: own_skips.append(out))
+    for block in unet.down_blocks:
+        block.register_forward_hook(lambda m, args, out: own_skips.extend(out[1]))
+    raw: dict[int, torch.Tensor] = {}
+    reaching: dict[int, torch.Tensor] = {}
+    for index, resnet in enumerate(_resnets(unet)):
+        resnet.register_forward_pre_hook(lambda m, args, i=index: raw.__setitem__(i, args[0]), prepend=True)
+        resnet.register_forward_pre_hook(lambda m, args, i=index: reaching.__setitem__(i, args[0]))
+    with torch.no_grad():
+        unet(
+            sample, timestep, encoder_hidden_states=text,
+            down_block_additional_residuals=list(down), mid_block_additional_residual=mid,
+        )  # fmt: skip
+    sites = freeu_sites(unet)
+    assert len(own_skips) == len(down) == len(sites)
+    checked = 0
+    for site in sites:
+        if site.level is None:
+            continue
+        skip_index = len(sites) - 1 - site.output_block
+        own, residual = own_skips[skip_index], down[skip_index]
+        b, s = (FACTORS.b1, FACTORS.s1) if site.level == 1 else (FACTORS.b2, FACTORS.s2)
+        h = raw[site.output_block][:, : site.backbone_channels]
+        assert torch.allclose(raw[site.output_block][:, site.backbone_channels :], own + residual)
+        expected = torch.cat([_golden_backbone(h, b), _golden_fourier(own, s) + residual], dim=1)
+        torch.testing.assert_close(reaching[site.output_block], expected, atol=1e-5, rtol=1e-5)
+        # The residual really is large enough that filtering it too would have shown.
+        wrong = _golden_fourier(own + residual, s)
+        assert (wrong - expected[:, site.backbone_channels :]).abs().max() > 1e-3
+        checked += 1
+    assert checked == sum(site.level is not None for site in sites) > 0
