@@ -161,7 +161,12 @@ def build_run_parser() -> argparse.ArgumentParser:
     g.add_argument("--search-vote-iters", type=int, default=12)
     g.add_argument("--patchmatch-iters", type=int, default=6)
     g.add_argument("--pyramid-levels", type=int, default=None)
-    g.add_argument("--poisson", action="store_true", help="gradient-domain fusion in the blend")
+    g.add_argument(
+        "--poisson",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="gradient-domain (Poisson) fusion in the blend (default: on; --no-poisson turns it off)",
+    )
     g.add_argument(
         "--blend-weights",
         choices=["frames", "motion"],

@@ -1,17 +1,18 @@
 """Propagation of two neighbouring keyframes over the frames between them, and their blend.
 
-rerender-reference.md Part 1 decision 9 and Part 2 §D. For a gap between keyframes L and R with frames
+docs/method.md §4 and docs/decisions.md 9. For a gap between keyframes L and R with frames
 1..n in between:
 - the forward chain synthesizes frames 1, 2, ..., n from L's stylized image, the backward chain frames
   n, ..., 1 from R's; the two chains run in parallel threads (the native synthesizer releases the GIL);
-- each step uses the paper's four guides (Part 2 §D.2), source = keyframe side, target = frame t:
+- each step uses the paper's four guides (docs/method.md §4), source = keyframe side, target = frame t:
   colour (the input frames, weight 6), edge (3x3 Laplacian of the inputs, 0.5), temporal (the chain's
   previous output warped into frame t, 0.5) and positional (a coordinate ramp carried frame by frame along
   the flow, 2); occluded pixels of the warped guides are Telea-inpainted with radius 30;
 - the chain's previous nearest-neighbour field, moved along the flow, seeds the next step (`init_nnf`):
   most patches only move with the video, so PatchMatch starts close to the answer;
 - the two results are blended per frame (error-based selection whose mask is carried forward in time
-  along the flow, then the histogram-preserving blend: Part 2 §D.4) by `rerender.native.blend`.
+  along the flow, the histogram-preserving blend and the Poisson fusion: docs/method.md §4.2) by
+  `rerender.native.blend`.
 All images here are RGB uint8 in one propagation space (processing size by default).
 """
 
@@ -32,13 +33,13 @@ from ..engines.flow import FlowPair, warp
 from ..native.params import SynthParams
 from .schedule import Motion
 
-# 3x3 Laplacian, 4 at the centre and -1 at the 4-neighbours (Part 2 §D.2), saturated to uint8 by filter2D.
+# 3x3 Laplacian, 4 at the centre and -1 at the 4-neighbours (docs/method.md §4), saturated to uint8 by filter2D.
 LAPLACIAN = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], dtype=np.float32)
 
 
 @dataclass(frozen=True)
 class GuideWeights:
-    """Guide weights of the official implementation (Part 2 §D.2): colour, edge, temporal, positional."""
+    """Guide weights of the official implementation (docs/method.md §4): colour, edge, temporal, positional."""
 
     colour: float = 6.0
     edge: float = 0.5
@@ -48,8 +49,8 @@ class GuideWeights:
 
 @dataclass(frozen=True)
 class PropagationOptions:
-    """How a gap is propagated. `synth`: the synthesis parameters, the official ones by default (Part 1
-    decision 9); its `threads=None` means the cores shared between the two chains (`chain_threads`)."""
+    """How a gap is propagated. `synth`: the synthesis parameters, the official ones by default
+    (docs/decisions.md 9); its `threads=None` means the cores shared between the two chains (`chain_threads`)."""
 
     synth: SynthParams = field(default_factory=SynthParams)
     weights: GuideWeights = field(default_factory=GuideWeights)
@@ -57,9 +58,11 @@ class PropagationOptions:
     inpaint_radius: int = 30
     carry_nnf: bool = True
     parallel_chains: bool = True
-    poisson: bool = False  # gradient-domain fusion in the blend (Part 1 decision 9: optional)
+    # Gradient-domain fusion in the blend (docs/method.md §4.2), on by default as in the authors' code: it
+    # costs a small share of a frame (README, bench/blend.py); `--no-poisson` turns it off.
+    poisson: bool = True
     # Where in the gap a frame counts as being for the blend's distance weighting (`blend_weights`):
-    # "frames" is the paper's; "motion" measured better on uneven motion and equal on steady (README).
+    # "frames" is the authors' formula; "motion" measured better on uneven motion (README).
     blend_weights: Literal["frames", "motion"] = "motion"
 
     def __post_init__(self) -> None:
@@ -93,7 +96,7 @@ def edge_guide(image: np.ndarray) -> np.ndarray:
 
 
 def positional_ramp(height: int, width: int) -> np.ndarray:
-    """R = row / (H-1) * 255, G = col / (W-1) * 255, B = 0 (Part 2 §D.2, guide 4)."""
+    """R = row / (H-1) * 255, G = col / (W-1) * 255, B = 0 (docs/method.md §4, positional guide)."""
     ramp = np.zeros((height, width, 3), np.uint8)
     ramp[..., 0] = np.round(np.linspace(0, 255, height, dtype=np.float32))[:, None]
     ramp[..., 1] = np.round(np.linspace(0, 255, width, dtype=np.float32))[None, :]
@@ -108,7 +111,7 @@ def identity_nnf(height: int, width: int) -> np.ndarray:
 def inpaint_occluded(
     image: np.ndarray, occluded: np.ndarray, radius: int, reduced_radius: int = 8
 ) -> np.ndarray:
-    """Fill occluded guide pixels by Telea inpainting with `radius` (Part 2 §D.2: r = 30, PR #72 there).
+    """Fill occluded guide pixels by Telea inpainting with `radius` (docs/method.md §4: r = 30).
 
     Telea's cost grows with the hole's area times the radius squared (0.7 s for a 3% hole at 512x960 with
     r = 30), so the image is reduced by radius / `reduced_radius` first: the reduction averages valid
@@ -158,7 +161,7 @@ class KeySide:
 
 
 class PropagationChain:
-    """One direction of one gap: synthesizes frame after frame from a keyframe (Part 2 §D.1-D.2)."""
+    """One direction of one gap: synthesizes frame after frame from a keyframe (docs/method.md §4)."""
 
     def __init__(self, key: KeySide, options: PropagationOptions, timings: Timings):
         self.key = key
@@ -263,16 +266,27 @@ def blend_weights(pairs: Sequence[FlowPair], mode: Literal["frames", "motion"]) 
     """The forward weight w_a of each of the n frames of a gap (`pairs` has n + 1 entries).
 
     Distance weighting favours the nearer keyframe: the forward error counts more, and the forward result
-    less, the farther the frame is from the left keyframe. "frames" (Part 2 §D.4): position t + 1 of n + 1.
+    less, the farther the frame is from the left keyframe.
+
+    "frames" is the authors' blend exactly (docs/method.md §4.2): for a gap of K = n + 1 frame steps their
+    counter i = 0 … K − 2 walks the in-between frames k_a + 1 + i, and w_a = i / (K − 1). So the frame right
+    after the left keyframe (t = 0 here, t the 0-based position among the n frames, t = i) gets w_a = 0 (the
+    forward side is forced), the last one before the right keyframe gets (n − 1) / n, never 1: w_a = t / n.
+    (Their backward error maps are read in the backward chain's own order, k_b − 1 − i for frame
+    k_a + 1 + i; that is an indexing slip of their script, not the formula, and is not reproduced: each
+    frame's own errors are compared here.)
+
     "motion": the share of the gap's propagation cost (schedule.py's per-frame `Motion.cost`: occluded
     fraction plus flow magnitude) spent between the left keyframe and the frame, so a frame that has not
     moved since one keyframe is that keyframe's even when the other is nearer in frames. A floor of 5% of the
-    gap's mean cost per frame keeps still stretches ordered, and a gap of equal costs gets the "frames"
-    weights exactly.
+    gap's mean cost per frame keeps still stretches ordered; equal costs give the symmetric positions
+    (t + 1) / (n + 1).
     """
     n = len(pairs) - 1
-    if mode == "frames" or n < 1:
-        return [(t + 1) / (n + 1) for t in range(n)]
+    if n < 1:
+        return []
+    if mode == "frames":
+        return [t / n for t in range(n)]
     costs = np.array([pair_cost(pair) for pair in pairs], dtype=np.float64)
     costs += 0.05 * costs.mean() + 1e-9
     cumulative = np.cumsum(costs)
@@ -291,7 +305,8 @@ def blend_gap(
     options: PropagationOptions,
     timings: Timings,
 ) -> list[np.ndarray]:
-    """Per-frame blend in time order; the selection mask is carried forward along the flow (Part 2 §D.4)."""
+    """Per-frame blend in time order; the selection mask is carried forward along the flow (docs/method.md
+    §4.2)."""
     from ..native.blend import BlendParams, blend_pair
 
     n = len(forward_results)

@@ -1,6 +1,6 @@
-"""Temporal-aware blending of the forward and backward propagations of one frame (rerender-reference.md §D.4):
+"""Temporal-aware blending of the forward and backward propagations of one frame (docs/method.md §4.2):
 error-based selection weighted by the distance to each keyframe and carried along the flow, a
-histogram-preserving blend in Lab, and optional gradient-domain (Poisson) fusion solved exactly with FFTs."""
+histogram-preserving blend in Lab, and gradient-domain (Poisson) fusion solved exactly with FFTs."""
 
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from rerender.native.params import SynthResult
 
 @dataclass(frozen=True)
 class BlendParams:
-    """`poisson`: fuse the gradients of the selected propagation with the histogram blend (§D.4 `-ps`);
-    `poisson_weights`: gradient weights for L, a, b; `gradient_clip`: forward differences are clipped to this."""
+    """`poisson`: fuse the gradients of the selected propagation with the histogram blend (the authors' `-ps`,
+    on by default there and here); `poisson_weights`: the gradient rows' weights w for L, a, b (the squared
+    objective carries w², see `poisson_fuse`); `gradient_clip`: forward differences are clipped to this."""
 
-    poisson: bool = False
+    poisson: bool = True
     poisson_weights: tuple[float, float, float] = (2.5, 0.5, 0.5)
     gradient_clip: float = 100.0
 
@@ -44,8 +45,8 @@ def select_backward(
     weight_forward: float,
     carried_mask: np.ndarray | None,
 ) -> np.ndarray:
-    """§D.4 selection: backward where w_a * d_a >= w_b * d_b (w_b = 1 - w_a), OR-ed with the carried mask so
-    a pixel that switched to the backward propagation stays there for the rest of the gap."""
+    """Selection (docs/method.md §4.2): backward where w_a * d_a >= w_b * d_b (w_b = 1 - w_a), OR-ed with the
+    carried mask so a pixel that switched to the backward propagation stays there for the rest of the gap."""
     wa, wb = weight_forward, 1.0 - weight_forward
     if wa <= 0.0:
         mask = np.zeros(error_forward.shape, bool)
@@ -62,8 +63,8 @@ def histogram_blend(
     lab_a: np.ndarray, lab_b: np.ndarray, lab_min: np.ndarray, weight_forward: float
 ) -> np.ndarray:
     """Mix the standardised forward and backward images (weights 1 - w_a and w_a) and give the mix, per
-    channel, the mean and standard deviation of the min-error image (§D.4), so blending does not wash out
-    contrast. Inputs and output are float Lab [H, W, 3]."""
+    channel, the mean and standard deviation of the min-error image (docs/method.md §4.2), so blending does
+    not wash out contrast. Inputs and output are float Lab [H, W, 3]."""
 
     def standardise(x: np.ndarray) -> np.ndarray:
         mean, std = _channel_stats(x)
@@ -112,6 +113,30 @@ def screened_poisson(data: np.ndarray, gx: np.ndarray, gy: np.ndarray, weight: f
     return np.fft.irfft2(spec, s=ext.shape)[:h, :w]
 
 
+def poisson_fuse(
+    base: np.ndarray,
+    lab_a: np.ndarray,
+    lab_b: np.ndarray,
+    mask: np.ndarray,
+    params: BlendParams,
+) -> np.ndarray:
+    """Gradient-domain fusion of one frame (docs/method.md §4.2), float Lab [H, W, 3] in and out.
+
+    Per channel c with weight w_c, the least-squares system of the authors' blend: the rows w_c·D u = w_c·g
+    (D forward differences; g the clipped differences of the forward image where `mask` is False and of the
+    backward image where it is True) stacked on u = base. The weight multiplies the rows, so the objective is
+    |u − base|² + w_c²·|D u − g|²: `screened_poisson` is called with w_c². (The authors remove the mean of
+    `base` before their iterative solve and add it back; the exact solution is the same either way.)"""
+    out = np.empty_like(base)
+    for c, weight in enumerate(params.poisson_weights):
+        ga = _forward_differences(lab_a[:, :, c], params.gradient_clip)
+        gb = _forward_differences(lab_b[:, :, c], params.gradient_clip)
+        gx = np.where(mask, gb[0], ga[0])
+        gy = np.where(mask, gb[1], ga[1])
+        out[:, :, c] = screened_poisson(base[:, :, c], gx, gy, float(weight) ** 2)
+    return out
+
+
 def blend_pair(
     forward: SynthResult,
     backward: SynthResult,
@@ -121,8 +146,8 @@ def blend_pair(
 ) -> BlendResult:
     """Blend the propagation from the previous keyframe (`forward`) with the one from the next (`backward`).
 
-    `weight_forward` is w_a of §D.4: 0 at the forward keyframe's side, 1 at the backward keyframe's side (it
-    multiplies the forward error). `carried_mask` is the previous frame's mask warped into this frame by the
+    `weight_forward` is w_a of docs/method.md §4.2: 0 at the forward keyframe's side, 1 at the backward
+    keyframe's side (it multiplies the forward error). `carried_mask` is the previous frame's mask warped into this frame by the
     caller, or None for the first frame of a gap."""
     a, b = forward.image, backward.image
     for name, img in (("forward", a), ("backward", b)):
@@ -151,11 +176,6 @@ def blend_pair(
     lab_min = np.where(mask[:, :, None], lab_b, lab_a)
     out = histogram_blend(lab_a, lab_b, lab_min, float(weight_forward))
     if params.poisson:
-        for c, wgt in enumerate(params.poisson_weights):
-            ga = _forward_differences(lab_a[:, :, c], params.gradient_clip)
-            gb = _forward_differences(lab_b[:, :, c], params.gradient_clip)
-            gx = np.where(mask, gb[0], ga[0])
-            gy = np.where(mask, gb[1], ga[1])
-            out[:, :, c] = screened_poisson(out[:, :, c], gx, gy, float(wgt))
+        out = poisson_fuse(out, lab_a, lab_b, mask, params)
     lab8 = np.clip(np.rint(out), 0, 255).astype(np.uint8)
     return BlendResult(image=cv2.cvtColor(lab8, cv2.COLOR_Lab2RGB), mask=mask)

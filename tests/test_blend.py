@@ -6,7 +6,14 @@ import cv2
 import numpy as np
 import pytest
 from rerender.native import SynthResult
-from rerender.native.blend import BlendParams, BlendResult, blend_pair, screened_poisson
+from rerender.native.blend import (
+    BlendParams,
+    BlendResult,
+    blend_pair,
+    histogram_blend,
+    poisson_fuse,
+    screened_poisson,
+)
 
 
 def result(image: np.ndarray, error: np.ndarray) -> SynthResult:
@@ -53,7 +60,7 @@ def test_histogram_blend_keeps_mean_and_std_of_the_min_error_image():
     b = np.clip(b.astype(int) + 40, 0, 255).astype(np.uint8)  # a brighter backward propagation
     err_a = np.where(np.arange(48)[None, :] < 30, 10.0, 500.0).repeat(40, 0)
     err_b = np.full((40, 48), 100.0)
-    res = blend_pair(result(a, err_a), result(b, err_b), 0.4, None)
+    res = blend_pair(result(a, err_a), result(b, err_b), 0.4, None, BlendParams(poisson=False))
     lab_min = cv2.cvtColor(np.where(res.mask[:, :, None], b, a), cv2.COLOR_RGB2Lab).astype(float)
     lab_out = cv2.cvtColor(res.image, cv2.COLOR_RGB2Lab).astype(float)
     assert res.image.dtype == np.uint8 and res.image.shape == a.shape
@@ -79,7 +86,7 @@ def test_poisson_fusion_takes_gradients_from_the_selected_side():
     a[:, 20:] = 170
     b = np.full((h, w, 3), 130, np.uint8)
     err_a, err_b = np.full((h, w), 1.0), np.full((h, w), 1000.0)
-    plain = blend_pair(result(a, err_a), result(b, err_b), 0.5, None)
+    plain = blend_pair(result(a, err_a), result(b, err_b), 0.5, None, BlendParams(poisson=False))
     fused = blend_pair(result(a, err_a), result(b, err_b), 0.5, None, BlendParams(poisson=True))
     assert not fused.mask.any()
 
@@ -118,6 +125,80 @@ def test_screened_poisson_solves_the_normal_equations():
     g = np.concatenate([gx[:, :-1].ravel(), gy[:-1, :].ravel()])
     expected = np.linalg.solve(np.eye(n) + weight * d.T @ d, data.ravel() + weight * d.T @ g)
     np.testing.assert_allclose(u.ravel(), expected, atol=1e-9)
+
+
+def _reference_system_solve(base, lab_a, lab_b, mask, weights, clip=100.0):
+    """The authors' Poisson system written out as a sparse least-squares problem and solved with lsqr:
+    per channel, rows [w·Gy; w·Gx; I] (backward differences x[i] − x[i+1], zero rows at the far border)
+    against [w·gy; w·gx; base − mean(base)], gradients from a where mask is 0 and b where it is 1."""
+    import scipy.sparse as sp
+    from scipy.sparse.linalg import lsqr
+
+    h, w = mask.shape
+    n = h * w
+    index = np.arange(n).reshape(h, w)
+
+    def difference(axis: int) -> sp.csr_matrix:
+        first = index[:-1, :] if axis == 0 else index[:, :-1]
+        second = index[1:, :] if axis == 0 else index[:, 1:]
+        rows = np.concatenate([first.ravel(), first.ravel()])
+        cols = np.concatenate([first.ravel(), second.ravel()])
+        values = np.concatenate([np.ones(first.size), -np.ones(first.size)])
+        return sp.csr_matrix((values, (rows, cols)), shape=(n, n))
+
+    gy_op, gx_op = difference(0), difference(1)
+    m = mask.astype(float)
+    out = np.empty_like(base)
+    for c, weight in enumerate(weights):
+        a, b = lab_a[:, :, c], lab_b[:, :, c]
+        gy = np.zeros((h, w))
+        gx = np.zeros((h, w))
+        gy[:-1] = (a[:-1] - a[1:]) * (1 - m[:-1]) + (b[:-1] - b[1:]) * m[:-1]
+        gx[:, :-1] = (a[:, :-1] - a[:, 1:]) * (1 - m[:, :-1]) + (b[:, :-1] - b[:, 1:]) * m[:, :-1]
+        gy, gx = np.clip(gy, -clip, clip), np.clip(gx, -clip, clip)
+        data = base[:, :, c].ravel()
+        mean = data.mean()
+        system = sp.vstack([gy_op * weight, gx_op * weight, sp.identity(n, format="csr")])
+        rhs = np.concatenate([gy.ravel() * weight, gx.ravel() * weight, data - mean])
+        solution = lsqr(system, rhs, atol=1e-14, btol=1e-14, conlim=1e12, iter_lim=20000)[0]
+        out[:, :, c] = (solution + mean).reshape(h, w)
+    return out
+
+
+def test_poisson_fusion_matches_a_least_squares_solve_of_the_authors_system():
+    h, w = 32, 32
+    a, b = smooth_rgb(h, w, 10), smooth_rgb(h, w, 11)
+    a[:, 12:14] = 250  # a sharp edge, so the gradients and their clip matter
+    lab_a = cv2.cvtColor(a, cv2.COLOR_RGB2Lab).astype(np.float64)
+    lab_b = cv2.cvtColor(b, cv2.COLOR_RGB2Lab).astype(np.float64)
+    mask = np.zeros((h, w), bool)
+    mask[5:20, 10:28] = True
+    base = histogram_blend(lab_a, lab_b, np.where(mask[:, :, None], lab_b, lab_a), 0.4)
+    params = BlendParams(poisson=True)
+    got = poisson_fuse(base, lab_a, lab_b, mask, params)
+    want = _reference_system_solve(base, lab_a, lab_b, mask, params.poisson_weights)
+    assert np.abs(got - want).max() < 1e-3
+    # The weight multiplies the rows (w² in the objective): solving with w instead differs visibly.
+    linear = np.stack(
+        [
+            screened_poisson(base[:, :, c], *_selected_gradients(lab_a[:, :, c], lab_b[:, :, c], mask), wgt)
+            for c, wgt in enumerate(params.poisson_weights)
+        ],
+        axis=2,
+    )
+    assert np.abs(linear - want).max() > 0.1
+
+
+def _selected_gradients(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    gx = np.zeros_like(a)
+    gy = np.zeros_like(a)
+    gx[:, :-1] = np.where(mask[:, :-1], b[:, 1:] - b[:, :-1], a[:, 1:] - a[:, :-1])
+    gy[:-1] = np.where(mask[:-1], b[1:] - b[:-1], a[1:] - a[:-1])
+    return np.clip(gx, -100, 100), np.clip(gy, -100, 100)
+
+
+def test_poisson_fusion_is_on_by_default():
+    assert BlendParams().poisson
 
 
 @pytest.mark.parametrize(

@@ -88,10 +88,18 @@ def _pair(dx: float, occluded: float = 0.0, size: tuple[int, int] = (32, 48)) ->
     return FlowPair(-flow, flow, occ, occ.copy())
 
 
-def test_blend_weights_by_frames_and_by_motion():
-    # Part 2 §D.4: position t + 1 of n + 1; a gap of equal costs gets exactly these under "motion" too.
-    even = [_pair(2.0)] * 4  # n = 3 frames between the keys
-    assert blend_weights(even, "frames") == pytest.approx([0.25, 0.5, 0.75])
+def test_blend_weights_by_frames_are_the_authors_formula():
+    # The authors' blend: keyframe interval K, counter i = 0 … K − 2 for frame k_a + 1 + i, w_a = i / (K − 1).
+    for interval in (2, 3, 4, 10):
+        pairs = [_pair(2.0)] * interval  # K frame steps, K − 1 frames between the keys
+        expected = [i / (interval - 1) for i in range(interval - 1)]
+        assert blend_weights(pairs, "frames") == expected
+    assert blend_weights([_pair(2.0)] * 4, "frames")[0] == 0.0  # the first frame is forced to the left key
+    assert blend_weights([_pair(2.0)], "frames") == []  # adjacent keyframes: nothing to blend
+
+
+def test_blend_weights_by_motion():
+    even = [_pair(2.0)] * 4  # n = 3 frames between the keys: equal costs give the symmetric positions
     assert blend_weights(even, "motion") == pytest.approx([0.25, 0.5, 0.75])
     # Held still for 3 frames, then moving (and revealing): the still frames stay with the left keyframe.
     gap = [_pair(0.0)] * 3 + [_pair(3.0, 0.1)] * 4  # n = 6 frames between the keys
