@@ -27,13 +27,24 @@ def namespace_packages() -> list[str]:
 
 ext = Pybind11Extension(
     "rerender.native._synth",
-    sources=["native/csrc/binding.cpp", "native/csrc/synth_cpu.cpp"],
-    depends=["native/csrc/synth_core.h", "native/csrc/synth_cpu.h", "native/csrc/pyramid.h"],
+    # synth_kernels_exec.cpp includes native/cuda/synth_kernels.cu as host code (the CUDA schedule's CI run)
+    # and loads the CUDA driver at run time, so the build needs no CUDA toolkit.
+    sources=["native/csrc/binding.cpp", "native/csrc/synth_cpu.cpp", "native/csrc/synth_kernels_exec.cpp"],
+    depends=[
+        "native/csrc/synth_core.h",
+        "native/csrc/synth_cpu.h",
+        "native/csrc/synth_driver.h",
+        "native/csrc/synth_kernels_exec.h",
+        "native/csrc/kernel_host_shim.h",
+        "native/csrc/pyramid.h",
+        "native/cuda/synth_kernels.cu",
+    ],
     include_dirs=["native/csrc"],
     cxx_std=17,
     # -O3 vectorises the contiguous patch-row SSD; no -march=native so wheels run on any x86-64.
     extra_compile_args=["-O3", "-fopenmp"],
     extra_link_args=["-fopenmp"],
+    libraries=["dl"],
 )
 
 setup(packages=namespace_packages(), ext_modules=[ext], cmdclass={"build_ext": build_ext})

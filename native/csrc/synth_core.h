@@ -4,6 +4,8 @@
 // the target is a Jacobi step: its result does not depend on the order or the number of threads.
 #pragma once
 
+#include <stddef.h>
+
 #ifdef __CUDACC__
 #define RR_HD __host__ __device__ __forceinline__
 #define RR_SIMD_SUM(acc)

@@ -1,4 +1,4 @@
-// CPU backend: the search-vote loop of ebsynth.md §A3 over the per-pixel functions of synth_core.h.
+// CPU executor of the search-vote schedule (synth_driver.h) over the per-pixel functions of synth_core.h.
 //
 // Differences from the reference CPU build that make it fast and deterministic (see README, Native synthesizer):
 // * passes are Jacobi steps (jump flood 4-2-1 propagation, then random search), parallel over rows; a pixel's
@@ -15,19 +15,16 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <memory>
 
 #include "pyramid.h"
 #include "synth_core.h"
+#include "synth_driver.h"
 
 namespace rr {
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
-
-// Stream ids of the per-pixel RNG: one per (level, search-vote iteration, PatchMatch iteration, pass).
-unsigned int pass_id(int level, int sv, int pm, int pass) {
-    return (unsigned int)(((level * 64 + sv) * 64 + pm) * 8 + pass);
-}
 
 template <class F>
 void parallel_rows(int h, int threads, F&& f) {
@@ -143,30 +140,24 @@ std::vector<float> pack(const Image8* style, int ns, const Image8& guide, int np
     return out;
 }
 
-class Synthesizer {
+// The CPU executor of the schedule in synth_driver.h: OpenMP over rows, with incremental votes, errors and
+// occupancy (each is exactly what a full recomputation would give, only cheaper).
+class CpuExec {
   public:
-    Synthesizer(const SynthInputs& in, const SynthConfig& cfg) : in_(in), cfg_(cfg) {
+    CpuExec(const SynthInputs& in, const SynthConfig& cfg) : in_(in), cfg_(cfg) {
         max_threads_ = cfg.threads > 0 ? cfg.threads : omp_get_max_threads();
         ns_ = in.ns;
         np_ = ((in.ns + in.ng) + 3) / 4 * 4;
         for (int c = 0; c < in.ns; ++c) style_scale_[c] = std::sqrt(in.style_weights[c]);
         guide_scale_.resize(in.ng);
         for (int g = 0; g < in.ng; ++g) guide_scale_[g] = std::sqrt(in.guide_weights[g]);
+        const int L = cfg.levels;
+        styles_ = build_pyramid(in_.style, in_.sw, in_.sh, in_.ns, L);
+        sguides_ = build_pyramid(in_.source_guide, in_.sw, in_.sh, in_.ng, L);
+        tguides_ = build_pyramid(in_.target_guide, in_.tw, in_.th, in_.ng, L);
     }
 
-    void run(SynthOutputs& out) {
-        const int L = cfg_.levels;
-        const auto styles = build_pyramid(in_.style, in_.sw, in_.sh, in_.ns, L);
-        const auto sguides = build_pyramid(in_.source_guide, in_.sw, in_.sh, in_.ng, L);
-        const auto tguides = build_pyramid(in_.target_guide, in_.tw, in_.th, in_.ng, L);
-        for (int l = 0; l < L; ++l) {
-            const double t0 = omp_get_wtime();
-            const bool finest = l == L - 1;
-            setup_level(styles[l], sguides[l], tguides[l], l);
-            solve_level(l, cfg_.patch_size, cfg_.uniformity);
-            if (finest && cfg_.extra_pass_3x3) solve_level(L, 3, 0.0f);  // §A3 step 5
-            stats_.level_seconds.push_back(omp_get_wtime() - t0);
-        }
+    void finish(SynthOutputs& out) {
         out.stats = stats_;
         const size_t n = (size_t)tw_ * th_;
         out.image = est_;
@@ -174,9 +165,17 @@ class Synthesizer {
         out.nnf.assign(nnf_.begin(), nnf_.begin() + 2 * n);
     }
 
-  private:
-    void setup_level(const Image8& style, const Image8& sguide, const Image8& tguide, int l) {
-        const int ptw = tw_, pth = th_;
+    // -- the executor interface of synth_driver.h ------------------------------------------------------
+    int64_t level_pixels() const { return (int64_t)tw_ * th_; }
+    int64_t source_pixels() const { return (int64_t)sw_ * sh_; }
+
+    void begin_level(int l) {
+        level_t0_ = omp_get_wtime();
+        const Image8& style = styles_[l];
+        const Image8& sguide = sguides_[l];
+        const Image8& tguide = tguides_[l];
+        ptw_ = tw_;
+        pth_ = th_;
         sw_ = style.w;
         sh_ = style.h;
         tw_ = tguide.w;
@@ -188,31 +187,6 @@ class Synthesizer {
         src_ = pack(&style, ns_, sguide, np_, style_scale_, guide_scale_.data());
         tgt_ = pack(nullptr, ns_, tguide, np_, style_scale_, guide_scale_.data());
         const size_t n = (size_t)tw_ * th_;
-        std::vector<int32_t> nnf(2 * n);
-        const int r = cfg_.patch_size / 2;
-        if (l == 0) {
-            for (int y = 0; y < th_; ++y)
-                for (int x = 0; x < tw_; ++x) {
-                    const size_t i = (size_t)y * tw_ + x;
-                    if (in_.init_nnf) {
-                        init_candidate(x, y, nnf[2 * i], nnf[2 * i + 1]);
-                    } else {
-                        const unsigned int h = pixel_stream(cfg_.seed, 0xFFFFFFFFu, x, y);
-                        nnf[2 * i] = r + (int)(h % (unsigned int)(sw_ - 2 * r));
-                        nnf[2 * i + 1] = r + (int)(hash32(h) % (unsigned int)(sh_ - 2 * r));
-                    }
-                }
-        } else {
-            // NNF upsampling (§A3 step 1): the child takes its parent's match x2 plus its own parity.
-            for (int y = 0; y < th_; ++y)
-                for (int x = 0; x < tw_; ++x) {
-                    const int px = std::min(x / 2, ptw - 1), py = std::min(y / 2, pth - 1);
-                    const size_t j = (size_t)py * ptw + px, i = (size_t)y * tw_ + x;
-                    nnf[2 * i] = clampi(nnf_[2 * j] * 2 + (x & 1), r, sw_ - r - 1);
-                    nnf[2 * i + 1] = clampi(nnf_[2 * j + 1] * 2 + (y & 1), r, sh_ - r - 1);
-                }
-        }
-        nnf_.swap(nnf);
         nnf2_.assign(2 * n, 0);
         err_.assign(n, 0.0f);
         err2_.assign(n, 0.0f);
@@ -224,9 +198,174 @@ class Synthesizer {
         err_dirty_.assign(n, 1);
     }
 
+    void end_level() { stats_.level_seconds.push_back(omp_get_wtime() - level_t0_); }
+
+    void init_random(int r) {
+        nnf_.assign(2 * (size_t)tw_ * th_, 0);
+        for (int y = 0; y < th_; ++y)
+            for (int x = 0; x < tw_; ++x) {
+                const size_t i = (size_t)y * tw_ + x;
+                const unsigned int h = pixel_stream(cfg_.seed, 0xFFFFFFFFu, x, y);
+                nnf_[2 * i] = r + (int)(h % (unsigned int)(sw_ - 2 * r));
+                nnf_[2 * i + 1] = r + (int)(hash32(h) % (unsigned int)(sh_ - 2 * r));
+            }
+    }
+
+    void init_from_caller(int r) {
+        nnf_.assign(2 * (size_t)tw_ * th_, 0);
+        for (int y = 0; y < th_; ++y)
+            for (int x = 0; x < tw_; ++x) {
+                const size_t i = (size_t)y * tw_ + x;
+                init_candidate(x, y, r, nnf_[2 * i], nnf_[2 * i + 1]);
+            }
+    }
+
+    // NNF upsampling (§A3 step 1): the child takes its parent's match x2 plus its own parity.
+    void upsample_nnf(int r) {
+        std::vector<int32_t> nnf(2 * (size_t)tw_ * th_);
+        for (int y = 0; y < th_; ++y)
+            for (int x = 0; x < tw_; ++x) {
+                const int px = std::min(x / 2, ptw_ - 1), py = std::min(y / 2, pth_ - 1);
+                const size_t j = (size_t)py * ptw_ + px, i = (size_t)y * tw_ + x;
+                nnf[2 * i] = clampi(nnf_[2 * j] * 2 + (x & 1), r, sw_ - r - 1);
+                nnf[2 * i + 1] = clampi(nnf_[2 * j + 1] * 2 + (y & 1), r, sh_ - r - 1);
+            }
+        nnf_.swap(nnf);
+    }
+
+    void clamp_nnf(int r) {
+        const size_t n = (size_t)tw_ * th_;
+        for (size_t i = 0; i < n; ++i) {
+            nnf_[2 * i] = clampi(nnf_[2 * i], r, sw_ - r - 1);
+            nnf_[2 * i + 1] = clampi(nnf_[2 * i + 1], r, sh_ - r - 1);
+        }
+    }
+
+    void reset_active() { std::fill(active_.begin(), active_.end(), 1); }
+
+    // Voting (§A6). A plain vote of a pixel depends only on the matches within the patch radius, so after the
+    // first vote of a level only pixels near a changed match are re-voted (the others would get the same value).
+    void vote(int p, bool weighted, bool first) {
+        Timer t(stats_.vote);
+        prev_est_.swap(est_);
+        const int r = p / 2;
+        const bool incremental = !first && !weighted;
+        if (incremental) {
+            nnf_changed(nnf_, nnf_at_vote_, changed_);
+            dilate(changed_, vote_dirty_, r);
+        }
+        parallel_rows(th_, threads_, [&](int y) {
+            for (int x = 0; x < tw_; ++x) {
+                const size_t i = (size_t)y * tw_ + x;
+                if (incremental && !vote_dirty_[i]) {
+                    for (int c = 0; c < ns_; ++c) est_[i * ns_ + c] = prev_est_[i * ns_ + c];
+                    continue;
+                }
+                vote_pixel(style_->data.data(), sw_, ns_, nnf_.data(), err_.data(), tw_, th_, r, weighted,
+                           style_scale_, x, y, est_.data(), tgt_.data(), np_);
+            }
+        });
+        nnf_at_vote_ = nnf_;
+    }
+
+    // After a vote: the stop-threshold mask (§A8: pixels whose estimate changed by >= threshold, dilated by the
+    // patch radius) and the pixels whose patch error must be recomputed (estimate changed at all in the patch).
+    void update_masks(int r, bool stop_mask) {
+        parallel_rows(th_, 1, [&](int y) {
+            for (int x = 0; x < tw_; ++x) {
+                const size_t i = (size_t)y * tw_ + x;
+                changed_[i] = style_changed(est_.data(), prev_est_.data(), ns_, cfg_.stop_threshold, i);
+                any_change_[i] = style_changed(est_.data(), prev_est_.data(), ns_, 1, i);
+            }
+        });
+        if (stop_mask) dilate(changed_, active_, r);
+        dilate(any_change_, err_dirty_, r);
+    }
+
+    void begin_iteration(int p, bool occupancy, float occ_scale) {
+        stats_.active_pixels.push_back(std::count(active_.begin(), active_.end(), 1));
+        if (!occ_ || occ_p_ != p || occ_sw_ != sw_ || occ_sh_ != sh_) {
+            // Serial: O(|S|) integer box filters take about a millisecond; a parallel region plus its
+            // barriers costs more than that on a busy machine.
+            occ_ = std::make_unique<Occupancy>(sw_, sh_, p, 1);
+            occ_p_ = p;
+            occ_sw_ = sw_;
+            occ_sh_ = sh_;
+        }
+        occp_ = occupancy ? occ_.get() : nullptr;
+        if (occp_) {
+            Timer t(stats_.occupancy);
+            occp_->rebuild(nnf_.data(), (size_t)tw_ * th_);
+        }
+        view_ = view(p, occp_, occ_scale);
+    }
+
+    void recompute_error(bool all) {
+        Timer t(stats_.error);
+        const SynthView& v = view_;
+        parallel_rows(th_, threads_, [&](int y) {
+            for (int x = 0; x < tw_; ++x) {
+                const size_t i = (size_t)y * tw_ + x;
+                if (all || err_dirty_[i]) err_[i] = patch_error(v, x, y, nnf_[2 * i], nnf_[2 * i + 1], kInf);
+            }
+        });
+    }
+
+    void final_error(int p) {
+        view_ = view(p, nullptr, 0.0f);
+        recompute_error(true);
+    }
+
+    void begin_search() {
+        search_ = active_;
+        if (cfg_.patchmatch_iters > 0) stats_.searched_pixels.push_back(std::count(search_.begin(), search_.end(), 1));
+    }
+
+    void pass_init() {
+        const SynthView& v = view_;
+        const int r = v.r;
+        pass([&](int x, int y) {
+            Match best = current_match(v, nnf_.data(), err_.data(), x, y);
+            int32_t sx, sy;
+            init_candidate(x, y, r, sx, sy);
+            try_candidate(v, x, y, sx, sy, best);
+            return best;
+        });
+    }
+
+    int64_t converge(int radius) {
+        const size_t n = (size_t)tw_ * th_;
+        improved(changed_);
+        dilate(changed_, search_, radius);
+        int64_t left = 0;
+        for (size_t i = 0; i < n; ++i) left += (search_[i] &= active_[i]);
+        stats_.searched_pixels.push_back(left);
+        return left;
+    }
+
+    void snapshot() {
+        nnf_at_pm_ = nnf_;
+        err_at_pm_ = err_;
+    }
+
+    void pass_propagate(int k) {
+        const double tp = stats_.search;
+        const SynthView& v = view_;
+        pass([&](int x, int y) { return propagate_pixel(v, nnf_.data(), err_.data(), x, y, k); });
+        stats_.propagation += stats_.search - tp;
+    }
+
+    void pass_random(unsigned int pid) {
+        const SynthView& v = view_;
+        pass([&](int x, int y) {
+            const Match cur = current_match(v, nnf_.data(), err_.data(), x, y);
+            return random_search_pixel(v, cur, x, y, cfg_.seed, pid);
+        });
+    }
+
+  private:
     // The caller's finest-level NNF mapped to this level's target and source sizes.
-    void init_candidate(int x, int y, int32_t& sx, int32_t& sy) const {
-        const int r = cfg_.patch_size / 2;
+    void init_candidate(int x, int y, int r, int32_t& sx, int32_t& sy) const {
         const int fx = std::min(in_.tw - 1, (int)((x + 0.5) * in_.tw / tw_));
         const int fy = std::min(in_.th - 1, (int)((y + 0.5) * in_.th / th_));
         const size_t j = (size_t)fy * in_.tw + fx;
@@ -295,58 +434,9 @@ class Synthesizer {
         });
     }
 
-    // Voting (§A6). A plain vote of a pixel depends only on the matches within the patch radius, so after the
-    // first vote of a level only pixels near a changed match are re-voted (the others would get the same value).
-    void vote(int p, bool weighted, bool first) {
-        Timer t(stats_.vote);
-        prev_est_.swap(est_);
-        const int r = p / 2;
-        const bool incremental = !first && !weighted;
-        if (incremental) {
-            nnf_changed(nnf_, nnf_at_vote_, changed_);
-            dilate(changed_, vote_dirty_, r);
-        }
-        parallel_rows(th_, threads_, [&](int y) {
-            for (int x = 0; x < tw_; ++x) {
-                const size_t i = (size_t)y * tw_ + x;
-                if (incremental && !vote_dirty_[i]) {
-                    for (int c = 0; c < ns_; ++c) est_[i * ns_ + c] = prev_est_[i * ns_ + c];
-                    continue;
-                }
-                vote_pixel(style_->data.data(), sw_, ns_, nnf_.data(), err_.data(), tw_, th_, r, weighted,
-                           style_scale_, x, y, est_.data(), tgt_.data(), np_);
-            }
-        });
-        nnf_at_vote_ = nnf_;
-    }
-
-    // After a vote: the stop-threshold mask (§A8: pixels whose estimate changed by >= threshold, dilated by the
-    // patch radius) and the pixels whose patch error must be recomputed (estimate changed at all in the patch).
-    void update_masks(int r, bool stop_mask) {
-        parallel_rows(th_, 1, [&](int y) {
-            for (int x = 0; x < tw_; ++x) {
-                const size_t i = (size_t)y * tw_ + x;
-                changed_[i] = style_changed(est_.data(), prev_est_.data(), ns_, cfg_.stop_threshold, i);
-                any_change_[i] = style_changed(est_.data(), prev_est_.data(), ns_, 1, i);
-            }
-        });
-        if (stop_mask) dilate(changed_, active_, r);
-        dilate(any_change_, err_dirty_, r);
-    }
-
-    void recompute_error(const SynthView& v, bool all) {
-        Timer t(stats_.error);
-        parallel_rows(th_, threads_, [&](int y) {
-            for (int x = 0; x < tw_; ++x) {
-                const size_t i = (size_t)y * tw_ + x;
-                if (all || err_dirty_[i]) err_[i] = patch_error(v, x, y, nnf_[2 * i], nnf_[2 * i + 1], kInf);
-            }
-        });
-    }
-
     // One Jacobi pass: every active pixel computes its new match from (nnf_, err_) into (nnf2_, err2_).
     template <class F>
-    void pass(Occupancy* occ, F&& pixel) {
+    void pass(F&& pixel) {
         const double t0 = omp_get_wtime();
         parallel_rows(th_, threads_, [&](int y) {
             for (int x = 0; x < tw_; ++x) {
@@ -366,78 +456,10 @@ class Synthesizer {
         });
         const double t1 = omp_get_wtime();
         stats_.search += t1 - t0;
-        if (occ) occ->update(nnf_.data(), nnf2_.data(), (size_t)tw_ * th_);
+        if (occp_) occp_->update(nnf_.data(), nnf2_.data(), (size_t)tw_ * th_);
         stats_.occupancy += omp_get_wtime() - t1;
         nnf_.swap(nnf2_);
         err_.swap(err2_);
-    }
-
-    void solve_level(int l, int p, float uniformity) {
-        const int r = p / 2;
-        const size_t n = (size_t)tw_ * th_;
-        // Keep matches inside the valid area of this patch size (the 3x3 pass inherits 5x5 matches).
-        for (size_t i = 0; i < n; ++i) {
-            nnf_[2 * i] = clampi(nnf_[2 * i], r, sw_ - r - 1);
-            nnf_[2 * i + 1] = clampi(nnf_[2 * i + 1], r, sh_ - r - 1);
-        }
-        std::fill(active_.begin(), active_.end(), 1);
-        // Uniformity (§A5): lambda * (occupancy sum / p^2) / omega*, omega* = |T| / |S| * p^2.
-        const float omega = (float)n / ((float)sw_ * sh_) * p * p;
-        const float occ_scale = uniformity / ((float)p * p * omega);
-        // Serial: O(|S|) integer box filters take about a millisecond; a parallel region plus its barriers costs
-        // more than that on a busy machine (measured: 10x slower with 2 threads under load).
-        Occupancy occ(sw_, sh_, p, 1);
-        Occupancy* occp = uniformity > 0.0f ? &occ : nullptr;
-        vote(p, false, true);  // §A3 step 2: initial vote (errors not known yet, so plain)
-        const int sv_iters = cfg_.search_vote_iters, pm_iters = cfg_.patchmatch_iters;
-        for (int sv = 0; sv < sv_iters; ++sv) {
-            stats_.active_pixels.push_back(std::count(active_.begin(), active_.end(), 1));
-            if (occp) {
-                Timer t(stats_.occupancy);
-                occp->rebuild(nnf_.data(), n);
-            }
-            const SynthView v = view(p, occp, occ_scale);
-            recompute_error(v, sv == 0);
-            search_ = active_;
-            if (sv == 0 && in_.init_nnf && l > 0 && l < cfg_.levels) {
-                // Offer the caller's NNF (mapped to this level) as a candidate next to the upsampled one.
-                pass(occp, [&](int x, int y) {
-                    Match best = current_match(v, nnf_.data(), err_.data(), x, y);
-                    int32_t sx, sy;
-                    init_candidate(x, y, sx, sy);
-                    try_candidate(v, x, y, sx, sy, best);
-                    return best;
-                });
-            }
-            for (int pm = 0; pm < pm_iters; ++pm) {
-                if (pm > 0) {
-                    // Converged neighbourhoods are not searched again in this search-vote iteration.
-                    improved(changed_);
-                    dilate(changed_, search_, kConvergenceRadius);
-                    int64_t left = 0;
-                    for (size_t i = 0; i < n; ++i) left += (search_[i] &= active_[i]);
-                    stats_.searched_pixels.push_back(left);
-                    if (left == 0) break;
-                } else {
-                    stats_.searched_pixels.push_back(std::count(search_.begin(), search_.end(), 1));
-                }
-                nnf_at_pm_ = nnf_;
-                err_at_pm_ = err_;
-                const double tp = stats_.search;
-                for (int k = 4; k >= 1; k /= 2) {
-                    pass(occp, [&](int x, int y) { return propagate_pixel(v, nnf_.data(), err_.data(), x, y, k); });
-                }
-                stats_.propagation += stats_.search - tp;
-                const unsigned int pid = pass_id(l, sv, pm, 3);
-                pass(occp, [&](int x, int y) {
-                    const Match cur = current_match(v, nnf_.data(), err_.data(), x, y);
-                    return random_search_pixel(v, cur, x, y, cfg_.seed, pid);
-                });
-            }
-            vote(p, cfg_.weighted_vote, false);
-            update_masks(r, sv + 1 < sv_iters);
-        }
-        if (sv_iters == 0) recompute_error(view(p, nullptr, 0.0f), true);
     }
 
     struct Timer {
@@ -454,8 +476,14 @@ class Synthesizer {
     int threads_ = 1, max_threads_ = 1, ns_ = 0, np_ = 0;
     float style_scale_[8] = {0};
     std::vector<float> guide_scale_;
-    int sw_ = 0, sh_ = 0, tw_ = 0, th_ = 0;
+    std::vector<Image8> styles_, sguides_, tguides_;
+    int sw_ = 0, sh_ = 0, tw_ = 0, th_ = 0, ptw_ = 0, pth_ = 0;
+    double level_t0_ = 0;
     const Image8* style_ = nullptr;
+    std::unique_ptr<Occupancy> occ_;
+    Occupancy* occp_ = nullptr;
+    int occ_p_ = 0, occ_sw_ = 0, occ_sh_ = 0;
+    SynthView view_{};
     std::vector<float> src_, tgt_, err_, err2_, err_at_pm_;
     std::vector<int32_t> nnf_, nnf2_;
     std::vector<int32_t> nnf_at_vote_, nnf_at_pm_;
@@ -466,7 +494,9 @@ class Synthesizer {
 }  // namespace
 
 void synthesize_cpu(const SynthInputs& in, const SynthConfig& cfg, SynthOutputs& out) {
-    Synthesizer(in, cfg).run(out);
+    CpuExec ex(in, cfg);
+    run_schedule(ex, cfg, in.init_nnf != nullptr);
+    ex.finish(out);
 }
 
 }  // namespace rr

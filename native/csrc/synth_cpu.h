@@ -1,25 +1,14 @@
-// CPU backend of guided patch synthesis: the coarse-to-fine search-vote loop of ebsynth.md §A2-§A3 driving
-// the per-pixel functions of synth_core.h with OpenMP. Every pass is a Jacobi step over the target, so the
+// CPU backend of guided patch synthesis: the search-vote schedule of synth_driver.h run by an OpenMP executor
+// over the per-pixel functions of synth_core.h. Every pass is a Jacobi step over the target, so the
 // result is a function of the inputs and the seed only, not of the thread count or scheduling.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
-namespace rr {
+#include "synth_driver.h"
 
-struct SynthConfig {
-    int patch_size = 5;
-    int levels = 1;  // already resolved and clamped by the caller (ebsynth.md §A2)
-    int search_vote_iters = 12;
-    int patchmatch_iters = 6;
-    float uniformity = 3500.0f;
-    int stop_threshold = 5;
-    bool extra_pass_3x3 = false;
-    bool weighted_vote = false;
-    uint32_t seed = 0;
-    int threads = 0;  // <= 0: OpenMP default
-};
+namespace rr {
 
 struct SynthInputs {
     const uint8_t* style;         // [sh][sw][ns]

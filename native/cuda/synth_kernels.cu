@@ -1,8 +1,19 @@
-// CUDA backend of guided patch synthesis: one thread per target (or source) pixel, the per-pixel logic shared
-// with the CPU backend through synth_core.h. Compiled at run time by pycuda's SourceModule (include dir:
-// native/csrc) and driven by native/cuda_backend.py with the same pass schedule as synth_cpu.cpp, so both
-// backends compute the same result up to float summation order.
+// CUDA kernels of guided patch synthesis: one thread per target (or source) pixel, the per-pixel logic shared
+// with the CPU backend through synth_core.h. They are sequenced by the one search-vote schedule
+// (native/csrc/synth_driver.h) through the kernel executor (native/csrc/synth_kernels_exec.cpp).
+//
+// Compiled twice from this file: by nvcc at run time for the device (native/cuda_backend.py; include dir:
+// native/csrc), and as host code inside the Python extension (kernel_host_shim.h maps the CUDA built-ins),
+// so CI runs the same kernels, in the same order, without a GPU.
 #include "synth_core.h"
+
+#ifdef __CUDACC__
+#define RR_KERNELS_BEGIN extern "C" {
+#define RR_KERNELS_END }
+#else
+#define RR_KERNELS_BEGIN namespace rr_kernels {
+#define RR_KERNELS_END }
+#endif
 
 using rr::Match;
 using rr::SynthView;
@@ -42,7 +53,7 @@ __device__ __forceinline__ void keep(const int* nnf_in, const float* err_in, int
     err_out[i] = err_in[i];
 }
 
-extern "C" {
+RR_KERNELS_BEGIN
 
 // Random NNF of the coarsest level (§A3 step 1), same hash stream as the CPU backend.
 __global__ void random_nnf(int* nnf, int tw, int th, int sw, int sh, int r, unsigned int seed) {
@@ -170,4 +181,36 @@ __global__ void to_float(const int* in, float* out, int w, int h) {
     out[i] = (float)in[i];
 }
 
-}  // extern "C"
+// Pyramid level (ebsynth.md §A2): 2x2 box average with rounding of the next finer level, as pyramid.h.
+__global__ void halve(const unsigned char* in, int iw, unsigned char* out, int w, int h, int c) {
+    PIXEL_XY(w, h)
+    for (int k = 0; k < c; ++k) {
+        const size_t i00 = ((size_t)(2 * y) * iw + 2 * x) * c + k;
+        const size_t i10 = i00 + c, i01 = i00 + (size_t)iw * c, i11 = i01 + c;
+        const int s = in[i00] + in[i10] + in[i01] + in[i11];
+        out[i * c + k] = (unsigned char)((s + 2) / 4);
+    }
+}
+
+// Interleaved, weighted, padded float channels (synth_core.h SynthView): style (or zeros) then guides.
+__global__ void pack(const unsigned char* style, int ns, const unsigned char* guide, int ng, int np,
+                     const float* style_scale, const float* guide_scale, int w, int h, float* out) {
+    PIXEL_XY(w, h)
+    float* o = out + i * np;
+    for (int c = 0; c < ns; ++c) o[c] = style ? style_scale[c] * (float)style[i * ns + c] : 0.0f;
+    for (int g = 0; g < ng; ++g) o[ns + g] = guide_scale[g] * (float)guide[i * ng + g];
+    for (int c = ns + ng; c < np; ++c) o[c] = 0.0f;
+}
+
+// The caller's finest-level NNF mapped to this level's target and source sizes.
+__global__ void map_init(const int* init, int tw_full, int th_full, int sw_full, int sh_full, int* out, int tw,
+                         int th, int sw, int sh, int r) {
+    PIXEL_XY(tw, th)
+    const int fx = min(tw_full - 1, (int)((x + 0.5) * tw_full / tw));
+    const int fy = min(th_full - 1, (int)((y + 0.5) * th_full / th));
+    const size_t j = (size_t)fy * tw_full + fx;
+    out[2 * i] = rr::clampi((int)((init[2 * j] + 0.5) * sw / sw_full), r, sw - r - 1);
+    out[2 * i + 1] = rr::clampi((int)((init[2 * j + 1] + 0.5) * sh / sh_full), r, sh - r - 1);
+}
+
+RR_KERNELS_END
