@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
 
 
@@ -15,8 +14,12 @@ def cpu_unavailable_reason() -> str | None:
 
 
 def cuda_unavailable_reason() -> str | None:
-    if importlib.util.find_spec("pycuda") is None:
-        return "pycuda is not installed (pip install 'rerender[gpu]')."
+    # torch.cuda.is_available() asks NVML and does not initialise CUDA, so this check is fork-safe; the
+    # backend itself drives the CUDA driver API from the compiled module (no pycuda).
+    if cpu_unavailable_reason() is not None:
+        return (
+            "the compiled module rerender.native._synth, which holds the CUDA executor, cannot be imported."
+        )
     try:
         import torch
     except ImportError:

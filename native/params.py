@@ -12,6 +12,14 @@ import numpy as np
 
 MAX_STYLE_CHANNELS = 8
 MAX_GUIDE_CHANNELS = 24
+# The same bounds are checked again by the compiled module (native/csrc/binding.cpp): a caller that bypasses
+# SynthParams still gets a ValueError, never a crash. Iterations: the random-stream ids hold 6 bits each.
+MAX_PATCH_SIZE = 15
+MAX_ITERATIONS = 64
+MAX_PYRAMID_LEVELS = 16
+MAX_THREADS = 256
+MAX_SIDE = 8192
+MAX_PIXELS = 1 << 25
 
 
 def _check_uint8_image(name: str, a: object) -> np.ndarray:
@@ -75,14 +83,22 @@ class SynthParams:
         def is_int(v: object) -> bool:
             return isinstance(v, int | np.integer) and not isinstance(v, bool)
 
-        if not is_int(self.patch_size) or self.patch_size < 3 or self.patch_size % 2 == 0:
-            raise ValueError(f"patch_size must be an odd integer >= 3, got {self.patch_size!r}.")
-        if self.pyramid_levels is not None and (not is_int(self.pyramid_levels) or self.pyramid_levels < 1):
-            raise ValueError(f"pyramid_levels must be None or an integer >= 1, got {self.pyramid_levels!r}.")
-        for name in ("search_vote_iters", "patchmatch_iters", "stop_threshold"):
+        p = self.patch_size
+        if not is_int(p) or not 3 <= p <= MAX_PATCH_SIZE or p % 2 == 0:
+            raise ValueError(f"patch_size must be an odd integer from 3 to {MAX_PATCH_SIZE}, got {p!r}.")
+        levels = self.pyramid_levels
+        if levels is not None and (not is_int(levels) or not 1 <= levels <= MAX_PYRAMID_LEVELS):
+            raise ValueError(
+                f"pyramid_levels must be None or an integer from 1 to {MAX_PYRAMID_LEVELS}, got {levels!r}."
+            )
+        for name, top in (
+            ("search_vote_iters", MAX_ITERATIONS),
+            ("patchmatch_iters", MAX_ITERATIONS),
+            ("stop_threshold", 255),
+        ):
             v = getattr(self, name)
-            if not is_int(v) or v < 0:
-                raise ValueError(f"{name} must be an integer >= 0, got {v!r}.")
+            if not is_int(v) or not 0 <= v <= top:
+                raise ValueError(f"{name} must be an integer from 0 to {top}, got {v!r}.")
         for name in ("uniformity", "style_weight"):
             v = getattr(self, name)
             if not isinstance(v, Real) or not math.isfinite(v) or v < 0:
@@ -91,8 +107,10 @@ class SynthParams:
             raise ValueError(f"vote must be 'plain' or 'weighted', got {self.vote!r}.")
         if not is_int(self.seed) or not 0 <= self.seed < 2**32:
             raise ValueError(f"seed must be an integer in [0, 2**32), got {self.seed!r}.")
-        if self.threads is not None and (not is_int(self.threads) or self.threads < 1):
-            raise ValueError(f"threads must be None or an integer >= 1, got {self.threads!r}.")
+        if self.threads is not None and (not is_int(self.threads) or not 1 <= self.threads <= MAX_THREADS):
+            raise ValueError(
+                f"threads must be None or an integer from 1 to {MAX_THREADS}, got {self.threads!r}."
+            )
 
 
 @dataclass(frozen=True, eq=False)

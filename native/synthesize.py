@@ -1,7 +1,8 @@
 """`synthesize`: guided patch synthesis of a style exemplar onto a target (the EbSynth algorithm, ebsynth.md).
 
 Validates inputs into one sentence per problem, splits the style and guide weights over channels (§A4),
-resolves the pyramid depth (§A2) and hands the arrays to a backend (C++ CPU or CUDA)."""
+resolves the pyramid depth (§A2) and hands the arrays to a backend: the one search-vote schedule
+(native/csrc/synth_driver.h) run by the CPU executor or by the CUDA kernel executor."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import numpy as np
 from rerender.native.backends import cpu_unavailable_reason, cuda_unavailable_reason
 from rerender.native.params import (
     MAX_GUIDE_CHANNELS,
+    MAX_PIXELS,
+    MAX_SIDE,
     MAX_STYLE_CHANNELS,
     Guide,
     SynthParams,
@@ -31,9 +34,18 @@ def max_pyramid_levels(style_hw: tuple[int, int], target_hw: tuple[int, int], pa
     return k + 1
 
 
+def _check_size(name: str, h: int, w: int) -> None:
+    if h > MAX_SIDE or w > MAX_SIDE or h * w > MAX_PIXELS:
+        raise ValueError(
+            f"{name} is {h}x{w}; synthesis takes at most {MAX_SIDE} pixels per side and {MAX_PIXELS} pixels in "
+            "all: scale the frames down first."
+        )
+
+
 def _validate(style, guides, params, init_nnf):
     style = _check_uint8_image("style", style)
     hs, ws, ns = style.shape
+    _check_size("style", hs, ws)
     if ns > MAX_STYLE_CHANNELS:
         raise ValueError(f"style must have 1 to {MAX_STYLE_CHANNELS} channels, got {ns}.")
     if not isinstance(params, SynthParams):
@@ -53,6 +65,7 @@ def _validate(style, guides, params, init_nnf):
                 f"{g.source.shape[0]}x{g.source.shape[1]}."
             )
     ht, wt = guides[0].target.shape[:2]
+    _check_size("the guide target", ht, wt)
     for i, g in enumerate(guides):
         if g.target.shape[:2] != (ht, wt):
             raise ValueError(
@@ -88,12 +101,27 @@ def synthesize(
     params: SynthParams = SynthParams(),
     backend: Backend = "auto",
     init_nnf: np.ndarray | None = None,
+    device: str | int | None = None,
 ) -> SynthResult:
     """Synthesize the target-sized image whose patches come from `style`, guided by `guides` (ebsynth.md §A).
 
-    The GIL is released while the backend runs, so two calls can run in two threads at once."""
-    style, guides = _validate(style, guides, params, init_nnf)
+    `device` ("cuda", "cuda:N" or N; None: torch's current device) picks the GPU of the CUDA backend. The GIL
+    is released while the backend runs, so two calls can run in two threads at once (on CUDA each thread
+    gets its own stream)."""
     name = _pick_backend(backend)
+    args = _prepare(style, guides, params, init_nnf)
+    if name == "cuda":
+        from rerender.native.cuda_backend import synthesize_cuda
+
+        image, error, nnf, stats = synthesize_cuda(*args, device=device)
+    else:
+        image, error, nnf, stats = _synthesize_cpu(*args)
+    return SynthResult(image=image, error=error, nnf=nnf, backend=name, stats=stats)
+
+
+def _prepare(style, guides, params: SynthParams, init_nnf) -> tuple:
+    """Checked, packed arguments of a backend: (style, source, target, style_w, guide_w, levels, params, init)."""
+    style, guides = _validate(style, guides, params, init_nnf)
     ns = style.shape[2]
     source = np.ascontiguousarray(np.concatenate([g.source for g in guides], axis=2))
     target = np.ascontiguousarray(np.concatenate([g.target for g in guides], axis=2))
@@ -104,15 +132,8 @@ def synthesize(
     )
     max_levels = max_pyramid_levels(style.shape[:2], target.shape[:2], params.patch_size)
     levels = max_levels if params.pyramid_levels is None else min(params.pyramid_levels, max_levels)
-    args = (np.ascontiguousarray(style), source, target, style_w, guide_w, levels, params, init_nnf)
-    if name == "cuda":
-        from rerender.native.cuda_backend import synthesize_cuda
-
-        image, error, nnf = synthesize_cuda(*args)
-        stats = {}
-    else:
-        image, error, nnf, stats = _synthesize_cpu(*args)
-    return SynthResult(image=image, error=error, nnf=nnf, backend=name, stats=stats)
+    init = None if init_nnf is None else np.ascontiguousarray(init_nnf)
+    return (np.ascontiguousarray(style), source, target, style_w, guide_w, levels, params, init)
 
 
 def _pick_backend(backend: str) -> str:
@@ -126,7 +147,11 @@ def _pick_backend(backend: str) -> str:
     return backend
 
 
-def _synthesize_cpu(style, source, target, style_w, guide_w, levels, params: SynthParams, init_nnf):
+def _synthesize_cpu(
+    style, source, target, style_w, guide_w, levels, params: SynthParams, init_nnf, executor: str = "cpu"
+):
+    """The CPU executor of the one schedule (synth_driver.h), or with executor="kernels-host" the CUDA kernels
+    compiled for the host and sequenced exactly as on a GPU (what CI compares frame for frame)."""
     from rerender.native import _synth
 
     return _synth.synthesize(
@@ -145,5 +170,6 @@ def _synthesize_cpu(style, source, target, style_w, guide_w, levels, params: Syn
         weighted_vote=params.vote == "weighted",
         seed=params.seed,
         threads=params.threads or 0,
-        init_nnf=None if init_nnf is None else np.ascontiguousarray(init_nnf),
+        init_nnf=init_nnf,
+        executor=executor,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -249,26 +250,82 @@ def test_invalid_input_is_a_value_error_with_a_sentence(make, message):
         make(s, t)
 
 
-def test_every_cuda_source_compiles_with_nvcc(nvcc, tmp_path):
-    sources = sorted((NATIVE / "cuda").glob("*.cu"))
-    assert sources, "native/cuda holds the CUDA backend's kernels"
-    for cu in sources:
-        out = subprocess.run(
-            [
-                nvcc,
-                "--ptx",
-                "-std=c++17",
-                "-I",
-                str(NATIVE / "csrc"),
-                "-o",
-                str(tmp_path / (cu.stem + ".ptx")),
-                str(cu),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert out.returncode == 0, f"{cu.name} does not compile:\n{out.stderr}"
+def _native_call(**overrides):
+    """The compiled module called directly, bypassing SynthParams (what a caller of _synth could do)."""
+    from rerender.native import _synth
+
+    s = textured(24, 24, 3)
+    kw = dict(
+        patch_size=5, levels=1, search_vote_iters=1, patchmatch_iters=1, uniformity=0.0, stop_threshold=5,
+        extra_pass_3x3=False, weighted_vote=False, seed=0, threads=1,
+    )  # fmt: skip
+    kw.update(overrides)
+    w = np.full(3, 1 / 3, np.float32)
+    return _synth.synthesize(s, s, s, w, w, **kw)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"patch_size": 17}, "odd number from 3 to 15"),
+        ({"patch_size": 99999}, "odd number from 3 to 15"),
+        ({"patch_size": 4}, "odd number from 3 to 15"),
+        ({"search_vote_iters": 65}, "0 to 64"),
+        ({"patchmatch_iters": -1}, "0 to 64"),
+        ({"levels": 17}, "1 to 16"),
+        ({"levels": 4}, "too many pyramid levels"),
+        ({"threads": 257}, "threads must be 1 to 256"),
+        ({"stop_threshold": 300}, "0 to 255"),
+        ({"uniformity": float("inf")}, "finite"),
+        ({"executor": "gpu"}, "'cpu' or 'kernels-host'"),
+    ],
+)
+def test_native_module_rejects_out_of_range_values_itself(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _native_call(**overrides)
+
+
+def test_native_module_refuses_huge_thread_counts_without_crashing():
+    # 100000 OpenMP threads (the image is large enough to use them) crashed the process with exit 139.
+    code = (
+        "import numpy as np\n"
+        "from rerender.native import _synth\n"
+        "s = np.zeros((160, 160, 3), np.uint8); w = np.ones(3, np.float32)\n"
+        "try:\n"
+        "    _synth.synthesize(s, s, s, w, w, 5, 1, 1, 1, 0.0, 5, False, False, 0, 100000)\n"
+        "except ValueError as e:\n"
+        "    print('refused:', e)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "refused: threads must be 1 to 256" in run.stdout
+
+
+def test_native_module_refuses_images_beyond_the_size_limit():
+    from rerender.native import _synth
+
+    big = np.zeros((8193, 4, 1), np.uint8)  # one side too long; only 33 KB
+    w = np.ones(1, np.float32)
+    with pytest.raises(ValueError, match="8192 pixels per side"):
+        _synth.synthesize(big, big, big, w, w, 3, 1, 1, 1, 0.0, 5, False, False, 0, 1)
+    with pytest.raises(ValueError, match="8192 pixels per side"):
+        synthesize(big, [Guide(big, big)], SynthParams(patch_size=3))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("patch_size", 17, "odd integer from 3 to 15"),
+        ("search_vote_iters", 65, "from 0 to 64"),
+        ("patchmatch_iters", 10**20, "from 0 to 64"),
+        ("pyramid_levels", 17, "from 1 to 16"),
+        ("threads", 100000, "from 1 to 256"),
+        ("stop_threshold", 256, "from 0 to 255"),
+    ],
+)
+def test_synth_params_bounds(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        SynthParams(**{field: value})
 
 
 @pytest.mark.gpu
