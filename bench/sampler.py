@@ -1,17 +1,18 @@
 """Cost of one constrained keyframe vs diffusers' plain ControlNet img2img, and evaluations per keyframe.
 
-    python bench/sampler.py [--size 256] [--steps 10] [--strength 0.75] [--stops 1.0,0.45,0.3] [--threads N]
-                            [--skip-full]
+    python bench/sampler.py [--size 256] [--steps 10] [--strength 0.75] [--modes pass1,branch-x0]
+                            [--threads N] [--skip-full]
 
 1. UNet+ControlNet image-evaluations per keyframe at S = 20 (a CFG batch of 2 counts 2; the official code
    spends 80): counted by the sampler itself on the tiny test model (counts do not depend on the width of
-   the network), for several pass-1 stops (`--first-pass-stop`).
+   the network), for each direct-image mode (`SamplerSettings.direct_image`: "pass1" finishes pass 1 from
+   the point where it branches off pass 2, "branch-x0" uses the x̂0 of the last shared step).
 2. The full SD1.5 architecture with random weights (shipped configs, no download) at `--size`: seconds for
    diffusers' `StableDiffusionControlNetImg2ImgPipeline` + DDIM and for one constrained keyframe (flow,
    both passes, fidelity encoding, all constraints at their defaults) for the same steps and strength, as a
    ratio measured side by side in one run (plain and constrained runs interleaved `--repeat` times; the
-   fastest of each is used). The output
-   difference of each early pass-1 stop against a full pass 1 is printed (mean |Δ| in 0..255 and PSNR).
+   fastest of each is used). The output difference of each mode against "pass1" (the authors' result) is
+   printed (mean |Δ| in 0..255 and PSNR).
 
 Nothing is asserted; numbers depend on the machine and its load (the project's machine is shared).
 
@@ -69,8 +70,8 @@ def _guide(anchor_frame, frame, anchor_image):
 
 
 def _pass_one_share(guide) -> float:
-    """The largest weight pass 1's image has in the masked fusion target (§B.3: bm_0·bm_pre where Mp keeps
-    the target), so what an early stop can change in pass 2's target at most."""
+    """The largest weight the direct image has in the masked fusion target (bm_0·bm_pre where Mp keeps the
+    target), so what a cheaper direct image can change in pass 2's target at most, pixel for pixel."""
     import torch.nn.functional as F
     from rerender.filter.sampler import fusion
 
@@ -89,7 +90,7 @@ def _cond(networks, frame):
     )
 
 
-def evaluations_table(stops: list[float], strength: float) -> None:
+def evaluations_table(modes: list[str], strength: float) -> None:
     import tiny_models
     from rerender.engines.loading import ModelBundle
     from rerender.engines.runtime import ScheduleConfig
@@ -106,14 +107,14 @@ def evaluations_table(stops: list[float], strength: float) -> None:
     print(
         f"\n1. evaluations per keyframe, S = 20, strength {strength} (official code: 80 per keyframe, 40 anchor)"
     )
-    print("| pass-1 stop | anchor | keyframe (pass 1 + pass 2) |\n|---|---|---|")
-    for stop in stops:
-        settings = SamplerSettings(steps=20, strength=strength, first_pass_stop=stop)
+    print("| direct image | anchor | keyframe (shared prefix + pass 1 + pass 2) |\n|---|---|---|")
+    for mode in modes:
+        settings = SamplerSettings(steps=20, strength=strength, direct_image=mode)
         state = AnchorState()
         anchor = render_anchor(networks, settings, _cond(networks, anchor_frame), state, 0)
         guide = _guide(anchor_frame, frame, anchor.image)
         key = render_keyframe(networks, settings, _cond(networks, frame), state, guide, 0)
-        print(f"| {stop} | {anchor.evaluations} | {key.evaluations} |")
+        print(f"| {mode} | {anchor.evaluations} | {key.evaluations} |")
 
 
 def _full_bundle():
@@ -142,7 +143,7 @@ def _full_bundle():
     )
 
 
-def full_size(size: int, steps: int, strength: float, stops: list[float], repeat: int) -> None:
+def full_size(size: int, steps: int, strength: float, modes: list[str], repeat: int) -> None:
     from diffusers import DDIMScheduler, StableDiffusionControlNetImg2ImgPipeline
     from diffusers.models.attention_processor import AttnProcessor2_0
     from PIL import Image
@@ -210,39 +211,39 @@ def full_size(size: int, steps: int, strength: float, stops: list[float], repeat
     anchor = render_anchor(networks, SamplerSettings(steps=steps, strength=strength), anchor_cond, state, 0)
     anchor_time = time.perf_counter() - start
     plain_times: list[float] = []
-    results: dict[float, tuple[float, object]] = {}
-    runs: dict[float, list[float]] = {stop: [] for stop in stops}
+    results: dict[str, tuple[float, object]] = {}
+    runs: dict[str, list[float]] = {mode: [] for mode in modes}
     for _ in range(repeat):  # interleaved, so a change of machine load hits both sides
         bundle.unet.set_attn_processor(AttnProcessor2_0())  # the stock processors for diffusers' pipeline
         plain_times.append(plain())
         bundle.unet.set_attn_processor(dict(cross_frame))  # diffusers consumes the dict it is given
-        for stop in stops:
-            settings = SamplerSettings(steps=steps, strength=strength, first_pass_stop=stop)
+        for mode in modes:
+            settings = SamplerSettings(steps=steps, strength=strength, direct_image=mode)
             start = time.perf_counter()
             guide = _guide(anchor_frame, frame, anchor.image)
             key = render_keyframe(networks, settings, _cond(networks, frame), copy.deepcopy(state), guide, 0)
             seconds = time.perf_counter() - start
-            runs[stop].append(seconds)
-            if stop not in results or seconds < results[stop][0]:
-                results[stop] = (seconds, key)
+            runs[mode].append(seconds)
+            if mode not in results or seconds < results[mode][0]:
+                results[mode] = (seconds, key)
     base = min(plain_times)
-    print(f"   pass 1's largest weight in the fused target x_trg·Mp: {_pass_one_share(guide):.3f}")
+    print(f"   the direct image's largest weight in the fused target x_trg·Mp: {_pass_one_share(guide):.3f}")
     print(
         f"   plain ControlNet img2img: {base:.1f} s, {plain_evaluations[0]} evaluations "
         f"(runs: {', '.join(f'{t:.1f}' for t in plain_times)})"
     )
-    for stop in stops:
-        print(f"   keyframe, pass-1 stop {stop}: runs {', '.join(f'{t:.1f}' for t in runs[stop])} s")
+    for mode in modes:
+        print(f"   keyframe, direct image {mode}: runs {', '.join(f'{t:.1f}' for t in runs[mode])} s")
     print(f"   anchor (one pass, records states): {anchor_time:.1f} s = {anchor_time / base:.2f}x plain")
-    print("| pass-1 stop | evaluations | seconds | ratio to plain | mean abs diff vs full pass 1 | PSNR dB |")
+    print("| direct image | evaluations | seconds | ratio to plain | mean abs diff vs pass1 | PSNR dB |")
     print("|---|---|---|---|---|---|")
-    reference = results[max(stops)][1].image
-    for stop in stops:
-        seconds, key = results[stop]
+    reference = results[modes[0]][1].image
+    for mode in modes:
+        seconds, key = results[mode]
         diff = ((key.image - reference).abs() * 127.5).mean().item()
         mse = (((key.image - reference) * 127.5) ** 2).mean().item()
         psnr = "inf" if mse == 0 else f"{10 * math.log10(255**2 / mse):.1f}"
-        print(f"| {stop} | {key.evaluations} | {seconds:.1f} | {seconds / base:.2f} | {diff:.2f} | {psnr} |")
+        print(f"| {mode} | {key.evaluations} | {seconds:.1f} | {seconds / base:.2f} | {diff:.2f} | {psnr} |")
 
 
 def fix_malloc_thresholds() -> str:
@@ -267,7 +268,11 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--strength", type=float, default=0.75)
-    parser.add_argument("--stops", default="1.0,0.45,0.3")
+    parser.add_argument(
+        "--modes",
+        default="pass1,branch-x0",
+        help="direct-image modes; the first is the reference for the diffs",
+    )
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument(
         "--repeat", type=int, default=2, help="interleaved plain/constrained rounds (best kept)"
@@ -284,11 +289,11 @@ def main() -> int:
         print(f"malloc thresholds: {fix_malloc_thresholds()}")
     if args.threads:
         torch.set_num_threads(args.threads)
-    stops = sorted({float(s) for s in args.stops.split(",")}, reverse=True)
+    modes = list(dict.fromkeys(m.strip() for m in args.modes.split(",")))
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    evaluations_table(stops, args.strength)
+    evaluations_table(modes, args.strength)
     if not args.skip_full:
-        full_size(args.size, args.steps, args.strength, stops, args.repeat)
+        full_size(args.size, args.steps, args.strength, modes, args.repeat)
     return 0
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -21,12 +22,16 @@ from rerender.filter.sampler.keyframe import (
     Conditioning,
     FlowGuide,
     SamplerSettings,
+    ShapeGuide,
+    decode,
     encode_image,
     encode_text,
     fidelity_encode,
     render_anchor,
     render_keyframe,
     run_pass,
+    run_steps,
+    start_pass,
 )
 from rerender.filter.sampler.schedule import ddim_schedule, window_steps
 
@@ -221,22 +226,21 @@ def test_shape_fusion_with_identity_flow_gives_the_anchor_x0(networks):
     zero_flow = torch.zeros(1, 2, SIZE, SIZE)
     mask = fusion.shape_fusion_mask(torch.zeros(1, 1, SIZE, SIZE))
     assert torch.equal(mask, torch.ones(1, 1, 8, 8))
-    from rerender.filter.sampler.keyframe import ShapeGuide
-
     shape = ShapeGuide(fusion.latent_flow(zero_flow), mask)
     schedule = ddim_schedule(networks.schedule, 10)
+    cond = _cond(networks, _frame(3))
+
+    def x0_after(stop: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(9)
+        begin = start_pass(networks, schedule, settings, cond, generator)
+        return run_steps(
+            networks, schedule, settings, cond, state, generator, "first", begin, stop, shape=shape
+        ).x0
+
     for stop in (1, 2):
-        _, x0, _ = run_pass(
-            networks, schedule, settings, _cond(networks, _frame(3)), state, torch.Generator().manual_seed(9),
-            "first", shape=shape, stop=stop,
-        )  # fmt: skip
-        torch.testing.assert_close(x0, state.anchor_x0[stop - 1])
+        torch.testing.assert_close(x0_after(stop), state.anchor_x0[stop - 1])
     # Outside the window the frame's own x̂0 is kept.
-    _, x0, _ = run_pass(
-        networks, schedule, settings, _cond(networks, _frame(3)), state, torch.Generator().manual_seed(9),
-        "first", shape=shape, stop=3,
-    )  # fmt: skip
-    assert not torch.allclose(x0, state.anchor_x0[1])
+    assert not torch.allclose(x0_after(3), state.anchor_x0[1])
 
 
 def test_fidelity_encoding_matches_a_hand_computation(networks):
@@ -313,6 +317,16 @@ def test_masks_follow_the_reference_shapes():
     assert rescale[..., 0, 0] == 1 and rescale[..., 3, 4] == 0 and rescale[..., 2, 4] == 0
 
 
+def _side_by_side_guide(anchor_image: torch.Tensor) -> FlowGuide:
+    flow = torch.zeros(1, 2, SIZE, SIZE)
+    flow[:, 0] = -3.0
+    # Side by side occlusions: the composite shows the direct image between and around them.
+    occ_anchor, occ_previous = torch.zeros(1, 1, SIZE, SIZE), torch.zeros(1, 1, SIZE, SIZE)
+    occ_anchor[..., :, :10] = 1
+    occ_previous[..., :, 12:22] = 1
+    return FlowGuide(flow, occ_anchor, flow, occ_previous, anchor_image, anchor_image)
+
+
 def test_keyframe_cost_and_state_updates(networks):
     settings = SamplerSettings(steps=20, strength=0.75)  # Part 1 decision 7 defaults
     state = AnchorState()
@@ -321,28 +335,77 @@ def test_keyframe_cost_and_state_updates(networks):
     assert anchor.evaluations == 30  # round(20 · 0.75) = 15 steps × CFG 2
     assert sorted(state.first) == list(range(5, 20)) and len(state.first[5]) == 6  # loose: 6 layers
     assert sorted(state.adain) == [16, 17, 18, 19] and state.anchor_x0 == {}  # shape window before entry
-    flow = torch.zeros(1, 2, SIZE, SIZE)
-    flow[:, 0] = -3.0
-    # Side by side occlusions: the composite shows pass 1 between them, where Mp keeps the target.
-    occ_anchor, occ_previous = torch.zeros(1, 1, SIZE, SIZE), torch.zeros(1, 1, SIZE, SIZE)
-    occ_anchor[..., :, :10] = 1
-    occ_previous[..., :, 12:22] = 1
-    guide = FlowGuide(flow, occ_anchor, flow, occ_previous, anchor.image, anchor.image)
+    guide = _side_by_side_guide(anchor.image)
     result = render_keyframe(networks, settings, _cond(networks, frame), state, guide, seed=0)
-    # Pass 1 stops at 0.3 of the schedule (step 5 only, 2 evaluations) + the full pass 2 (30) = 32 ≤ 45.
-    assert (result.evaluations, result.passes) == (32, 2)
+    # Entry step 5, first pixel-fusion step 11: the shared steps 5–10 (12 evaluations) run once, then pass 1
+    # finishes steps 11–19 (18) and pass 2 runs steps 11–19 with pixel fusion (18): 48, not 2 × 30.
+    assert (result.evaluations, result.passes) == (48, 2)
     assert all(state.previous[i][0] is not state.first[i][0] for i in range(5, 20))
     assert not torch.equal(state.previous[10][0], state.first[10][0])
-    stop_06 = SamplerSettings(steps=20, strength=0.75, first_pass_stop=0.6)  # steps 5..11: 14 + 30
-    assert render_keyframe(networks, stop_06, _cond(networks, frame), state, guide, seed=0).evaluations == 44
-    # When one warp sees every pixel, pass 1's result cannot show, so it is skipped.
-    none = torch.zeros_like(occ_anchor)
-    for occ_a, occ_p in ((occ_anchor, none), (none, none)):
-        guide = FlowGuide(flow, occ_a, flow, occ_p, anchor.image, anchor.image)
-        assert (
-            render_keyframe(networks, settings, _cond(networks, frame), state, guide, seed=0).evaluations
-            == 30
+    # The cheaper option: the x̂0 of the last shared step is the direct image; pass 1 is not finished.
+    cheap = replace(settings, direct_image="branch-x0")
+    assert render_keyframe(networks, cheap, _cond(networks, frame), state, guide, seed=0).evaluations == 30
+    # When one warp sees every pixel, the composite never shows the direct image: no pass 1 at all.
+    none = torch.zeros_like(guide.occluded_anchor)
+    for occ_a, occ_p in ((guide.occluded_anchor, none), (none, none), (none, guide.occluded_previous)):
+        blind = FlowGuide(
+            guide.flow_to_anchor, occ_a, guide.flow_to_previous, occ_p, anchor.image, anchor.image
         )
+        for mode in (settings, cheap):
+            result = render_keyframe(networks, mode, _cond(networks, frame), state, blind, seed=0)
+            assert (result.evaluations, result.passes, result.direct) == (30, 1, None)
+
+
+def test_branched_pass_one_equals_an_independent_full_pass_one_bit_for_bit(networks):
+    settings = SamplerSettings(steps=20, strength=0.75)
+    state = AnchorState()
+    anchor = render_anchor(networks, settings, _cond(networks, _frame(6)), state, seed=0)
+    guide = _side_by_side_guide(anchor.image)
+    cond = _cond(networks, _frame(6, shift=3))
+    schedule = ddim_schedule(networks.schedule, settings.steps)
+    shape = ShapeGuide(
+        fusion.latent_flow(guide.flow_to_anchor), fusion.shape_fusion_mask(guide.occluded_anchor)
+    )
+    # The authors' pass 1: a whole pass on its own, same seed, before pass 2 touches the stored states.
+    x, _, evaluations = run_pass(
+        networks, schedule, settings, cond, state, torch.Generator().manual_seed(7), "first", shape=shape
+    )
+    assert evaluations == 30
+    independent = decode(networks, x)
+    second_keyframe_state = AnchorState(
+        dict(state.first), dict(state.previous), dict(state.anchor_x0), dict(state.adain)
+    )
+    result = render_keyframe(networks, settings, cond, state, guide, seed=7)
+    assert result.direct is not None and torch.equal(result.direct, independent)
+    # Pass 2 equals a whole pass 2 run after the independent pass 1 (the authors' order), bit for bit too.
+    from rerender.filter.sampler.keyframe import pixel_guide
+
+    pixel = pixel_guide(networks, settings, guide, independent)
+    x2, _, _ = run_pass(
+        networks, schedule, settings, cond, second_keyframe_state, torch.Generator().manual_seed(7), "second",
+        shape=shape, pixel=pixel, update_previous=True,
+    )  # fmt: skip
+    assert torch.equal(result.image, decode(networks, x2))
+    assert all(
+        torch.equal(a, b)
+        for i in state.previous
+        for a, b in zip(state.previous[i], second_keyframe_state.previous[i], strict=True)
+    )
+    # The branch-point x̂0 is a different (cheaper) direct image.
+    cheap = render_keyframe(
+        networks,
+        replace(settings, direct_image="branch-x0"),
+        cond,
+        AnchorState(dict(state.first), dict(state.first), dict(state.anchor_x0), dict(state.adain)),
+        guide,
+        seed=7,
+    )
+    assert not torch.equal(cheap.direct, independent)
+
+
+def test_direct_image_option_is_checked():
+    with pytest.raises(ValueError, match="direct_image must be one of pass1, branch-x0"):
+        SamplerSettings(direct_image="early")
 
 
 def test_color_correction_moves_colours_and_keeps_luminosity():

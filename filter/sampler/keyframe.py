@@ -5,15 +5,19 @@ A plain function of the networks it is given (runtime.py contract; style.md prac
 and `render_keyframe` take the `Networks`, the per-keyframe inputs and the per-anchor `AnchorState`, and
 return the image plus the number of UNet+ControlNet image-evaluations they spent.
 
-Keyframe = up to two passes (§B.9). Pass 1 only supplies the pixels that *both* warps miss (§B.3 step 3),
-so it is skipped when its result cannot reach the masked fusion target (`pass_one_shows`) and otherwise
-stops early at `first_pass_stop` of the schedule, using its x̂0 there (bench/sampler.py measures the cost).
+Keyframe = two passes (docs/method.md §2.5). Pass 1 supplies the *direct* image of the pixel-fusion
+composite; pass 2 renders the keyframe with pixel-aware fusion. Both take identical steps (same seed, same
+constraints, same stored states) until the first pixel-fusion step, so that shared prefix runs once and both
+passes continue from a copy of its state (docs/decisions.md 13): pass 1 from the branch gives the authors'
+pass-1 result exactly, with (branch − entry) fewer steps. `direct_image="branch-x0"` instead takes the x̂0
+predicted at the last shared step as the direct image and does not finish pass 1. When the composite cannot
+show the direct image at all (one warp sees every pixel), no pass 1 is needed and none runs.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import torch
@@ -28,6 +32,9 @@ from ...engines.runtime import (
 )
 from . import fusion
 from .schedule import DdimSchedule, ddim_schedule, in_window
+
+DirectImage = Literal["pass1", "branch-x0"]
+DIRECT_IMAGES: tuple[str, ...] = ("pass1", "branch-x0")
 
 
 @dataclass(frozen=True)
@@ -45,7 +52,15 @@ class SamplerSettings:
     inner_strength: float = 0.9
     smooth_boundary: bool = True
     fidelity_threshold: float = 0.25
-    first_pass_stop: float = 0.3  # at 20 steps, strength 0.75: one step (bench/sampler.py)
+    # The pixel-fusion composite's direct image: "pass1" finishes pass 1 from the branch point (the
+    # authors' result); "branch-x0" decodes the x̂0 of the last step pass 1 and pass 2 share.
+    direct_image: DirectImage = "pass1"
+
+    def __post_init__(self) -> None:
+        if self.direct_image not in DIRECT_IMAGES:
+            raise ValueError(
+                f"direct_image must be one of {', '.join(DIRECT_IMAGES)}; got {self.direct_image!r}"
+            )
 
 
 @dataclass
@@ -103,7 +118,10 @@ class PixelGuide:
 class KeyframeResult:
     image: torch.Tensor  # (1, 3, H, W) in [-1, 1]
     evaluations: int  # UNet+ControlNet image-evaluations (a CFG batch of 2 counts 2)
-    passes: int
+    passes: int  # 2 when a direct image was made (pass 1 finished or its branch-point x̂0), else 1
+    direct: torch.Tensor | None = (
+        None  # the composite's direct image (1, 3, H, W) in [-1, 1], if one was made
+    )
 
 
 Role = Literal["anchor", "first", "second"]
@@ -180,7 +198,37 @@ class _References:
         return tuple(s.to(self.storage_dtype) for s, active in zip(own, self.active, strict=True) if active)
 
 
-def run_pass(
+@dataclass(frozen=True)
+class PassState:
+    """A DDIM pass at the start of step `step`: the running latent x, the previous step's direction
+    √(1 − ᾱ)·ε̂ (x − dir = √ᾱ·x̂0), the last x̂0, and the image-evaluations spent so far."""
+
+    step: int
+    x: torch.Tensor
+    direction: torch.Tensor
+    x0: torch.Tensor
+    evaluations: int = 0
+
+
+def start_pass(
+    networks: Networks,
+    schedule: DdimSchedule,
+    settings: SamplerSettings,
+    cond: Conditioning,
+    generator: torch.Generator,
+) -> PassState:
+    """The SDEdit start: the noised source latent at the entry step. Draws the posterior sample of the
+    source, then the SDEdit noise."""
+    entry = schedule.entry(settings.strength)
+    x0_source = sample_posterior(cond.moments, generator) * networks.scaling_factor
+    noise = _randn(x0_source.shape, generator, x0_source)
+    alpha = schedule.alpha_bar[entry]
+    x = fusion.q_sample(x0_source, alpha, noise)
+    direction = math.sqrt(1.0 - alpha) * noise  # x − dir = √ᾱ·x0 at the entry step, as after a DDIM step
+    return PassState(entry, x, direction, x0_source)
+
+
+def run_steps(
     networks: Networks,
     schedule: DdimSchedule,
     settings: SamplerSettings,
@@ -188,32 +236,23 @@ def run_pass(
     state: AnchorState,
     generator: torch.Generator,
     role: Role,
+    begin: PassState,
+    stop: int,
     *,
     shape: ShapeGuide | None = None,
     pixel: PixelGuide | None = None,
     update_previous: bool = False,
-    stop: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """One DDIM pass from the SDEdit entry step to `stop` (exclusive; default: the end).
-
-    Returns (x after the last step, x̂0 of the last step, image-evaluations). The generator draws, in order:
-    the posterior sample of the source, the SDEdit noise, then one q_sample noise per pixel-fusion step.
-    """
+) -> PassState:
+    """DDIM steps `begin.step` … `stop` − 1 from `begin` (not modified). The generator draws one q_sample
+    noise per pixel-fusion step."""
     steps = schedule.steps
-    stop = steps if stop is None else stop
-    entry = schedule.entry(settings.strength)
-    x0_source = sample_posterior(cond.moments, generator) * networks.scaling_factor
-    noise = _randn(x0_source.shape, generator, x0_source)
-    alpha = schedule.alpha_bar[entry]
-    x = fusion.q_sample(x0_source, alpha, noise)
-    direction = math.sqrt(1.0 - alpha) * noise  # x − dir = √ᾱ·x0 at the entry step, as after a DDIM step
+    x, direction, x0 = begin.x, begin.direction, begin.x0
     references = _References(networks, state, settings.cross_frame, tuple(x.shape[-2:]))
     controls = tuple(
         torch.cat([image, image]).to(networks.device, networks.dtype) for image in cond.control_images
     )
-    x0 = x0_source
-    evaluations = 0
-    for i in range(entry, stop):
+    evaluations = begin.evaluations
+    for i in range(begin.step, stop):
         alpha, alpha_prev = schedule.alpha_bar[i], schedule.alpha_bar_prev[i]
         if pixel is not None and in_window(i, steps, *settings.pixel_fusion, strict=True):
             # §B.3: pull the running latent toward the fused, fidelity-encoded target before the UNet call.
@@ -251,7 +290,38 @@ def run_pass(
                 x0 = fusion.shape_fusion(x0, state.anchor_x0[i].float(), shape.flow_lat, shape.mask)
         direction = math.sqrt(1.0 - alpha_prev) * eps
         x = math.sqrt(alpha_prev) * x0 + direction
-    return x, x0, evaluations
+    return PassState(max(begin.step, stop), x, direction, x0, evaluations)
+
+
+def run_pass(
+    networks: Networks,
+    schedule: DdimSchedule,
+    settings: SamplerSettings,
+    cond: Conditioning,
+    state: AnchorState,
+    generator: torch.Generator,
+    role: Role,
+    *,
+    shape: ShapeGuide | None = None,
+    pixel: PixelGuide | None = None,
+    update_previous: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One whole DDIM pass from the SDEdit entry step to the end.
+
+    Returns (x after the last step, x̂0 of the last step, image-evaluations). The generator draws, in order:
+    the posterior sample of the source, the SDEdit noise, then one q_sample noise per pixel-fusion step.
+    """
+    begin = start_pass(networks, schedule, settings, cond, generator)
+    end = run_steps(
+        networks, schedule, settings, cond, state, generator, role, begin, schedule.steps,
+        shape=shape, pixel=pixel, update_previous=update_previous,
+    )  # fmt: skip
+    return end.x, end.x0, end.evaluations
+
+
+def _branch(generator: torch.Generator) -> torch.Generator:
+    """A generator that draws what `generator` would draw next, without advancing it."""
+    return torch.Generator(device=generator.device).set_state(generator.get_state())
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -290,18 +360,13 @@ def pixel_guide(
     return PixelGuide(target, mask * settings.mask_strength, rescale)
 
 
-def pass_one_shows(guide: FlowGuide) -> bool:
-    """Whether pass 1's result can reach the fused target x_trg · Mp (§B.3 steps 3–5).
+def composite_uses_direct(guide: FlowGuide) -> bool:
+    """Whether the pixel-fusion composite shows the direct image anywhere (§B.3 step 3).
 
-    The composite shows the fresh generation with weight bm_0 · bm_pre, and x_trg is multiplied by Mp, which
-    is 0 on the latent blocks of pixels both warps miss: there pass 1 never matters, and it reaches the target
-    only through the soft tails of the masks. When even those are empty (one of the warps sees every pixel)
-    pass 1 is skipped; otherwise it stops early (`first_pass_stop`).
-    """
+    The direct image enters with weight bm_0 · bm_pre; where one of the two warps sees every pixel that weight
+    is 0 everywhere, the composite (and so pass 2) does not depend on pass 1, and no pass 1 runs."""
     direct_weight = fusion.soft_mask(guide.occluded_anchor) * fusion.soft_mask(guide.occluded_previous)
-    mask = fusion.pixel_fusion_mask(guide.occluded_previous, guide.occluded_anchor)
-    kept = torch.nn.functional.interpolate(mask, scale_factor=fusion.LATENT_FACTOR, mode="nearest")
-    return bool(((direct_weight * kept) > 0).any())
+    return bool((direct_weight > 0).any())
 
 
 def render_keyframe(
@@ -311,37 +376,48 @@ def render_keyframe(
     state: AnchorState,
     guide: FlowGuide,
     seed: int,
-    seed_second: int | None = None,
     update_previous: bool = True,
 ) -> KeyframeResult:
-    """A keyframe after the anchor: pass 1 (if needed) then pass 2 with pixel-aware fusion (§B.9)."""
+    """A keyframe after the anchor: pass 1 and pass 2 with pixel-aware fusion (§B.9), sharing their prefix.
+
+    The shared prefix runs with pass 2's state update (`update_previous`): it writes the previous-keyframe
+    states of the prefix's steps only, which pass 1 never reads again after the branch."""
     schedule = ddim_schedule(networks.schedule, settings.steps)
     steps, entry = schedule.steps, schedule.entry(settings.strength)
     shape = ShapeGuide(
         fusion.latent_flow(guide.flow_to_anchor), fusion.shape_fusion_mask(guide.occluded_anchor)
     )
     pixel_steps = [i for i in range(entry, steps) if in_window(i, steps, *settings.pixel_fusion, strict=True)]
-    evaluations = passes = 0
+    generator = _generator(seed)
+    begin = start_pass(networks, schedule, settings, cond, generator)
+
+    def finish(role: Role, start: PassState, rng: torch.Generator, pixel: PixelGuide | None) -> PassState:
+        return run_steps(
+            networks, schedule, settings, cond, state, rng, role, start, steps,
+            shape=shape, pixel=pixel, update_previous=update_previous and role == "second",
+        )  # fmt: skip
+
     if not pixel_steps:
         # No pixel-aware fusion step is reached: one constrained pass is the keyframe (the webUI's behaviour).
-        x, _, evaluations = run_pass(
-            networks, schedule, settings, cond, state, _generator(seed), "second",
-            shape=shape, update_previous=update_previous,
-        )  # fmt: skip
-        return KeyframeResult(decode(networks, x), evaluations, 1)
-    if pass_one_shows(guide):
-        stop = min(steps, max(entry + 1, math.ceil(steps * settings.first_pass_stop - 1e-9)))
-        x, x0, evaluations = run_pass(
-            networks, schedule, settings, cond, state, _generator(seed), "first", shape=shape, stop=stop
-        )
-        direct = decode(networks, x if stop == steps else x0)
-        passes = 1
-    else:
-        # Pass 1's result would only land where the target is masked out: it is not computed.
-        direct = torch.zeros_like(guide.anchor_output)
-    pixel = pixel_guide(networks, settings, guide, direct)
-    x, _, second = run_pass(
-        networks, schedule, settings, cond, state, _generator(seed if seed_second is None else seed_second),
-        "second", shape=shape, pixel=pixel, update_previous=update_previous,
+        end = finish("second", begin, generator, None)
+        return KeyframeResult(decode(networks, end.x), end.evaluations, 1)
+    if not composite_uses_direct(guide):
+        direct = torch.zeros_like(guide.anchor_output)  # multiplied by 0 everywhere in the composite
+        end = finish("second", begin, generator, pixel_guide(networks, settings, guide, direct))
+        return KeyframeResult(decode(networks, end.x), end.evaluations, 1)
+    branch = pixel_steps[0]
+    shared = run_steps(
+        networks, schedule, settings, cond, state, generator, "second", begin, branch,
+        shape=shape, update_previous=update_previous,
     )  # fmt: skip
-    return KeyframeResult(decode(networks, x), evaluations + second, passes + 1)
+    if settings.direct_image == "pass1":
+        first = finish("first", shared, _branch(generator), None)
+        direct = decode(networks, first.x)
+        spent = first.evaluations  # includes the shared prefix
+    else:
+        direct = decode(networks, shared.x0)
+        spent = shared.evaluations
+    second = finish(
+        "second", replace(shared, evaluations=0), generator, pixel_guide(networks, settings, guide, direct)
+    )
+    return KeyframeResult(decode(networks, second.x), spent + second.evaluations, 2, direct)
