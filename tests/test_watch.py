@@ -340,26 +340,33 @@ def test_with_a_pickle_preset_a_sidecar_can_not_choose_the_checkpoint(tmp_path):
     assert error is not None and "allows pickle checkpoints" in error
 
 
-def test_relative_paths_are_relative_to_the_toml_file(tmp_path):
+def test_relative_paths_are_relative_to_the_preset_and_in_a_sidecar_to_the_model_dirs(tmp_path):
     (tmp_path / "stylized").mkdir()
     _touch(tmp_path / "raft.pth")
-    source = _settings(tmp_path, 'renderer = "frames"\nkeyframes-dir = "stylized"\nflow = "raft:raft.pth"\n')
+    lora = _touch(tmp_path / "models" / "looks" / "style.safetensors")
+    source = _settings(
+        tmp_path,
+        'renderer = "frames"\nkeyframes-dir = "stylized"\nflow = "raft:raft.pth"\nmodel-dirs = ["models"]\n',
+    )
     clip = _touch(tmp_path / "in" / "a.mov")
     values = source.for_clip(clip).values
     assert values["keyframes_dir"] == str(tmp_path / "stylized")
     assert values["flow"] == f"raft:{tmp_path / 'raft.pth'}"
-    lora = _touch(tmp_path / "in" / "looks" / "style.safetensors")
-    _touch(clip.with_name("a.mov.toml"), b'lora = ["looks/style.safetensors:0.8"]\n')  # next to the sidecar
+    assert "model_dirs" not in values and source.model_dirs == (str(tmp_path / "models"),)
+    _touch(clip.with_name("a.mov.toml"), b'lora = ["looks/style.safetensors:0.8"]\n')  # in a model folder
     settings = source.for_clip(clip)
     assert settings.error is None and settings.values["lora"] == [f"{lora}:0.8"]
 
 
-def test_a_sidecar_may_pick_local_checkpoints(tmp_path):
-    source = _settings(tmp_path, None)
+def test_a_sidecar_may_pick_checkpoints_inside_the_model_dirs_only(tmp_path):
+    lora = _touch(tmp_path / "models" / "style.safetensors")
+    source = _settings(tmp_path, 'model-dirs = ["models"]\n')
     clip = _touch(tmp_path / "in" / "a.mov")
-    lora = _touch(tmp_path / "in" / "style.safetensors")
     _touch(clip.with_name("a.mov.toml"), f'lora = ["{lora}:0.8"]\nflow = "dis:fast"\n'.encode())
     assert source.for_clip(clip).error is None
+    here = _touch(tmp_path / "in" / "style.safetensors")  # dropped next to the clip: not a model folder
+    _touch(clip.with_name("a.mov.toml"), f'lora = ["{here}:0.8"]\n'.encode())
+    assert "inside the preset's model-dirs" in (source.for_clip(clip).error or "")
 
 
 def test_a_bad_sidecar_value_fails_its_clip_with_the_run_commands_message(tmp_path):
@@ -369,7 +376,8 @@ def test_a_bad_sidecar_value_fails_its_clip_with_the_run_commands_message(tmp_pa
     settings = source.for_clip(clip)
     with pytest.raises(UsageError) as info:
         source.options(settings, ["-i", str(clip), "-o", str(tmp_path / "o.mov")])
-    assert str(info.value) == _run_message(["-i", str(clip), "-o", "o.mov", "--crf=99"])
+    expected = _run_message(["-i", str(clip), "-o", "o.mov", "--crf=99"])
+    assert str(info.value) == f"the sidecar {clip}.toml: {expected}"
     for text, expected in [
         (b"no-audio = 3\n", "expected true or false"),
         (b"crf = [1, 2]\n", "expected one value"),

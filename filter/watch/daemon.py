@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from ..errors import RerenderError
+from ..errors import InputError, RerenderError
+from .inbox_files import OpenedClip, open_clip
 from .ledger import Ledger, Row
 from .lock import ClipLocks, Owner
 from .marks import FinishMarks
@@ -64,7 +65,12 @@ class _Running:
     rel: str
     thread: threading.Thread
     cancel: threading.Event
+    input_path: str  # what the job reads the clip as (its descriptor's path), named back as the clip
     log: list[str] = field(default_factory=list)
+
+    def clip_words(self, text: str) -> str:
+        """`text` (a message of the job) with the clip's descriptor path replaced by the clip's name."""
+        return text.replace(self.input_path, self.rel) if self.input_path != self.rel else text
 
 
 class _ThreadLog(logging.Handler):
@@ -91,7 +97,7 @@ class Watcher:
         self.ledger = Ledger(self.layout.ledger_path)
         self.locks = ClipLocks(options.inbox, self.owner, stale_after=options.stale_lock)
         self.marks = FinishMarks(self.locks)
-        self.settings = SettingsSource(options.preset, api.build_parser, api.parse)
+        self.settings = SettingsSource(options.preset, api.build_parser, api.parse, inbox=options.inbox)
         self.tracker = StabilityTracker(options.stable)
         self.wake = Waker()
         self._stop_reason: str | None = None  # set by signal handlers: a plain assignment is signal-safe
@@ -145,12 +151,11 @@ class Watcher:
                         break
                     try:
                         waiting += self._consider(clip)
-                    except (
-                        OSError,
-                        sqlite3.Error,
-                        RerenderError,
-                    ) as exc:  # e.g. the share went away mid-step
+                    except (OSError, sqlite3.Error, RerenderError) as exc:  # e.g. the share went away
                         self.reporter.emit({"event": "warning", "message": f"{clip.rel}: {exc}"})
+                    except Exception as exc:  # noqa: BLE001 - one clip's bug must not stop the others
+                        message = f"{clip.rel}: {type(exc).__name__}: {exc}"
+                        self.reporter.emit({"event": "warning", "message": " ".join(message.split())})
                 if self.options.once:
                     busy = bool(self._running)
                     if not busy and not waiting and not self.tracker.unsettled(result.clips):
@@ -212,11 +217,39 @@ class Watcher:
             if row.state != "queued" or not self._unchanged(clip):
                 self.locks.release(clip.rel)
                 return 0
+            # Refused before any job starts: a bad sidecar, or a drop that is not a regular file in INBOX.
+            if settings.error is not None:
+                self._refuse(row, clip.rel, settings.error)
+                return 0
+            try:
+                opened = open_clip(self.options.inbox, clip.rel)
+            except FileNotFoundError:
+                self.locks.release(clip.rel)
+                return 0
+            except InputError as exc:
+                self._refuse(row, clip.rel, str(exc))
+                return 0
+            if (opened.size, opened.mtime_ns) != (clip.size, clip.mtime_ns):
+                opened.close()  # replaced since the scan: judged again when it is stable
+                self.locks.release(clip.rel)
+                return 0
         except BaseException:
             self.locks.release(clip.rel)
             raise
-        self._start(clip, row, settings)
+        try:
+            self._start(clip, row, settings, opened)
+        except BaseException:
+            opened.close()
+            self.locks.release(clip.rel)
+            raise
         return 0
+
+    def _refuse(self, row: Row, rel: str, reason: str) -> None:
+        """Fail a clip before its job starts (the caller holds its lock, which this releases)."""
+        try:
+            self._fail(row, rel, reason, None, log=f"clip {rel}: refused before rendering")
+        finally:
+            self.locks.release(rel)
 
     def _finished_elsewhere(self, row: Row) -> bool:
         """True (and the ledger updated) if a daemon writing to another OUTBOX already took this clip."""
@@ -246,16 +279,16 @@ class Watcher:
 
     def _unchanged(self, clip: SeenClip) -> bool:
         try:
-            st = os.stat(self.layout.source(clip.rel))
+            st = os.lstat(self.layout.source(clip.rel))  # the scan's signature of a link is the link's
         except OSError:
             return False
         return (st.st_size, st.st_mtime_ns) == (clip.size, clip.mtime_ns)
 
-    def _start(self, clip: SeenClip, row: Row, settings: ClipSettings) -> None:
+    def _start(self, clip: SeenClip, row: Row, settings: ClipSettings, opened: OpenedClip) -> None:
         cancel = threading.Event()
-        job = _Running(clip.rel, threading.Thread(target=lambda: None), cancel)
+        job = _Running(clip.rel, threading.Thread(target=lambda: None), cancel, opened.job_path)
         job.thread = threading.Thread(
-            target=self._work, args=(clip, row, settings, job), name=f"job-{row.id}", daemon=True
+            target=self._work, args=(clip, row, settings, job, opened), name=f"job-{row.id}", daemon=True
         )
         with self._mutex:
             self._running[clip.rel] = job
@@ -271,7 +304,9 @@ class Watcher:
 
     # -- one job ---------------------------------------------------------------------------------------------
 
-    def _work(self, clip: SeenClip, row: Row, settings: ClipSettings, job: _Running) -> None:
+    def _work(
+        self, clip: SeenClip, row: Row, settings: ClipSettings, job: _Running, opened: OpenedClip
+    ) -> None:
         rel = clip.rel
         layout = self.layout
         handler = _ThreadLog(threading.get_ident(), job.log)
@@ -292,7 +327,7 @@ class Watcher:
                 f"clip {rel} ({clip.size} bytes), attempt {row.attempts}, settings {row.settings_hash}"
             )
             try:
-                options = self.settings.options(settings, ["-i", str(layout.source(rel)), "-o", str(staged)])
+                options = self.settings.options(settings, ["-i", opened.job_path, "-o", str(staged)])
                 result = self.api.run(
                     options,
                     on_event=lambda event: self._job_event(rel, job, event),
@@ -305,11 +340,11 @@ class Watcher:
                 self.reporter.emit({"event": "abandoned", "clip": rel, "reason": "stopped by a signal"})
                 return
             except RerenderError as exc:
-                self._fail(row, rel, str(exc), job)
+                self._fail(row, rel, job.clip_words(str(exc)), job)
                 return
             except Exception as exc:  # a bug in one clip's job must not stop the daemon
                 job.log.append(traceback.format_exc())
-                self._fail(row, rel, f"internal error: {type(exc).__name__}: {exc}", job)
+                self._fail(row, rel, job.clip_words(f"internal error: {type(exc).__name__}: {exc}"), job)
                 return
             frames = _frames_of(result)
             if not staged.is_file() or staged.stat().st_size == 0:
@@ -346,6 +381,7 @@ class Watcher:
             job.log.append(traceback.format_exc())
             self.reporter.emit({"event": "warning", "message": f"{rel}: {type(exc).__name__}: {exc}"})
         finally:
+            opened.close()
             logging.getLogger().removeHandler(handler)
             self.locks.release(rel)
             self.wake.set()
@@ -358,6 +394,8 @@ class Watcher:
             if kind == "start":
                 self.reporter.emit({**event, "event": "job-start", "clip": rel})
             return
+        if isinstance(event.get("message"), str):
+            event = {**event, "message": job.clip_words(event["message"])}
         if kind in ("error", "warning"):
             job.log.append(f"job {kind}: {event.get('message')}")
         self.reporter.emit({**event, "clip": rel})
@@ -386,10 +424,10 @@ class Watcher:
         self.layout.remove_staging(row.id)
         return final
 
-    def _fail(self, row: Row, rel: str, reason: str, job: _Running | None) -> None:
+    def _fail(self, row: Row, rel: str, reason: str, job: _Running | None, log: str = "") -> None:
         reason = " ".join(reason.split())  # one line, whatever the exception said
         self.layout.remove_staging(row.id)
-        log = "\n".join(job.log) if job is not None else ""
+        log = "\n".join(job.log) if job is not None else log
         report = self.layout.write_report(rel, row.id, f"{reason}\n\n--- log ---\n{log}\n")
         self.ledger.failed(row.id, reason)
         self._mark(row, "failed", None, reason)

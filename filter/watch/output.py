@@ -57,13 +57,13 @@ def _link_no_clobber(src: Path, dst: Path) -> None:
     """Put `src` at `dst`, failing with FileExistsError if `dst` exists. A hard link does that atomically;
     on file systems without hard links (SMB, exFAT) fall back to an exists check plus rename."""
     try:
-        os.link(src, dst)
+        os.link(src, dst, follow_symlinks=False)  # a dropped link is moved as the link, never its target
     except FileExistsError:
         raise
     except OSError as exc:
         if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV, errno.EMLINK):
             raise
-        if dst.exists():
+        if os.path.lexists(dst):
             raise FileExistsError(errno.EEXIST, "exists", str(dst)) from None
         os.rename(src, dst)
         return
@@ -177,7 +177,7 @@ class Layout:
             except FileNotFoundError:
                 return None
             sidecar = src.with_name(src.name + ".toml")
-            if sidecar.exists():
+            if os.path.lexists(sidecar):
                 with contextlib.suppress(OSError):
                     os.replace(sidecar, candidate.with_name(candidate.name + ".toml"))
             return candidate

@@ -74,7 +74,8 @@ class ScanResult:
 
 
 def scan_inbox(inbox: Path) -> ScanResult:
-    """Every clip below `inbox`, skipping hidden folders, the reserved top-level folders and symlinked folders.
+    """Every clip below `inbox`, skipping hidden folders, the reserved top-level folders and symlinked folders
+    (symlinked clips are listed, by the link's own size and time, for the daemon to refuse).
 
     Errors are collected, never raised: a share that is briefly unavailable must not stop the daemon
     (watchdog#1065 is exactly that failure)."""
@@ -98,12 +99,17 @@ def scan_inbox(inbox: Path) -> ScanResult:
                         continue
                     stack.append((entry.path, rel + "/"))
                     continue
-                if not is_clip_name(entry.name) or not entry.is_file():
+                # A symbolic link with a clip's name is seen (by the link's own size and time) so that the
+                # daemon can refuse it with a reason; it is never followed. FIFOs, sockets and devices are
+                # left alone.
+                if not is_clip_name(entry.name):
                     continue
-                st = entry.stat()
+                if not (entry.is_symlink() or entry.is_file(follow_symlinks=False)):
+                    continue
+                st = entry.stat(follow_symlinks=False)
                 sidecar = None
                 if entry.name + SIDECAR_SUFFIX in names:
-                    sst = os.stat(os.path.join(folder, entry.name + SIDECAR_SUFFIX))
+                    sst = os.lstat(os.path.join(folder, entry.name + SIDECAR_SUFFIX))
                     sidecar = (sst.st_size, sst.st_mtime_ns)
             except OSError as exc:
                 # Deleted between listing and stat, or a share hiccup: this file is simply not seen this time.
