@@ -21,8 +21,18 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+def _version() -> str:
+    """The installed package's version (its metadata), or a sentence saying it is not installed."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"rerender {version('rerender')}"
+    except PackageNotFoundError:
+        return "rerender (version unknown: the package is not installed; run `pip install -e .`)"
+
+
 def _usage() -> str:
-    lines = ["usage: rerender <command> [options]", "", "commands:"]
+    lines = ["usage: rerender [--version] <command> [options]", "", "commands:"]
     lines += [f"  {name:<8} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run `rerender <command> --help` for the options of a command."]
     return "\n".join(lines)
@@ -35,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help"):
         print(_usage())
         return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(_version())
+        return 0
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
         print(

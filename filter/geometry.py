@@ -24,6 +24,9 @@ import numpy as np
 from .errors import UsageError
 
 Fit = Literal["pad", "crop"]
+# The largest processing short side (`--size`): 2048 is 7.5 megapixels at 16:9, 28 times the area of the
+# 512x512 SD1.5 is made for; every buffer of the synthesizer and the sampler grows with the area.
+MAX_SHORT_SIDE = 2048
 
 
 def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
@@ -50,14 +53,25 @@ class ProcessingGeometry:
 
     @classmethod
     def for_input(
-        cls, height: int, width: int, short_side: int = 512, fit: Fit = "pad", multiple: int = 64
+        cls,
+        height: int,
+        width: int,
+        short_side: int = 512,
+        fit: Fit = "pad",
+        multiple: int = 64,
+        upscale: bool = True,
     ) -> ProcessingGeometry:
+        """The geometry that scales the input's short side to `short_side` (aspect kept), then pads or crops
+        the sides to multiples of `multiple`. `upscale=False` never scales up: an input whose short side is
+        below `short_side` keeps its own size (only padded or cropped to the multiples)."""
         if height < 1 or width < 1:
             raise UsageError(f"a frame must have a positive size; got {width}x{height}")
-        if short_side < multiple or short_side % multiple:
+        if not 1 <= short_side <= MAX_SHORT_SIDE:
             raise UsageError(
-                f"--size must be a multiple of {multiple} and at least {multiple} (e.g. 512); got {short_side}"
+                f"the processing size (--size) must be between 64 and {MAX_SHORT_SIDE}; got {short_side}"
             )
+        if not upscale:
+            short_side = min(short_side, min(height, width))
         scale = short_side / min(height, width)
         sh = max(1, round(height * scale))
         sw = max(1, round(width * scale))
@@ -75,6 +89,11 @@ class ProcessingGeometry:
     def identity(cls, height: int, width: int) -> ProcessingGeometry:
         """Propagation at the output size (`--propagate-at output`)."""
         return cls((height, width), (height, width), (height, width), (0, 0))
+
+    @property
+    def short_side(self) -> int:
+        """The short side of the scaled input (what `for_input` was given, after `upscale=False` capped it)."""
+        return min(self.scaled)
 
     @property
     def is_identity(self) -> bool:

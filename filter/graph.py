@@ -66,10 +66,51 @@ class FilterOptions:
     # Propagate each gap in a background thread while the next frames are decoded and the next keyframe
     # is rendered (a diffusion keyframe then costs no propagation time); at most two gaps in flight.
     overlap: bool = True
+    # False: an input whose short side is below `size` is processed at its own size (padded or cropped to
+    # multiples of 64), never scaled up; `rerender run` sets it only when --size is given.
+    upscale: bool = True
 
     def __post_init__(self) -> None:
         if self.propagate_at not in ("processing", "output"):
             raise ValueError(f"--propagate-at must be processing or output; got {self.propagate_at!r}")
+
+
+# Seconds between `on_progress` calls while the pushing thread waits for a gap (back-pressure, flush).
+PROGRESS_TICK = 0.5
+
+
+@dataclass(frozen=True)
+class GapProgress:
+    """The gap propagating now: frames `first`..`last`, `steps` synthesis steps in all (one per frame per
+    chain), `done` of them finished, `seconds` since it started."""
+
+    first: int
+    last: int
+    steps: int
+    done: int
+    seconds: float
+
+    @property
+    def frames(self) -> int:
+        return self.last - self.first + 1
+
+
+@dataclass(frozen=True)
+class WorkDone:
+    """The Filter's units of work so far (`Filter.work()`), with the seconds each kind took: what progress
+    reports count and what the ETA is estimated from (progress.py)."""
+
+    frames_in: int  # frames pushed (converted, flow estimated, scheduled)
+    keyframes: int  # keyframes rendered
+    render_seconds: float
+    rendering: int | None  # the frame index of the keyframe being rendered now
+    synthesized: int  # synthesis steps finished, all chains and gaps (the gap now running included)
+    propagated: int  # in-between frames of finished gaps (synthesized from both sides and blended)
+    propagated_steps: int  # the synthesis steps those gaps took
+    propagation_seconds: float  # wall time of the finished gaps
+    gaps: int  # finished gaps
+    gap: GapProgress | None
+    wait_seconds: float  # the pushing thread's time waiting for gaps (back-pressure), not work of its own
 
 
 @dataclass
@@ -101,7 +142,10 @@ class Filter:
         on_warning: Callable[[str], None] | None = None,
         keyframe_cache: Path | None = None,
         check_cancel: Callable[[], None] | None = None,
+        on_progress: Callable[[], None] | None = None,
     ):
+        """`on_progress()` is called on the pushing thread when a keyframe starts rendering and every
+        PROGRESS_TICK seconds while that thread waits for a gap, so a caller can report `work()` then."""
         self.renderer = renderer
         self.options = options
         self._flow = flow if flow is not None else make_flow_estimator(options.flow)
@@ -135,6 +179,18 @@ class Filter:
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="rerender-gap") if options.overlap else None
         self._abort = threading.Event()
         self._flushed = False
+        self._on_progress = on_progress or (lambda: None)
+        self._work_lock = threading.Lock()
+        self._rendering: int | None = None
+        self._synthesized = 0
+        self._propagated = 0
+        self._propagated_steps = 0
+        self._propagation_seconds = 0.0
+        self._gaps = 0
+        self._gap: tuple[int, int, int, float, dict[int, int]] | None = (
+            None  # first, last, steps, start, calls
+        )
+        self._wait_seconds = 0.0
 
     # -- public API ---------------------------------------------------------------------------------
 
@@ -180,11 +236,13 @@ class Filter:
     def pull(self) -> Frame:
         return self.pull_pair()[1]
 
-    def pull_pair(self) -> tuple[Frame, Frame]:
+    def pull_pair(self, timeout: float | None = None) -> tuple[Frame, Frame]:
         """(input frame, output frame); the output has the input's index, pts, size and bit depth.
 
         After the flush, `pull` waits for a gap still propagating instead of raising BlockingIOError, so
-        that draining until EOFError is enough. An error raised while propagating is raised here."""
+        that draining until EOFError is enough; with `timeout` it waits at most that long, then raises
+        BlockingIOError (a caller that reports progress meanwhile). An error raised while propagating is
+        raised here."""
         while not self._current:
             if not self._outbox:
                 if self._flushed:
@@ -194,6 +252,8 @@ class Filter:
             if isinstance(head, Future):
                 if not head.done() and not self._flushed:
                     raise BlockingIOError("the frames before the last keyframe are still propagating")
+                if timeout is not None and not wait([head], timeout).done:
+                    raise BlockingIOError("the last gap is still propagating")
                 items = head.result()
             else:
                 items = head
@@ -207,6 +267,30 @@ class Filter:
         if self._worker is not None:
             self._worker.shutdown(wait=False, cancel_futures=True)
 
+    def work(self) -> WorkDone:
+        """A snapshot of the work done so far (any thread may call it)."""
+        now = time.perf_counter()
+        with self._work_lock:
+            gap = None
+            running = 0
+            if self._gap is not None:
+                first, last, steps, started, calls = self._gap
+                running = min(steps - 1, sum(max(0, c - 1) for c in calls.values()))
+                gap = GapProgress(first, last, steps, running, now - started)
+            return WorkDone(
+                frames_in=self.frames_in,
+                keyframes=self.keyframe_count,
+                render_seconds=self.timings.seconds.get("render", 0.0),
+                rendering=self._rendering,
+                synthesized=self._synthesized + running,
+                propagated=self._propagated,
+                propagated_steps=self._propagated_steps,
+                propagation_seconds=self._propagation_seconds,
+                gaps=self._gaps,
+                gap=gap,
+                wait_seconds=self._wait_seconds,
+            )
+
     @property
     def processing_size(self) -> tuple[int, int] | None:
         """(height, width) keyframes are rendered at, known after the first frame."""
@@ -217,7 +301,7 @@ class Filter:
     def _setup(self, frame: Frame) -> None:
         h, w = frame.image.shape[:2]
         o = self.options
-        self._processing = ProcessingGeometry.for_input(h, w, o.size, o.fit)
+        self._processing = ProcessingGeometry.for_input(h, w, o.size, o.fit, upscale=o.upscale)
         self._space = (
             self._processing if o.propagate_at == "processing" else ProcessingGeometry.identity(h, w)
         )
@@ -335,6 +419,8 @@ class Filter:
             anchor=None if anchor else self._anchor,
             previous=None if anchor or self._last_key is None else self._last_key.rendered,
         )
+        self._rendering = frame.index
+        self._on_progress()
         started = time.perf_counter()
         stylized = self._cached(frame.index, processing.canvas)
         if stylized is None:
@@ -349,7 +435,9 @@ class Filter:
         rendered = RenderedKeyframe(frame.index, source, stylized)
         if context.is_anchor:
             self._anchor = rendered
-        self.keyframe_count += 1
+        with self._work_lock:
+            self.keyframe_count += 1
+            self._rendering = None
         if self._on_keyframe is not None:
             self._on_keyframe(frame.index, source, stylized)
         side = KeySide(image, processing.resize_canvas_to(stylized, self._space))
@@ -365,20 +453,45 @@ class Filter:
             pairs.append(None)
         left_side = left.side if left is not None else None
         right_side = right.side if right is not None else None
+        steps = len(gap) * ((left is not None) + (right is not None))
 
         def work() -> list[tuple[Frame, Frame]]:
             started = time.perf_counter()
-            images = propagate_gap(
-                left_side,
-                right_side,
-                [entry.image for entry in gap],
-                pairs,
-                self.options.propagation,
-                self.timings,
-                self._check_stop,
-            )
+            calls: dict[int, int] = {}
+
+            def check_step() -> None:
+                # propagate_gap calls its check before each synthesis step of each chain, so a chain's
+                # calls after its first count its finished steps (each chain runs on one thread).
+                self._check_stop()
+                with self._work_lock:
+                    ident = threading.get_ident()
+                    calls[ident] = calls.get(ident, 0) + 1
+
+            if gap:
+                with self._work_lock:
+                    self._gap = (gap[0].frame.index, gap[-1].frame.index, steps, started, calls)
+            try:
+                images = propagate_gap(
+                    left_side,
+                    right_side,
+                    [entry.image for entry in gap],
+                    pairs,
+                    self.options.propagation,
+                    self.timings,
+                    check_step,
+                )
+            finally:
+                seconds = time.perf_counter() - started
+                with self._work_lock:
+                    self._gap = None
             # Wall time of the gap (the chains run in two threads: "synthesis" and "guides" are per-thread sums).
-            self.timings.add("propagation_wall", time.perf_counter() - started)
+            self.timings.add("propagation_wall", seconds)
+            with self._work_lock:
+                self._synthesized += steps
+                self._propagated += len(gap)
+                self._propagated_steps += steps
+                self._propagation_seconds += seconds
+                self._gaps += 1
             return [self._output(entry.frame, image) for entry, image in zip(gap, images, strict=True)]
 
         if self._worker is None:
@@ -388,7 +501,11 @@ class Filter:
         # Back-pressure: one gap propagates while the next one is collected; a third waits (bounded memory).
         running = [item for item in self._outbox if isinstance(item, Future) and not item.done()]
         if len(running) > 1:
-            wait(running[:1])
+            started = time.perf_counter()
+            while not wait(running[:1], PROGRESS_TICK).done:
+                self._on_progress()
+            with self._work_lock:
+                self._wait_seconds += time.perf_counter() - started
 
     def _check_stop(self) -> None:
         if self._abort.is_set():

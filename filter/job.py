@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -27,23 +27,27 @@ import numpy as np
 
 from ..engines.flow import ESTIMATOR_MODULES, make_flow_estimator
 from ..native.params import SynthParams
+from . import option_ranges as ranges
 from .errors import InputError, RerenderError, UsageError
 from .frames import Frame
 from .geometry import ProcessingGeometry
-from .graph import Filter, FilterOptions
+from .graph import PROGRESS_TICK, Filter, FilterOptions
 from .io import SinkOptions, add_io_arguments, open_sink, open_source, sink_options_from_args
+from .io.paths import lavfi_folder_prefix, sweep_lavfi_folders
+from .progress import WorkState, estimate_eta
 from .propagation import PropagationOptions
 from .renderers import diffusion_options
 from .renderers.base import KeyframeRenderer
 from .renderers.classic import CLASSIC_STYLES, ClassicOptions, ClassicRenderer
 from .renderers.diffusion_options import DiffusionOptions
 from .renderers.frames import FramesRenderer
-from .schedule import ScheduleOptions
+from .schedule import ScheduleOptions, keyframes_after
 
 Stage = Literal["first-keyframe", "keyframes", "full"]
 RendererName = Literal["classic", "frames", "diffusion"]
 ProgressMode = Literal["bar", "json", "none"]
 LAVFI_PREFIX = "lavfi:"
+DEFAULT_SIZE = 512  # the processing short side when --size is not given (and the input is at least this)
 
 
 class Cancelled(RerenderError):
@@ -66,6 +70,16 @@ class RunOptions:
     keyframes_first_index: int = 0
     diffusion: DiffusionOptions | None = None
     progress: ProgressMode = "bar"
+
+
+@dataclass
+class _WorkCounters:
+    """The job's own progress counters (seconds of the pushing thread, the last keyframe's index)."""
+
+    read_seconds: float = 0.0
+    write_seconds: float = 0.0
+    last_key: int | None = None
+    reported: float = float("-inf")
 
 
 @dataclass(frozen=True)
@@ -106,61 +120,136 @@ def build_run_parser() -> argparse.ArgumentParser:
     add_io_arguments(p)
     g = p.add_argument_group("keyframes and propagation")
     g.add_argument(
-        "-K", "--keyframe-interval", type=int, default=10, metavar="K", help="frames between keyframes (10)"
+        "-K",
+        "--keyframe-interval",
+        type=ranges.int_range(1, ranges.MAX_KEYFRAME_INTERVAL),
+        default=10,
+        metavar="K",
+        help=f"frames between keyframes, 1 to {ranges.MAX_KEYFRAME_INTERVAL} (default: %(default)s)",
     )
     g.add_argument(
         "--keyframes",
         choices=["uniform", "adaptive"],
         default="uniform",
-        help="uniform: every K frames; adaptive: more where motion/occlusion is large, about one per K on average",
+        help="uniform: every K frames; adaptive: more where motion/occlusion is large, about one per K on "
+        "average (default: %(default)s)",
     )
     g.add_argument(
-        "--no-scene-cuts", action="store_true", help="do not detect scene cuts (a cut starts a new anchor)"
+        "--no-scene-cuts",
+        action="store_true",
+        help="do not detect scene cuts (a cut starts a new anchor; default: detect them)",
     )
     g.add_argument(
         "--renderer",
         choices=["classic", "frames", "diffusion"],
         default=None,
-        help="keyframe renderer; default: diffusion when --model is given, else classic",
+        help="keyframe renderer (default: diffusion when --model is given, else classic)",
     )
     g.add_argument(
-        "--keyframes-dir", type=Path, metavar="DIR", help="frames renderer: folder of stylized keyframes"
+        "--keyframes-dir",
+        type=Path,
+        metavar="DIR",
+        help="frames renderer: folder of stylized keyframes (no default; needed by --renderer frames)",
     )
     g.add_argument(
         "--keyframes-first-index",
-        type=int,
+        type=ranges.int_range(0, ranges.MAX_FRAME_INDEX),
         default=0,
         metavar="N",
-        help="frames renderer: the number in the first frame's file name (0; 1 for ffmpeg's %%04d)",
+        help="frames renderer: the number in the first frame's file name, 0 or more (default: %(default)s; "
+        "1 for ffmpeg's %%04d)",
     )
     g.add_argument(
-        "--classic-style", choices=CLASSIC_STYLES, default="stylization", help="classic renderer look"
-    )
-    g.add_argument("--classic-sigma-s", type=float, default=60.0, help="classic: spatial extent, 0..200 (60)")
-    g.add_argument("--classic-sigma-r", type=float, default=0.45, help="classic: colour extent, 0..1 (0.45)")
-    g.add_argument(
-        "--size", type=int, default=512, help="processing size: short side, a multiple of 64 (512)"
+        "--classic-style",
+        choices=CLASSIC_STYLES,
+        default="stylization",
+        help="classic renderer look (default: %(default)s)",
     )
     g.add_argument(
-        "--fit", choices=["pad", "crop"], default="pad", help="keep the aspect ratio by padding or cropping"
+        "--classic-sigma-s",
+        type=ranges.float_range(0, 200, low_open=True),
+        default=60.0,
+        metavar="PIXELS",
+        help="classic: spatial extent in pixels, (0, 200] (default: %(default)s)",
+    )
+    g.add_argument(
+        "--classic-sigma-r",
+        type=ranges.float_range(0, 1, low_open=True),
+        default=0.45,
+        metavar="R",
+        help="classic: colour extent as a fraction of the colour range, (0, 1] (default: %(default)s)",
+    )
+    g.add_argument(
+        "--size",
+        type=ranges.int_range(ranges.MIN_SHORT_SIDE, ranges.MAX_SHORT_SIDE, multiple=64),
+        default=None,
+        metavar="PIXELS",
+        help=f"processing size: the short side in pixels, a multiple of 64 from 64 to {ranges.MAX_SHORT_SIDE} "
+        f"(default: the input's own short side, at most {DEFAULT_SIZE}; an input is scaled up only when "
+        "--size is given)",
+    )
+    g.add_argument(
+        "--fit",
+        choices=["pad", "crop"],
+        default="pad",
+        help="keep the aspect ratio by padding or cropping to multiples of 64 (default: %(default)s)",
     )
     g.add_argument(
         "--propagate-at",
         choices=["processing", "output"],
         default="processing",
-        help="propagate at the processing size and resize (default) or at the output size",
+        help="propagate at the processing size and resize, or at the output size (default: %(default)s)",
     )
     g.add_argument(
-        "--flow", default="dis", help="optical flow: dis, dis:fast, dis:ultrafast, raft:WEIGHTS (dis)"
+        "--flow",
+        default="dis",
+        help="optical flow: dis, dis:fast, dis:ultrafast, raft:WEIGHTS (default: %(default)s)",
     )
     g.add_argument(
-        "--threads", type=int, default=None, help="threads per synthesis chain (default: all cores)"
+        "--threads",
+        type=ranges.int_range(1, ranges.max_threads()),
+        default=None,
+        metavar="N",
+        help=f"threads per synthesis chain, 1 to {ranges.max_threads()} (default: the cores split between "
+        "the two chains)",
     )
-    g.add_argument("--synth-backend", choices=["auto", "cpu", "cuda"], default="auto")
-    g.add_argument("--patch-size", type=int, default=5)
-    g.add_argument("--search-vote-iters", type=int, default=12)
-    g.add_argument("--patchmatch-iters", type=int, default=6)
-    g.add_argument("--pyramid-levels", type=int, default=None)
+    g.add_argument(
+        "--synth-backend",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="patch synthesizer: auto takes cuda when a GPU and the CUDA build are there, else cpu "
+        "(default: %(default)s)",
+    )
+    g.add_argument(
+        "--patch-size",
+        type=ranges.int_range(3, ranges.MAX_PATCH_SIZE, odd=True),
+        default=5,
+        metavar="PIXELS",
+        help=f"synthesis patch side in pixels, odd, 3 to {ranges.MAX_PATCH_SIZE} (default: %(default)s)",
+    )
+    g.add_argument(
+        "--search-vote-iters",
+        type=ranges.int_range(1, ranges.MAX_SEARCH_VOTE_ITERS),
+        default=12,
+        metavar="N",
+        help=f"search-and-vote iterations per pyramid level, 1 to {ranges.MAX_SEARCH_VOTE_ITERS} "
+        "(default: %(default)s)",
+    )
+    g.add_argument(
+        "--patchmatch-iters",
+        type=ranges.int_range(1, ranges.MAX_PATCHMATCH_ITERS),
+        default=6,
+        metavar="N",
+        help=f"PatchMatch iterations per search, 1 to {ranges.MAX_PATCHMATCH_ITERS} (default: %(default)s)",
+    )
+    g.add_argument(
+        "--pyramid-levels",
+        type=ranges.int_range(1, ranges.MAX_PYRAMID_LEVELS),
+        default=None,
+        metavar="N",
+        help=f"synthesis pyramid levels, 1 to {ranges.MAX_PYRAMID_LEVELS} (default: as many as the "
+        "processing size allows)",
+    )
     g.add_argument(
         "--poisson",
         action=argparse.BooleanOptionalAction,
@@ -177,10 +266,16 @@ def build_run_parser() -> argparse.ArgumentParser:
     diffusion_options.add_arguments(p)
     out = p.add_argument_group("progress")
     out.add_argument(
-        "--progress", choices=["bar", "json", "none"], default="bar", help="stderr progress format"
+        "--progress",
+        choices=["bar", "json", "none"],
+        default="bar",
+        help="stderr progress format; warnings are printed with every format (default: %(default)s)",
     )
     out.add_argument(
-        "-q", "--quiet", action="store_true", help="no progress output (same as --progress none)"
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress output (same as --progress none); warnings still go to stderr",
     )
     return p
 
@@ -207,24 +302,11 @@ def parse_run_options(argv: list[str]) -> RunOptions:
         raise UsageError("--renderer frames needs --keyframes-dir DIR, a folder of stylized keyframes")
     if renderer != "frames" and args.keyframes_dir is not None:
         raise UsageError("--keyframes-dir is used by the frames renderer only; add --renderer frames")
-    if args.keyframe_interval < 1:
-        raise UsageError(f"-K/--keyframe-interval must be at least 1; got {args.keyframe_interval}")
-    if args.size < 64 or args.size % 64:
-        raise UsageError(f"--size must be a multiple of 64 and at least 64 (e.g. 512); got {args.size}")
+    # The numeric flags' ranges are their argparse types (option_ranges.py), checked while parsing.
     if args.input != "-" and args.input == args.output:
         raise UsageError("-o must differ from -i: the input would be overwritten while it is read")
     if args.input.startswith(LAVFI_PREFIX):
         _lavfi_graph(args.input)
-    if args.keyframes_first_index < 0:
-        raise UsageError(f"--keyframes-first-index must be >= 0; got {args.keyframes_first_index}")
-    if args.patch_size < 3 or args.patch_size % 2 == 0:
-        raise UsageError(f"--patch-size must be an odd number >= 3; got {args.patch_size}")
-    if args.search_vote_iters < 1 or args.patchmatch_iters < 1:
-        raise UsageError("--search-vote-iters and --patchmatch-iters must be at least 1")
-    if args.threads is not None and args.threads < 1:
-        raise UsageError(f"--threads must be at least 1; got {args.threads}")
-    if args.pyramid_levels is not None and args.pyramid_levels < 1:
-        raise UsageError(f"--pyramid-levels must be at least 1; got {args.pyramid_levels}")
     try:
         classic = ClassicOptions(args.classic_style, args.classic_sigma_s, args.classic_sigma_r)
         synth = SynthParams(
@@ -245,11 +327,12 @@ def parse_run_options(argv: list[str]) -> RunOptions:
         raise UsageError(str(exc)) from None
     filter_options = FilterOptions(
         schedule=schedule,
-        size=args.size,
+        size=DEFAULT_SIZE if args.size is None else args.size,
         fit=args.fit,
         propagate_at=args.propagate_at,
         flow=_check_flow(args.flow),
         propagation=propagation,
+        upscale=args.size is not None,  # an explicit --size is honoured even above the input's size
     )
     return RunOptions(
         input=args.input,
@@ -326,15 +409,20 @@ class RendererCache:
 
 
 def make_renderer(
-    options: RunOptions, processing_size: tuple[int, int], renderers: RendererCache | None = None
+    options: RunOptions,
+    processing_size: tuple[int, int],
+    renderers: RendererCache | None = None,
+    short_side: int | None = None,
 ) -> KeyframeRenderer:
-    """The keyframe renderer the options name; `processing_size` is (height, width). With `renderers`, the
-    diffusion renderer's networks come from (and stay in) that cache."""
+    """The keyframe renderer the options name; `processing_size` is (height, width) and `short_side` the
+    input's short side scaled to it (`ProcessingGeometry.short_side`; default: the --size option). With
+    `renderers`, the diffusion renderer's networks come from (and stay in) that cache."""
     f = options.filter
     if options.renderer == "classic":
         return ClassicRenderer(options.classic)
     if options.renderer == "frames":
-        return FramesRenderer(options.keyframes_dir, options.keyframes_first_index, f.size, f.fit)
+        size = f.size if short_side is None else short_side
+        return FramesRenderer(options.keyframes_dir, options.keyframes_first_index, size, f.fit)
     if options.diffusion is None:
         raise UsageError(
             "the diffusion renderer needs --model PATH (a diffusers folder or .safetensors file)"
@@ -349,6 +437,26 @@ def make_renderer(
         key = module.model_key(options.diffusion, processing_size)
         model = renderers.get(key, lambda: module.load_model(options.diffusion, processing_size))
     return module.DiffusionRenderer.from_options(options.diffusion, processing_size, model)
+
+
+def processing_note(width: int, height: int, geometry: ProcessingGeometry, f: FilterOptions) -> str:
+    """One sentence: the processing size chosen for a width x height input, and why."""
+    canvas = f"{geometry.canvas[1]}x{geometry.canvas[0]}"
+    short = min(width, height)
+    rounding = "cropped" if f.fit == "crop" else "padded"
+    if geometry.short_side == short:
+        why = f"the input's own size {width}x{height}"
+        if geometry.canvas != (height, width):
+            why += f", {rounding} to multiples of 64"
+        if not f.upscale and short < f.size:
+            why += f"; below the default {f.size}, it is not scaled up (--size {f.size} would)"
+    elif geometry.short_side < short:
+        source = "--size" if f.upscale else f"the default size ({DEFAULT_SIZE}; --size changes it)"
+        why = f"the {width}x{height} input scaled down to a short side of {geometry.short_side} by {source}"
+    else:
+        why = f"the {width}x{height} input scaled up to a short side of {geometry.short_side} as --size asks"
+    where = "; propagation runs at the output size" if f.propagate_at == "output" else ""
+    return f"processing at {canvas}: {why}{where}"
 
 
 # -- lavfi test sources -------------------------------------------------------------------------------------
@@ -447,18 +555,19 @@ def run_job(
             source_path = options.input
             known_count = None
             if source_path.startswith(LAVFI_PREFIX):
-                folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="rerender-lavfi-")))
+                sweep_lavfi_folders()  # what killed runs left behind (their process is gone)
+                temp = tempfile.TemporaryDirectory(prefix=lavfi_folder_prefix())
+                folder = Path(stack.enter_context(temp))
                 lavfi_path, known_count = _materialize_lavfi(source_path, folder)
                 source_path = str(lavfi_path)
             src = stack.enter_context(open_source(source_path, format=options.input_format))
             info = src.info
             f = options.filter
-            canvas = ProcessingGeometry.for_input(info.height, info.width, f.size, f.fit).canvas
-            renderer = make_renderer(options, canvas, renderers)
+            geometry = ProcessingGeometry.for_input(info.height, info.width, f.size, f.fit, upscale=f.upscale)
+            canvas = geometry.canvas
+            renderer = make_renderer(options, canvas, renderers, geometry.short_side)
             if stage == "keyframes":
-                f = FilterOptions(
-                    f.schedule, f.size, f.fit, f.propagate_at, f.flow, f.propagation, propagate=False
-                )
+                f = replace(f, propagate=False)
             total = (info.frame_count or known_count) if stage != "first-keyframe" else 1
             emit(
                 {
@@ -469,6 +578,7 @@ def run_job(
                     "width": info.width,
                     "height": info.height,
                     "processing_size": [canvas[1], canvas[0]],
+                    "processing_note": processing_note(info.width, info.height, geometry, f),
                     "renderer": renderer.name,
                     "keyframe_interval": f.schedule.interval,
                     "keyframes": f.schedule.mode,
@@ -476,8 +586,58 @@ def run_job(
                 }
             )
 
+            clock = time.perf_counter
+            fixed = getattr(renderer, "keyframe_indices", None)
+            work = _WorkCounters()
+
+            def work_state() -> WorkState:
+                w = filt.work()
+                planned = total if stage == "full" else None  # the preview's stages skip frames
+                keys_total = synth_total = between = None
+                if planned is not None:
+                    keys_total = w.keyframes + keyframes_after(planned, f.schedule, work.last_key, fixed)
+                    between = max(0, planned - keys_total)
+                    one_sided = 0
+                    if fixed:
+                        inside = [i for i in fixed if i < planned]
+                        one_sided = min(inside, default=0) + planned - 1 - max(inside, default=planned - 1)
+                    synth_total = max(w.synthesized, 2 * between - min(between, one_sided))
+                return WorkState(
+                    total=planned,
+                    read=w.frames_in,
+                    read_seconds=work.read_seconds,
+                    keyframes=w.keyframes,
+                    keyframes_total=keys_total,
+                    render_seconds=w.render_seconds,
+                    rendering=w.rendering,
+                    synthesized=w.synthesized,
+                    synthesis_total=synth_total,
+                    propagated=w.propagated,
+                    propagated_total=between,
+                    propagation_seconds=w.propagation_seconds,
+                    gap=w.gap,
+                    written=done,
+                    write_seconds=work.write_seconds,
+                    overlap=f.overlap,
+                    mean_gap=w.propagated / w.gaps if w.gaps else max(0, f.schedule.interval - 1),
+                )
+
+            def report(event: dict, force: bool = True) -> None:
+                """Send `event` with the units of work, what runs now and the ETA (progress.py)."""
+                now = clock()
+                if not force and now - work.reported < PROGRESS_TICK:
+                    return
+                work.reported = now
+                state = work_state()
+                eta = estimate_eta(state)
+                event["eta"] = None if eta is None else round(max(0.0, eta), 1)
+                event["activity"] = state.activity()
+                event["work"] = state.to_json()
+                emit(event)
+
             def keyframe_done(index: int, source: np.ndarray, stylized: np.ndarray) -> None:
-                emit({"event": "keyframe", "index": index, "count": filt.keyframe_count})
+                work.last_key = index
+                report({"event": "keyframe", "index": index, "count": filt.keyframe_count})
                 if on_keyframe is not None:
                     on_keyframe(index, source, stylized)
 
@@ -488,57 +648,73 @@ def run_job(
                 on_warning=warn,
                 keyframe_cache=keyframe_cache,
                 check_cancel=check_cancel,
+                # A keyframe starts rendering (always reported), or the pushing thread waits for a gap.
+                on_progress=lambda: report({"event": "progress"}, force=filt.work().rendering is not None),
             )
             stack.callback(filt.close)
             sink = (
                 stack.enter_context(open_sink(options.output, src, options.sink)) if stage == "full" else None
             )
             done = 0
-            loop_started = time.perf_counter()
+            loop_started = clock()
 
-            def drain() -> None:
+            def drain(final: bool = False) -> None:
                 nonlocal done
                 while True:
                     try:
-                        source_frame, out = filt.pull_pair()
-                    except (BlockingIOError, EOFError):
+                        # At the flush: wait for the last gaps a tick at a time, reporting meanwhile.
+                        source_frame, out = filt.pull_pair(timeout=PROGRESS_TICK if final else None)
+                    except BlockingIOError:
+                        if not final:
+                            return
+                        report({"event": "progress"}, force=False)
+                        continue
+                    except EOFError:
                         return
+                    t = clock()
                     if sink is not None:
-                        t = time.perf_counter()
                         sink.write(out)
-                        timed("encode", time.perf_counter() - t)
+                        timed("encode", clock() - t)
                     if on_frame is not None:
                         on_frame(source_frame, out.image)
+                    work.write_seconds += clock() - t
                     done += 1
-                    elapsed = time.perf_counter() - loop_started
+                    elapsed = clock() - loop_started
                     fps = done / elapsed if elapsed > 0 else 0.0
-                    eta = (total - done) / fps if total is not None and fps > 0 else None
-                    emit(
+                    report(
                         {
                             "event": "frame",
                             "index": out.index,
                             "done": done,
                             "total": total,
                             "fps": round(fps, 3),
-                            "eta": None if eta is None else round(max(0.0, eta), 1),
                         }
                     )
 
             frames = src.frames()
             while True:
-                t = time.perf_counter()
+                t = clock()
                 frame = next(frames, None)
-                timed("decode", time.perf_counter() - t)
+                timed("decode", clock() - t)
                 if frame is None:
                     break
                 check_cancel()
+                before = filt.work()
                 filt.push(frame)
+                after = filt.work()
+                # The pushing thread's cost of reading a frame: decode and push, less keyframe renders and
+                # waits for gaps (units of their own).
+                spent = clock() - t
+                spent -= after.render_seconds - before.render_seconds
+                spent -= after.wait_seconds - before.wait_seconds
+                work.read_seconds += max(0.0, spent)
                 drain()
+                report({"event": "progress"}, force=False)
                 if stage == "first-keyframe" and filt.keyframe_count:
                     break
             if stage != "first-keyframe":
                 filt.push(None)
-                drain()
+                drain(final=True)
             if options.strict and src.dropped:
                 raise InputError(
                     f"{src.dropped} corrupt video packet(s) produced no frame; drop --strict to accept this"

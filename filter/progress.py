@@ -1,17 +1,138 @@
-"""Progress on stderr for `rerender run`: a tqdm bar, JSON lines for programs, or nothing.
+"""Progress for `rerender run`: units of work, the ETA estimated from them, and the stderr reporters.
+
+A job's work comes in four kinds of units, each with its own cost: frames read (decode, flow, schedule),
+keyframes rendered, synthesis steps (one per in-between frame per propagation chain; a gap's frames are
+released only when both chains and the blend are done) and frames written (resize back, encode).
+`WorkState` is what a job has done of each, with the seconds each kind took; `estimate_eta` measures the
+cost of one unit of each kind and multiplies it by the units left. The pushing thread reads frames,
+renders keyframes and writes; the gaps propagate on a thread of their own meanwhile (`FilterOptions.overlap`),
+so the two estimates are combined as a two-stage pipeline, not summed.
 
 Every reporter is a callable taking the job's events (`job.run_job`'s `on_event`) plus `close()`.
 `--progress json` prints each event as one JSON object per line, which is what NLE scripts and the
-watch-folder daemon read.
+watch-folder daemon read. Warnings are printed in every mode, `none` included: quiet silences progress,
+never the news that frames or streams were lost.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from typing import TextIO
 
 from tqdm import tqdm
+
+from .graph import GapProgress
+
+
+@dataclass(frozen=True)
+class WorkState:
+    """A job's units of work at one moment. Totals are None when the frame count is unknown (a pipe)."""
+
+    total: int | None  # frames in the video
+    read: int  # frames decoded and pushed into the filter
+    read_seconds: float  # the pushing thread's time for them (keyframe renders and waits excluded)
+    keyframes: int
+    keyframes_total: int | None  # planned: done + the schedule's expectation for the frames left
+    render_seconds: float
+    rendering: int | None  # index of the keyframe being rendered now
+    synthesized: int  # synthesis steps done (each in-between frame takes one per chain)
+    synthesis_total: int | None
+    propagated: int  # in-between frames of finished gaps
+    propagated_total: int | None  # in-between frames in the whole video (planned)
+    propagation_seconds: float  # wall time of the finished gaps
+    gap: GapProgress | None  # the gap propagating now
+    written: int
+    write_seconds: float
+    overlap: bool = True  # gaps propagate while the next frames are read (FilterOptions.overlap)
+    mean_gap: float = 9.0  # in-between frames per gap, for the last gap that nothing overlaps
+
+    @property
+    def units(self) -> tuple[int, int | None]:
+        """(units done, units in all) over the four kinds: what a progress bar shows."""
+        done = self.read + self.keyframes + self.synthesized + self.written
+        totals = (self.total, self.keyframes_total, self.synthesis_total, self.total)
+        if any(t is None for t in totals):
+            return done, None
+        return done, max(done, sum(totals))  # type: ignore[arg-type]
+
+    def activity(self) -> str:
+        """What runs now, e.g. "keyframe 3/4; propagating 12-20 (6/18 steps)"."""
+        parts = []
+        if self.rendering is not None:
+            parts.append(f"keyframe {self.keyframes + 1}/{_or_unknown(self.keyframes_total)}")
+        if self.gap is not None:
+            g = self.gap
+            parts.append(f"propagating {g.first}\u2013{g.last} ({g.done}/{g.steps} steps)")
+        if not parts:
+            if self.total is not None and self.read >= self.total:
+                parts.append("writing")
+            else:
+                parts.append("reading")
+        return "; ".join(parts)
+
+    def to_json(self) -> dict:
+        return {
+            "read": self.read,
+            "keyframes": self.keyframes,
+            "keyframes_total": self.keyframes_total,
+            "synthesized": self.synthesized,
+            "synthesis_total": self.synthesis_total,
+            "written": self.written,
+            "total": self.total,
+        }
+
+
+def _or_unknown(value: int | None) -> str:
+    return "?" if value is None else str(value)
+
+
+def _cost(seconds: float, units: int) -> float | None:
+    return seconds / units if units > 0 else None
+
+
+def estimate_eta(state: WorkState) -> float | None:
+    """Seconds left, or None while a kind of unit that still has work left has no measured cost yet.
+
+    Cost per unit: the seconds each kind took divided by its units done. Propagation is costed per
+    in-between frame from the finished gaps (or, during the first gap, from its finished steps). The
+    pushing thread's work left (reading, rendering, writing) and the propagation left overlap: the job
+    ends after the longer of the two, and after the pushing thread the last gap still propagates.
+    """
+    s = state
+    if s.total is None or s.keyframes_total is None or s.propagated_total is None:
+        return None
+    read_left = max(0, s.total - s.read)
+    keys_left = max(0, s.keyframes_total - s.keyframes)
+    write_left = max(0, s.total - s.written)
+    gap_share = 0.0
+    if s.gap is not None and s.gap.steps:
+        gap_share = s.gap.frames * s.gap.done / s.gap.steps
+    frames_left = max(0.0, s.propagated_total - s.propagated - gap_share)
+
+    read_cost = _cost(s.read_seconds, s.read)
+    render_cost = _cost(s.render_seconds, s.keyframes)
+    write_cost = _cost(s.write_seconds, s.written)
+    frame_cost = _cost(s.propagation_seconds, s.propagated)
+    if frame_cost is None and s.gap is not None and s.gap.done:
+        frame_cost = s.gap.seconds / gap_share
+    needed = [
+        (read_left, read_cost),
+        (keys_left, render_cost),
+        (write_left, write_cost),
+        (frames_left, frame_cost),
+    ]
+    if any(left > 0 and cost is None for left, cost in needed):
+        return None
+    main = (
+        read_left * (read_cost or 0.0) + keys_left * (render_cost or 0.0) + write_left * (write_cost or 0.0)
+    )
+    background = frames_left * (frame_cost or 0.0)
+    if not s.overlap:
+        return main + background
+    tail = min(background, s.mean_gap * (frame_cost or 0.0)) if read_left or keys_left else 0.0
+    return max(main + tail, background)
 
 
 class JsonProgress:
@@ -26,37 +147,56 @@ class JsonProgress:
         pass
 
 
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
 class BarProgress:
-    """frames done/total (when known), fps and ETA from tqdm; keyframes and warnings as notes above it."""
+    """A bar over the job's units of work (frames read, keyframes rendered, synthesis steps, frames written)
+    with what runs now, frames written and the ETA; the processing size and warnings as lines above it."""
+
+    BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {postfix}"
 
     def __init__(self, stream: TextIO | None = None):
         self.stream = stream or sys.stderr
         self._bar: tqdm | None = None
-        self._keyframes = 0
+
+    def _write(self, message: str) -> None:
+        if self._bar is not None:
+            self._bar.write(message, file=self.stream)
+        else:
+            print(message, file=self.stream, flush=True)
 
     def __call__(self, event: dict) -> None:
         kind = event.get("event")
         if kind == "start":
+            if event.get("processing_note"):
+                self._write(f"rerender run: {event['processing_note']}")
             self._bar = tqdm(
-                total=event.get("total"),
-                unit="frame",
+                total=None,
                 file=self.stream,
                 dynamic_ncols=True,
                 desc=f"rerender ({event.get('renderer')})",
+                bar_format=self.BAR_FORMAT,
+                unit="unit",
             )
-        elif kind == "keyframe":
-            self._keyframes = event.get("count", self._keyframes + 1)
-            if self._bar is not None:
-                self._bar.set_postfix(keyframes=self._keyframes, refresh=False)
-        elif kind == "frame":
-            if self._bar is not None:
-                self._bar.update(1)
+        elif kind in ("frame", "keyframe", "progress") and self._bar is not None and "work" in event:
+            work = event["work"]
+            done = sum(work.get(k) or 0 for k in ("read", "keyframes", "synthesized", "written"))
+            totals = [work.get(k) for k in ("total", "keyframes_total", "synthesis_total", "total")]
+            if all(t is not None for t in totals):
+                self._bar.total = max(done, sum(totals))
+            self._bar.n = done
+            written = f"{work.get('written')}/{_or_unknown(work.get('total'))} written"
+            eta = f"ETA {_clock(event.get('eta'))}" if work.get("total") is not None else "ETA ?"
+            self._bar.set_postfix_str(f"{event.get('activity', '')} | {written} | {eta}", refresh=False)
+            self._bar.refresh()
         elif kind == "warning":
-            message = f"rerender run: warning: {event.get('message')}"
-            if self._bar is not None:
-                self._bar.write(message, file=self.stream)
-            else:
-                print(message, file=self.stream)
+            self._write(f"rerender run: warning: {event.get('message')}")
         elif kind in ("done", "error"):
             self.close()
 
@@ -67,8 +207,14 @@ class BarProgress:
 
 
 class QuietProgress:
+    """No progress at all; warnings still go to stderr, one line each."""
+
+    def __init__(self, stream: TextIO | None = None):
+        self.stream = stream or sys.stderr
+
     def __call__(self, event: dict) -> None:
-        pass
+        if event.get("event") == "warning":
+            print(f"rerender run: warning: {event.get('message')}", file=self.stream, flush=True)
 
     def close(self) -> None:
         pass
@@ -80,5 +226,5 @@ def make_progress(mode: str, stream: TextIO | None = None) -> JsonProgress | Bar
     if mode == "bar":
         return BarProgress(stream)
     if mode == "none":
-        return QuietProgress()
+        return QuietProgress(stream)
     raise ValueError(f"progress mode must be bar, json or none; got {mode!r}")

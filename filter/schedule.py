@@ -207,3 +207,27 @@ class FixedSchedule:
 
     def is_keyframe(self, index: int) -> bool:
         return index in self.indices
+
+
+def keyframes_after(
+    total: int,
+    options: ScheduleOptions,
+    last_key: int | None,
+    fixed: frozenset[int] | None = None,
+) -> int:
+    """How many keyframes a stream of `total` frames still gets after the keyframe at index `last_key`
+    (None: before the first one), for progress reports: uniform K apart and always the last frame, about
+    one per K adaptive, the files' indices with a fixed schedule. Scene cuts are not foreseen (each one
+    found adds a keyframe or two)."""
+    last = total - 1
+    if fixed is not None:
+        start = -1 if last_key is None else last_key
+        return sum(1 for i in fixed if start < i <= last)
+    if last_key is None:
+        return 1 + keyframes_after(total, options, 0) if total > 0 else 0
+    if last_key >= last:
+        return 0
+    left = last - last_key
+    if options.mode == "uniform":
+        return left // options.interval + (1 if left % options.interval else 0)
+    return max(1, round(left / options.interval))

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import av
@@ -86,7 +87,7 @@ def test_lavfi_test_source_needs_no_video_of_ones_own(tmp_path):
     "args,message",
     [
         (["-i", "missing.mp4", "-o", "{out}"], "no such file"),
-        (["-i", "{clip}", "-o", "{out}", "-K", "0"], "at least 1"),
+        (["-i", "{clip}", "-o", "{out}", "-K", "0"], "-K/--keyframe-interval: expects a whole number from 1"),
         (["-i", "{clip}", "-o", "{out}", "--size", "100"], "multiple of 64"),
         (["-i", "{clip}", "-o", "{out}", "--renderer", "frames"], "--keyframes-dir"),
         (["-i", "{clip}", "-o", "{out}", "--flow", "dis:slowest"], "preset"),
@@ -122,7 +123,9 @@ def test_missing_model_is_a_usage_error_and_writes_nothing(tmp_path):
     )
     stderr = done.stderr.decode().strip()
     assert done.returncode == 2, stderr
-    assert "--model" in stderr and "does not exist" in stderr and len(stderr.splitlines()) == 1
+    *warnings, error = stderr.splitlines()  # -q silences progress, not warnings (one line each)
+    assert "--model" in error and "does not exist" in error and "Traceback" not in stderr
+    assert all(": warning: " in line for line in warnings)
     assert not out.exists() and not list(tmp_path.glob("*.tmp*"))
 
 
@@ -202,3 +205,141 @@ def test_keyframe_cache_is_written_and_reused(tmp_path):
         options, keyframe_cache=cache, on_frame=lambda frame, image: outputs.__setitem__(frame.index, image)
     )
     assert outputs[4].max() < 10 and outputs[0].mean() > 30
+
+
+# -- processing size, ranges, --help, --version, signals, quiet warnings ----------------------------------
+
+
+def start_event(stderr: bytes) -> dict:
+    return next(
+        json.loads(line) for line in stderr.decode().splitlines() if line.startswith('{"event":"start"')
+    )
+
+
+@pytest.mark.parametrize(
+    "size_args,processing,note",
+    [
+        ([], [64, 64], "the input's own size 64x48, padded to multiples of 64"),  # never above the input
+        (["--size", "128"], [192, 128], "scaled up to a short side of 128 as --size asks"),
+    ],
+)
+def test_processing_size_follows_the_input_unless_size_asks(tmp_path, size_args, processing, note):
+    clip = write_clip(tmp_path / "in.mkv", width=64, height=48, frames=3, audio=False)
+    fast = [a for a in FAST if a not in ("--size", "64")]
+    base = [*CLI, "-i", str(clip), "-o", str(tmp_path / "out.mkv"), "-K", "2", *fast, *size_args]
+    done = subprocess.run([*base, "--progress", "json"], capture_output=True, timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    start = start_event(done.stderr)
+    assert start["processing_size"] == processing and note in start["processing_note"]
+    # The bar prints the same sentence as one line of its own, before the bar.
+    done = subprocess.run([*base, "--progress", "bar"], capture_output=True, timeout=120)
+    lines = done.stderr.decode().splitlines()
+    assert done.returncode == 0 and f"rerender run: {start['processing_note']}" in lines
+
+
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--patchmatch-iters", "1e20"),
+        ("--patchmatch-iters", "51"),
+        ("--search-vote-iters", "101"),
+        ("--patch-size", "99999"),
+        ("--patch-size", "4"),
+        ("--threads", "100000"),
+        ("--threads", "0"),
+        ("--size", "65536"),
+        ("--size", "100"),
+        ("--keyframe-interval", "251"),
+        ("--pyramid-levels", "13"),
+        ("--keyframes-first-index", "-1"),
+        ("--classic-sigma-s", "nan"),
+        ("--classic-sigma-r", "inf"),
+    ],
+)
+def test_numeric_options_out_of_range_are_one_sentence_naming_the_flag(tmp_path, flag, value):
+    clip = write_clip(tmp_path / "in.mkv", width=64, height=48, frames=2, audio=False)
+    out = tmp_path / "out.mp4"
+    done = subprocess.run(
+        [*CLI, "-i", str(clip), "-o", str(out), "-q", f"{flag}={value}"], capture_output=True, timeout=60
+    )
+    stderr = done.stderr.decode().strip()
+    assert done.returncode == 2, stderr  # never a crash (139) or an internal error (1)
+    assert len(stderr.splitlines()) == 1 and flag in stderr and "expects" in stderr, stderr
+    assert not out.exists()
+
+
+def test_help_shows_every_default_and_version_prints_the_package_version():
+    from importlib.metadata import version
+
+    parser = build_run_parser()
+    ours = {"keyframes and propagation", "progress"}  # the io and diffusion groups document their own
+    for group in parser._action_groups:
+        if group.title not in ours:
+            continue
+        for action in group._group_actions:
+            if action.nargs == 0 or action.option_strings == ["--poisson"]:
+                continue  # on/off flags: off unless given
+            assert "default" in (action.help or ""), f"{action.option_strings} shows no default"
+    text = " ".join(subprocess.run([*CLI, "--help"], capture_output=True, timeout=60).stdout.decode().split())
+    assert "(default: 10)" in text and "(default: 5)" in text and "(default: stylization)" in text
+    done = subprocess.run([sys.executable, "-m", "rerender.filter.cli", "--version"], capture_output=True)
+    assert done.returncode == 0 and done.stdout.decode().split() == ["rerender", version("rerender")]
+
+
+@pytest.mark.parametrize("source", ["file", "lavfi"])
+def test_sigterm_exits_143_and_leaves_no_partial_output_or_temporary_folder(tmp_path, source):
+    import os
+    import signal
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    if source == "file":
+        clip = str(write_clip(tmp_path / "in.mkv", width=64, height=48, frames=150, audio=True))
+    else:
+        clip = "lavfi:testsrc2=size=64x48:rate=25:duration=6"
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    log = tmp_path / "stderr.txt"
+    with open(log, "wb") as stderr:  # a file, not a pipe: the JSON lines must never block the job
+        proc = subprocess.Popen(
+            [*CLI, "-i", clip, "-o", str(out_dir / "out.mp4"), "-K", "5", "--progress", "json", *FAST],
+            stderr=stderr,
+            env={**os.environ, "TMPDIR": str(temp)},
+        )
+    try:
+        # The encoder writes the (hidden, partial) output once its lookahead is full.
+        deadline = time.monotonic() + 90
+        while not list(out_dir.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None and list(out_dir.iterdir()), "the partial output should exist by now"
+        if source == "lavfi":
+            assert list(temp.iterdir()), "the lavfi source's temporary folder should exist while the job runs"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    rest = log.read_text()
+    assert code == 143, rest
+    assert "terminated" in rest and "Traceback" not in rest
+    assert list(out_dir.iterdir()) == [] and list(temp.iterdir()) == []
+
+
+def test_quiet_still_prints_the_frame_loss_warning(tmp_path):
+    from media import corrupt_clip
+
+    clip = corrupt_clip(tmp_path, frames=24, broken=3, audio=False)
+    out = tmp_path / "out.mkv"
+    for quiet in (["-q"], ["--progress", "none"]):
+        done = subprocess.run(
+            [*CLI, "-i", str(clip), "-o", str(out), *quiet, "-K", "6", *FAST],
+            capture_output=True,
+            timeout=120,
+        )
+        lines = done.stderr.decode().splitlines()
+        assert done.returncode == 0, lines
+        assert len(video_frames(out)[0]) == 21  # shorter: the 3 frames of the broken packets are lost
+        warnings = [line for line in lines if line.startswith("rerender run: warning: ")]
+        assert len(warnings) == 1 and "3 corrupt video packet(s)" in warnings[0], lines
+        assert lines == warnings  # nothing else: quiet silences progress only
