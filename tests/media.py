@@ -284,3 +284,82 @@ def sixteen_bit_clip(folder: Path, name: str = "sixteen_bit.mkv", **kwargs) -> P
     kwargs.setdefault("frames", 3)
     kwargs.setdefault("audio", False)
     return write_clip(Path(folder) / name, codec="ffv1", pix_fmt="yuv444p16le", bit_depth=16, **kwargs)
+
+
+def interlaced_clip(folder: Path, name: str = "interlaced.mkv", frames: int = 6) -> Path:
+    """H.264 coded interlaced (x264 with interlaced DCT and motion), top field first, tagged so in Matroska."""
+    path = Path(folder) / name
+    with av.open(str(path), "w") as out:
+        video = out.add_stream(
+            "libx264",
+            rate=25,
+            options={"flags": "+ildct+ilme", "x264-params": "tff=1", "preset": "ultrafast"},
+        )
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.codec_context.field_order = 2  # AV_FIELD_TT
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(texture(i, 64, 48), format="rgb24").reformat(format="yuv420p")
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    return path
+
+
+def extra_streams_clip(folder: Path, name: str = "extra_streams.mp4", frames: int = 6) -> Path:
+    """MP4 with the main H.264 video, a second (MPEG-4 part 2) video stream and a JPEG cover picture."""
+    path = Path(folder) / name
+    with av.open(str(path), "w") as out:
+        main = out.add_stream("libx264", rate=25, options={"preset": "ultrafast"})
+        main.width, main.height, main.pix_fmt = 64, 48, "yuv420p"
+        second = out.add_stream("mpeg4", rate=25)
+        second.width, second.height, second.pix_fmt = 32, 24, "yuv420p"
+        cover = out.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 32, 32, "yuvj420p"
+        cover.disposition = av.stream.Disposition.attached_pic
+        picture = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 200, np.uint8), format="rgb24")
+        picture = picture.reformat(format="yuvj420p")
+        picture.pts = 0
+        out.mux(cover.encode(picture) + cover.encode(None))
+        for i in range(frames):
+            for stream, (w, h) in ((main, (64, 48)), (second, (32, 24))):
+                frame = av.VideoFrame.from_ndarray(texture(i, w, h), format="rgb24").reformat(
+                    format="yuv420p"
+                )
+                frame.pts = i
+                out.mux(stream.encode(frame))
+        out.mux(main.encode(None) + second.encode(None))
+    return path
+
+
+def moov_at_end_clip(folder: Path, name: str = "moov_at_end.mp4", frames: int = 2) -> Path:
+    """An ordinary (not fast-start) MP4, large enough that its index at the end lies beyond what a reader
+    of a pipe can buffer: lossless noise at 320x240, about 140 kB a frame."""
+    path = Path(folder) / name
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=25, options={"qp": "0", "preset": "ultrafast"})
+        video.width, video.height, video.pix_fmt = 320, 240, "yuv420p"
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(
+                rng.integers(0, 256, (240, 320, 3), dtype=np.uint8), format="rgb24"
+            )
+            frame.pts = i
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    return path
+
+
+def edit_list_clip(folder: Path, name: str = "edit_list.mp4", frames: int = 12, cut: int = 3) -> Path:
+    """MP4 whose edit list starts `cut` frames into the coded video, as a trimmed copy (`ffmpeg -ss ... -c
+    copy`) has: those frames are decoded (later ones refer to them) but flagged to be discarded."""
+    path = Path(folder) / name
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=25, options={"bf": "0", "preset": "ultrafast"})
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        video.time_base = video.codec_context.time_base = Fraction(1, 25)
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(texture(i, 64, 48), format="rgb24").reformat(format="yuv420p")
+            frame.pts, frame.time_base = i - cut, Fraction(1, 25)
+            out.mux(video.encode(frame))
+        out.mux(video.encode(None))
+    return path

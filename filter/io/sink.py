@@ -7,14 +7,16 @@ byte for byte (no re-encode) and interleaved by time with the video packets.
 
 A file output is written under a temporary name in the same folder and renamed when complete; on an
 exception, or when fewer frames arrive than the Source delivered, the temporary file is removed, so a
-failed run never leaves a half-written output behind.
+failed run never leaves a half-written output behind. An existing FIFO or character device is written
+straight instead (paths.py says why), and the output location is checked when the Sink opens, before any
+frame is rendered.
 """
 
 from __future__ import annotations
 
 import os
-import secrets
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -25,7 +27,7 @@ import numpy as np
 
 from ..errors import RerenderError, UsageError
 from ..frames import Frame
-from . import adts, x264
+from . import adts, paths, x264
 from .formats import (
     DEFAULT_PIPE_FORMAT,
     DISPLAY_MATRIX_MUXERS,
@@ -35,6 +37,7 @@ from .formats import (
     default_codec,
     default_pix_fmt,
 )
+from .options import check_encoder_settings
 from .source import Source, _packet_time, _reason, _sws_colorspace
 
 
@@ -50,20 +53,39 @@ class SinkOptions:
     audio: bool = True  # False drops the audio streams (subtitles and data are still copied)
 
 
-def open_sink(path: str | os.PathLike, source: Source, options: SinkOptions | None = None) -> Sink:
-    """Open the output for `source`'s video; `-` is standard output."""
-    return Sink(path, source, options or SinkOptions())
+def open_sink(
+    path: str | os.PathLike,
+    source: Source,
+    options: SinkOptions | None = None,
+    *,
+    on_warning: Callable[[str], None] | None = None,
+) -> Sink:
+    """Open the output for `source`'s video; `-` is standard output.
+
+    `on_warning` receives each warning (a dropped stream); without it they go to stderr.
+    """
+    return Sink(path, source, options or SinkOptions(), on_warning=on_warning)
 
 
 class Sink:
-    def __init__(self, path: str | os.PathLike, source: Source, options: SinkOptions) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        source: Source,
+        options: SinkOptions,
+        *,
+        on_warning: Callable[[str], None] | None = None,
+    ) -> None:
         self.path = str(path)
         self.is_pipe = self.path == "-"
         self.options = options
         self._source = source
         self._info = source.info
+        self._on_warning = on_warning
         self.written = 0
         self.warnings: list[str] = []
+        # "pipe", "stream" (an existing FIFO or device, written straight) or "file" (temp-and-rename).
+        self.kind = paths.check_output(self.path, None if source.is_pipe else source.path)
         self._closed = False
         self._temp: Path | None = None
         self._last_video_time: float | None = None
@@ -97,25 +119,34 @@ class Sink:
             if sys.stdout is not None:
                 sys.stdout.flush()
             target = "pipe:1"
+        elif self.kind == "stream":
+            # A FIFO or a device: written in place and, like a pipe, not seekable.
+            fmt = fmt or guess_muxer(Path(self.path))
+            if fmt in FRAGMENTABLE_MP4_MUXERS:
+                container_options["movflags"] = FRAGMENTED_MP4_FLAGS
+            target = "file:" + os.path.abspath(self.path)
         else:
             final = Path(self.path)
-            folder = final.parent
-            if not folder.is_dir():
-                raise UsageError(f"output folder {folder} does not exist; create it or choose another path")
-            # Same folder (so the final rename is atomic) and same extension (so the muxer guess matches).
             if fmt is None:
-                fmt = _guess_muxer(final)
-            # A random hidden name rather than mkstemp: FFmpeg creates the file, so it gets the usual
-            # umask permissions instead of mkstemp's 0600.
-            self._temp = folder / f".{final.stem}.{secrets.token_hex(4)}.partial{final.suffix}"
-            target = str(self._temp)
+                fmt = guess_muxer(final)
+            paths.sweep_partials(final.parent)  # what killed runs left here (their process is gone)
+            # Same folder (so the final rename is atomic); a random hidden name rather than mkstemp:
+            # FFmpeg creates the file, so it gets the usual umask permissions instead of mkstemp's 0600.
+            self._temp = paths.temp_name(final)
+            target = "file:" + str(self._temp.absolute())
         tb = self._info.time_base
         if fmt in MOV_MUXERS and tb.numerator == 1:
             # The MOV muxer otherwise doubles a coarse time base until it reaches 10000 (1/25 -> 1/12800);
             # the times would survive but not the input's time_base and pts ticks.
             container_options["video_track_timescale"] = str(tb.denominator)
         try:
-            return av.open(target, "w", format=fmt, container_options=container_options)
+            return av.open(
+                target,
+                "w",
+                format=fmt,
+                container_options=container_options,
+                options={"protocol_whitelist": "file,pipe"},
+            )
         except (av.error.FFmpegError, OSError, ValueError) as exc:
             self._remove_temp()
             raise UsageError(f"cannot write {self._name()} as {fmt} ({_reason(exc)})") from None
@@ -139,6 +170,7 @@ class Sink:
         if supported is not None and pix_fmt not in supported:
             raise UsageError(f"{codec_name} cannot encode {pix_fmt}; expected one of {', '.join(supported)}")
         encoder_options = dict(opts.encoder_options)
+        check_encoder_settings(codec_name, encoder_options, opts.crf, crf_given=False)
         if opts.crf is not None and "crf" not in encoder_options and _has_private_option(codec_name, "crf"):
             encoder_options["crf"] = f"{opts.crf:g}"
         if "bf" not in encoder_options and not _keeps_negative_timestamps(self._container.format):
@@ -249,6 +281,8 @@ class Sink:
         try:
             return self._video.encode(frame)
         except av.error.FFmpegError as exc:
+            if isinstance(exc, OSError) and getattr(exc, "errno", None) in paths.WRITE_ERRNOS:
+                raise RerenderError(paths.write_error(self._name(), exc)) from None
             raise UsageError(
                 f"the {self._codec_name} encoder failed ({_reason(exc)}); check --codec, --pix-fmt and "
                 f"--encoder-option"
@@ -281,10 +315,10 @@ class Sink:
             raise RerenderError(
                 "the reader of standard output closed the pipe; nothing more can be written"
             ) from None
-        except av.error.FFmpegError as exc:
+        except (av.error.FFmpegError, OSError) as exc:
             if getattr(exc, "errno", None) == 32:  # EPIPE
-                raise RerenderError("the reader of standard output closed the pipe") from None
-            raise RerenderError(f"writing {self._name()} failed ({_reason(exc)})") from None
+                raise RerenderError(f"the reader of {self._name()} closed the pipe") from None
+            raise RerenderError(paths.write_error(self._name(), exc)) from None
 
     # --- closing -------------------------------------------------------------------------------------
 
@@ -297,7 +331,7 @@ class Sink:
             if self.written < expected or self.written == 0:
                 raise RerenderError(
                     f"only {self.written} of {expected} frames reached the output; "
-                    f"{'nothing was written' if not self.is_pipe else 'the stream is incomplete'}"
+                    f"{'nothing was written' if self._temp is not None else 'the stream is incomplete'}"
                 )
             self._mux_video(self._encode(None))
             if self._source.exhausted:
@@ -305,14 +339,20 @@ class Sink:
             elif self._last_video_time is not None:
                 # The caller stopped early: keep the other streams up to the last video frame only.
                 self._mux_side(self._source.take_side_packets(until=self._last_video_time))
-            self._container.close()
+            try:
+                self._container.close()
+            except (av.error.FFmpegError, OSError) as exc:
+                raise RerenderError(paths.write_error(self._name(), exc)) from None
+            if self._temp is not None:
+                try:
+                    os.replace(self._temp, self.path)
+                except OSError as exc:
+                    raise RerenderError(paths.write_error(self._name(), exc)) from None
+                self._temp = None
         except BaseException:
             self._discard()
             raise
         self._closed = True
-        if self._temp is not None:
-            os.replace(self._temp, self.path)
-            self._temp = None
 
     def abort(self) -> None:
         """Give up: close the container and remove the temporary file (a pipe just stops)."""
@@ -344,13 +384,16 @@ class Sink:
 
     def _warn(self, message: str) -> None:
         self.warnings.append(message)
-        print(f"rerender: warning: {message}", file=sys.stderr)
+        if self._on_warning is not None:
+            self._on_warning(message)
+        else:
+            print(f"rerender: warning: {message}", file=sys.stderr)
 
     def _name(self) -> str:
         return "standard output" if self.is_pipe else self.path
 
 
-def _guess_muxer(path: Path) -> str:
+def guess_muxer(path: Path) -> str:
     """The muxer FFmpeg picks for this file name; a sentence when the extension is unknown."""
     suffix = path.suffix.lower().lstrip(".")
     if not suffix:

@@ -7,14 +7,21 @@ subtitle and data packets met while demuxing wait in a queue until the Sink remu
 
 Colour: the YUV->RGB conversion is told the frame's matrix and range explicitly (ecosystem.md §4, PyAV
 #1430/#2149/#2230 are all wrong-colour bugs from implicit defaults); the Sink uses the same tags back.
+
+What may be opened: the input itself only. FFmpeg is given a protocol whitelist (`file` for a path, `pipe`
+for standard input) and, unless `--input-format` names one, a demuxer whitelist without the demuxers
+that open further files or URLs (HLS and DASH playlists, concat lists, ...) or that turn text into
+pictures (`tty` and friends): FFmpeg still probes the format, and refuses a refused one before reading
+anything it points at.
 """
 
 from __future__ import annotations
 
 import collections
+import functools
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -38,27 +45,77 @@ REMUXED_STREAM_TYPES = ("audio", "subtitle", "data")
 INVISIBLE_FRAME_CODECS = frozenset({"vp8"})
 # Demuxer errors in a row after which the rest of the input is treated as unreadable.
 MAX_DEMUX_ERRORS = 32
+# Demuxers used only when --input-format names them: they open further files or URLs (playlists, file
+# lists, manifests, stream descriptions, filter graphs, scripts), or draw text as pictures.
+OPENS_OTHER_FILES = frozenset(
+    {"hls", "applehttp", "dash", "concat", "imf", "sdp", "rtsp", "rtp", "sap", "webm_dash_manifest",
+     "dvdvideo", "lavfi", "avisynth", "vapoursynth"}
+)  # fmt: skip
+TEXT_AS_PICTURE = frozenset({"tty", "bin", "xbin", "adf", "idf"})
+REFUSED_DEMUXERS = OPENS_OTHER_FILES | TEXT_AS_PICTURE
+# AVFieldOrder (libavcodec/defs.h): 1 is progressive, 0 unknown.
+FIELD_ORDER_NAMES = {
+    2: "top field first",
+    3: "bottom field first",
+    4: "top field first",
+    5: "bottom field first",
+}
+MOOV_AT_END_HINT = (
+    "pass the file path with -i instead, remux it so the index comes first (ffmpeg -i IN -c copy -movflags "
+    "+faststart OUT.mp4), or pipe NUT or Matroska (ffmpeg -i IN -c copy -f nut - | ...)"
+)
 
 
 def open_source(
-    path: str | os.PathLike, format: str | None = None, *, keep_side_packets: bool = True
+    path: str | os.PathLike,
+    format: str | None = None,
+    *,
+    keep_side_packets: bool = True,
+    on_warning: Callable[[str], None] | None = None,
 ) -> Source:
     """Open a video file, or standard input for `-`; `format` forces the demuxer (nut, matroska, ...).
 
     `keep_side_packets=False` is for readers with no Sink (a preview): audio/subtitle packets are then
-    skipped instead of queued, so memory does not grow with the length of the input.
+    skipped instead of queued, so memory does not grow with the length of the input, and streams the
+    output will not have are not warned about. `on_warning` receives each warning (interlaced input,
+    dropped streams); without it they go to stderr.
     """
-    return Source(path, format=format, keep_side_packets=keep_side_packets)
+    return Source(path, format=format, keep_side_packets=keep_side_packets, on_warning=on_warning)
+
+
+def allowed_demuxers() -> str:
+    """FFmpeg's `format_whitelist` for a probed input: every demuxer but REFUSED_DEMUXERS."""
+    return _allowed_demuxers()
+
+
+@functools.cache
+def _allowed_demuxers() -> str:
+    names = []
+    for name in sorted(av.formats_available):
+        try:
+            av.format.ContainerFormat(name, "r")
+        except ValueError:
+            continue  # a muxer only
+        if not set(name.split(",")) & REFUSED_DEMUXERS:
+            names.append(name)
+    return ",".join(names)
 
 
 class Source:
     """One pass over the input: `frames()` yields each decoded video frame once, in presentation order."""
 
     def __init__(
-        self, path: str | os.PathLike, format: str | None = None, *, keep_side_packets: bool = True
+        self,
+        path: str | os.PathLike,
+        format: str | None = None,
+        *,
+        keep_side_packets: bool = True,
+        on_warning: Callable[[str], None] | None = None,
     ) -> None:
         self.path = str(path)
         self._keep_side_packets = keep_side_packets
+        self._on_warning = on_warning
+        self.warnings: list[str] = []
         self.is_pipe = self.path == "-"
         self._name = "standard input" if self.is_pipe else self.path
         self._container = self._open(format)
@@ -87,17 +144,44 @@ class Source:
             raise InputError(
                 "standard input is a terminal; pipe a video into it (ffmpeg -i IN -f nut - | ...)"
             )
-        target = "pipe:0" if self.is_pipe else self.path
+        # The protocol of the input itself; a forced demuxer (hls, concat) may open local files too.
+        # "file:" keeps a name such as "concat:x" or "subfile:..." a plain file name.
+        target = "pipe:0" if self.is_pipe else "file:" + os.path.abspath(self.path)
+        options = {"protocol_whitelist": "pipe" if self.is_pipe else "file"}
+        if format is None:
+            options["format_whitelist"] = allowed_demuxers()
+        else:
+            options["protocol_whitelist"] = "file,pipe"
         try:
-            return av.open(target, "r", format=format)
+            container = av.open(target, "r", format=format, options=options)
         except PermissionError:
             raise InputError(f"{self._name}: permission denied; make the file readable") from None
+        except av.error.ArgumentError as exc:
+            if format is None:
+                # FFmpeg's answer when the demuxer it chose is not on the whitelist.
+                raise InputError(self._refused_message(None)) from None
+            raise self._unreadable(exc) from None
         except (av.error.FFmpegError, OSError, ValueError) as exc:
-            hint = " (use --input-format to name the format of a pipe)" if self.is_pipe else ""
-            raise InputError(
-                f"{self._name} is not a media file FFmpeg can read ({_reason(exc)}); "
-                f"expected a video such as MP4, MKV, MOV or NUT{hint}"
-            ) from None
+            raise self._unreadable(exc) from None
+        chosen = set(container.format.name.split(","))
+        if format is None and chosen & REFUSED_DEMUXERS:
+            container.close()
+            raise InputError(self._refused_message(min(chosen & REFUSED_DEMUXERS)))
+        return container
+
+    def _unreadable(self, exc: BaseException) -> InputError:
+        hint = " (use --input-format to name the format of a pipe)" if self.is_pipe else ""
+        return InputError(
+            f"{self._name} is not a media file FFmpeg can read ({_reason(exc)}); "
+            f"expected a video such as MP4, MKV, MOV or NUT{hint}"
+        )
+
+    def _refused_message(self, demuxer: str | None) -> str:
+        kind = _refused_kind(demuxer, None if self.is_pipe else self.path)
+        return (
+            f"{self._name} is {kind}, not a video; expected a video such as MP4, MKV, MOV or NUT "
+            f"(only --input-format on the command line makes FFmpeg read it anyway)"
+        )
 
     def _setup(self) -> None:
         container = self._container
@@ -122,9 +206,16 @@ class Source:
         self._decoded = self._decode()
         first = next(self._decoded, None)
         if first is None:
+            if self.is_pipe and {"mov", "mp4"} & set(container.format.name.split(",")):
+                raise InputError(
+                    "standard input is an MP4/MOV whose index (moov) is at the end of the file, where a pipe "
+                    f"cannot reach it; {MOOV_AT_END_HINT}"
+                )
             raise InputError(f"{self._name} has a video stream with zero frames; expected at least one frame")
         self._first = first
         self.info = self._describe(first)
+        if self._keep_side_packets:
+            self._warn_about_streams(first)
         self._rgb_format = "rgb24" if self.info.bit_depth <= 8 else "rgb48le"
         # Convert the first frame now so that an unconvertible pixel format fails at open, not mid-run.
         self._first_image = self._to_rgb(first)
@@ -167,6 +258,36 @@ class Source:
             duration=duration,
         )
 
+    def _warn_about_streams(self, first: av.VideoFrame) -> None:
+        """Warn about what the output will not have: the field order, other video streams, cover art."""
+        order = FIELD_ORDER_NAMES.get(int(self._video.codec_context.field_order or 0))
+        if order is not None or first.interlaced_frame:
+            described = f" ({order})" if order else ""
+            self._warn(
+                f"{self._name} is interlaced{described}; frames are processed whole and written progressive, "
+                f"so any combing stays in the picture: deinterlace it first for a clean result "
+                f"(ffmpeg -i IN -vf bwdif -c:a copy OUT.mkv)"
+            )
+        for stream in self._container.streams:
+            if stream.index == self._video.index:
+                continue
+            if stream.type == "video" and stream.disposition & av.stream.Disposition.attached_pic:
+                self._warn(f"dropping stream #{stream.index}, a cover picture: the output has no cover art")
+            elif stream.type == "video":
+                self._warn(
+                    f"dropping video stream #{stream.index} ({_codec_name(stream)}): only video stream "
+                    f"#{self._video.index} is re-rendered"
+                )
+            elif stream.type == "attachment":
+                self._warn(f"dropping attachment stream #{stream.index} (files attached to the input)")
+
+    def _warn(self, message: str) -> None:
+        self.warnings.append(message)
+        if self._on_warning is not None:
+            self._on_warning(message)
+        else:
+            print(f"rerender: warning: {message}", file=sys.stderr)
+
     # --- public --------------------------------------------------------------------------------------
 
     @property
@@ -193,7 +314,9 @@ class Source:
 
         Counted as packets in minus frames out: FFmpeg's H.264 decoder often drops a damaged access unit
         without raising, so counting exceptions alone would miss them. Before the end only the packets the
-        decoder rejected outright are known (others may still be in its reordering delay).
+        decoder rejected outright are known (others may still be in its reordering delay). Packets the
+        container marks to be decoded but not shown (an MP4 edit list that starts after them) are not
+        counted: their frames are meant to be missing.
         """
         if self._exhausted and self.info.codec not in INVISIBLE_FRAME_CODECS:
             return max(0, self._video_packets - self._delivered, self._decode_errors)
@@ -275,7 +398,7 @@ class Source:
             packet = self._video_ahead.popleft() if self._video_ahead else self._read_packet()
             if packet is None:
                 break
-            if packet.size:
+            if packet.size and not packet.is_discard:
                 self._video_packets += 1
             yield from self._decode_packet(packet)
         yield from self._decode_packet(None)
@@ -340,6 +463,41 @@ def _main_video_stream(container: av.container.InputContainer) -> av.video.strea
     raise InputError(
         f"{container.name} has only still pictures (cover art), no video stream; expected a video"
     )
+
+
+def _refused_kind(demuxer: str | None, path: str | None) -> str:
+    """What a refused input is, in words: by the demuxer FFmpeg chose, else by the file's first bytes."""
+    if demuxer is None and path is not None:
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(4096)
+        except OSError:
+            head = b""
+        stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
+        if stripped.startswith(b"#EXTM3U"):
+            demuxer = "hls"
+        elif stripped.startswith(b"ffconcat"):
+            demuxer = "concat"
+        elif b"<MPD" in head:
+            demuxer = "dash"
+        elif head and all(32 <= b < 127 or b in b"\t\r\n\x1b" for b in head):
+            demuxer = "tty"
+    if demuxer in ("hls", "applehttp"):
+        return "an HLS playlist (FFmpeg's hls demuxer would open the files it lists)"
+    if demuxer == "concat":
+        return "an FFmpeg concat list (FFmpeg would open the files it lists)"
+    if demuxer == "dash":
+        return "a DASH manifest (FFmpeg would open the files it lists)"
+    if demuxer in TEXT_AS_PICTURE:
+        return f"text (FFmpeg's {demuxer} demuxer would draw it as a picture)"
+    if demuxer is not None:
+        return f"read by FFmpeg's {demuxer} demuxer, which opens other files or URLs"
+    return "a playlist, a list of other files or text, formats that FFmpeg reads only when asked"
+
+
+def _codec_name(stream: av.stream.Stream) -> str:
+    context = stream.codec_context
+    return context.name if context is not None else "unknown codec"
 
 
 def _specified(frame_value, stream_value) -> int:
