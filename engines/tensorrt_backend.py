@@ -4,15 +4,15 @@ Lifecycle (style.md practice 8, after NVIDIA's demo `engine.py`):
     engine = TensorRTEngine(spec, path)
     engine.load(runtime)                 # deserialize; a file TensorRT rejects raises, it is never used
     pool = SharedDeviceMemory.for_engines([...])
-    engine.allocate(pool)                # execution context on the shared scratch memory
-    outputs = engine.run(feed)           # enqueue on the given CUDA stream; no host synchronisation
+    engine.allocate(pool, stream)        # execution context on the shared scratch memory, its own stream
+    outputs = engine.run(feed)           # ordered after the caller's stream and before it; no host sync
     engine.unload()
 
-Shared device memory: the networks of one keyframe run one after another on one stream, so their
-execution contexts can use the same scratch (activation) memory; one buffer of the largest engine's size
-is allocated and given to every context (`ExecutionContextAllocationStrategy.USER_MANAGED`). Output
-tensors are fresh torch CUDA tensors from torch's caching allocator each call (the sampler keeps the
-cross-frame states it gets back, so output buffers cannot be recycled behind its back).
+Shared device memory: the networks of one keyframe run one after another on one stream (a dedicated
+non-default stream of the requested device), so their execution contexts can use the same scratch
+(activation) memory; one buffer of the largest engine's size is allocated and given to every context
+(`ExecutionContextAllocationStrategy.USER_MANAGED`). I/O buffers are allocated once per input shape and
+reused; the cross-frame states the sampler keeps (`own_state_*`) are fresh tensors every call.
 
 Nothing imports tensorrt at module import time; `tensorrt_unavailable_reason()` says why it cannot serve.
 """
@@ -89,17 +89,81 @@ class SharedDeviceMemory:
         return self.buffer.data_ptr()
 
 
-class TensorRTEngine:
-    """One serialized engine for one network spec (in the engine's precision)."""
+class CudaStreams:
+    """How an engine orders its work against the caller's stream: torch CUDA streams and events. (Tests run the
+    same engine code with a CPU stand-in of this class that records the order of operations.)"""
 
-    def __init__(self, spec: NetworkSpec, path: Path, device: torch.device) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def current(self):
+        return torch.cuda.current_stream(self.device)
+
+    def new_stream(self):
+        return torch.cuda.Stream(self.device)
+
+    def after(self, waiter, producer) -> None:
+        """`waiter` runs what is queued on it next only after everything queued on `producer` so far."""
+        event = torch.cuda.Event()
+        event.record(producer)
+        waiter.wait_event(event)
+
+    def on(self, stream):
+        return torch.cuda.stream(stream)
+
+    def handle(self, stream) -> int:
+        return stream.cuda_stream
+
+    def record(self, tensor: torch.Tensor, stream) -> None:
+        tensor.record_stream(stream)
+
+    def new_graph(self):
+        return torch.cuda.CUDAGraph()
+
+    def capture(self, graph, stream):
+        return torch.cuda.graph(graph, stream=stream)
+
+
+def keeps_output(name: str) -> bool:
+    """Outputs the caller keeps past the next call (the UNet's cross-frame states): fresh tensors every call.
+    Every other output lives in a buffer reused by the next call with the same shapes."""
+    return name.startswith("own_state_")
+
+
+@dataclass
+class _ShapeBuffers:
+    """The I/O of one set of input shapes: converted-input and output buffers, and the CUDA graph if captured."""
+
+    inputs: dict[str, torch.Tensor]
+    outputs: dict[str, torch.Tensor]
+    runs: int = 0
+    graph: object | None = None
+
+
+class TensorRTEngine:
+    """One serialized engine for one network spec (in the engine's precision).
+
+    `run` orders its work as NVIDIA's diffusion demo and vs-mlrt do: inputs are converted on the caller's
+    stream, the engine's own (non-default) stream waits for them with an event, the engine is enqueued, and the
+    caller's stream waits for the engine with an event before it reads the outputs; tensors that cross between
+    the two streams are `record_stream`-ed so torch's allocator never reuses them early. Input and output
+    buffers are allocated once per set of input shapes (at most `SHAPES_KEPT` sets) and reused; outputs other
+    than the kept states are valid until this engine's next run (copy them to keep them). With `cuda_graph`
+    the enqueue is captured once per shape (after one eager run) and replayed."""
+
+    SHAPES_KEPT = 2
+
+    def __init__(self, spec: NetworkSpec, path: Path, device: torch.device, cuda_graph: bool = False) -> None:
         self.spec = spec
         self.path = Path(path)
         self.device = device
+        self.cuda_graph = cuda_graph
         self.engine = None
         self.context = None
-        self.stream: torch.cuda.Stream | None = None
+        self.stream = None
+        self.streams = None
         self._memory: SharedDeviceMemory | None = None
+        self._shapes: dict[tuple, _ShapeBuffers] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------------
     def load(self, runtime) -> None:
@@ -124,7 +188,8 @@ class TensorRTEngine:
         size = getattr(engine, "device_memory_size_v2", None)
         return int(size if size is not None else engine.device_memory_size)
 
-    def allocate(self, memory: SharedDeviceMemory, stream: torch.cuda.Stream | None = None) -> None:
+    def allocate(self, memory: SharedDeviceMemory, stream=None) -> None:
+        """Execution context on the shared scratch memory; `stream`: the engine's stream (None: a new one)."""
         import tensorrt as trt
 
         engine = self._loaded()
@@ -140,48 +205,116 @@ class TensorRTEngine:
             context.set_device_memory(memory.pointer(), memory.size)
         else:  # TensorRT 10.0
             context.device_memory = memory.pointer()
-        self.context, self._memory = context, memory
-        self.stream = stream or torch.cuda.current_stream(self.device)
-        self._dtypes = {n: _torch_dtype(engine.get_tensor_dtype(n)) for n in (*self.spec.input_names,)}
-        self._out_dtypes = {n: _torch_dtype(engine.get_tensor_dtype(n)) for n in self.spec.output_names}
+        self._memory = memory
+        dtypes = {n: _torch_dtype(engine.get_tensor_dtype(n)) for n in self.spec.input_names}
+        out_dtypes = {n: _torch_dtype(engine.get_tensor_dtype(n)) for n in self.spec.output_names}
+        self.attach(context, dtypes, out_dtypes, CudaStreams(self.device), stream)
+
+    def attach(self, context, dtypes, out_dtypes, streams, stream=None) -> None:
+        """Use `context` (a TensorRT execution context) with these tensor dtypes, ordered by `streams`."""
+        self.context = context
+        self._dtypes, self._out_dtypes = dict(dtypes), dict(out_dtypes)
+        self.streams = streams
+        # A dedicated stream, never the legacy default stream (which would serialise with everything else).
+        self.stream = stream if stream is not None else streams.new_stream()
+        self._shapes = {}
+
+    def _buffers(self, feed: Mapping[str, torch.Tensor]) -> _ShapeBuffers:
+        key = tuple(tuple(feed[n].shape) for n in self.spec.input_names)
+        io = self._shapes.get(key)
+        if io is not None:
+            return io
+        context = self.context
+        inputs = {}
+        for name in self.spec.input_names:
+            shape = tuple(feed[name].shape)
+            if not context.set_input_shape(name, shape):
+                raise ValueError(
+                    f"{self.spec.name}: input {name} of shape {shape} is outside the engine's "
+                    f"profile; re-export with a --min-size/--max-size that covers it"
+                )
+            inputs[name] = torch.empty(shape, dtype=self._dtypes[name], device=self.device)
+        with self.streams.on(self.stream):  # outputs belong to the engine's stream
+            outputs = {
+                name: torch.empty(
+                    tuple(context.get_tensor_shape(name)), dtype=self._out_dtypes[name], device=self.device
+                )
+                for name in self.spec.output_names
+            }
+        while len(self._shapes) >= self.SHAPES_KEPT:
+            self._shapes.pop(next(iter(self._shapes)))
+        io = self._shapes[key] = _ShapeBuffers(inputs, outputs)
+        return io
 
     def run(self, feed: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Enqueue one inference on `self.stream`; the outputs are ready in stream order (no sync here)."""
+        """Enqueue one inference; the outputs are ready in the caller's stream order (no host sync here)."""
         context = self.context
         if context is None:
             raise RuntimeError(f"engine {self.path.name} is not allocated; call load() and allocate() first")
-        stream = self.stream
-        caller = torch.cuda.current_stream(self.device)
-        if stream != caller:
-            # The inputs were produced on the caller's stream; order our stream after it (no host wait).
-            stream.wait_stream(caller)
-        keep = []
+        streams, stream = self.streams, self.stream
+        caller = streams.current()
+        io = self._buffers(feed)
+        graph_mode = self.cuda_graph and io.runs >= 1
+        # 1. Inputs converted on the caller's stream, where they were produced. A feed already in the engine's
+        #    dtype, device and layout is used as is (graphs need fixed addresses, so they always copy).
+        used_inputs = {}
         for name in self.spec.input_names:
-            tensor = feed[name].to(device=self.device, dtype=self._dtypes[name]).contiguous()
-            keep.append(tensor)
-            if not context.set_input_shape(name, tuple(tensor.shape)):
-                raise ValueError(
-                    f"{self.spec.name}: input {name} of shape {tuple(tensor.shape)} is outside the engine's "
-                    f"profile; re-export with a --min-size/--max-size that covers it"
-                )
+            tensor = feed[name]
+            buffer = io.inputs[name]
+            direct = (
+                not graph_mode
+                and tensor.dtype == buffer.dtype
+                and tensor.device == buffer.device
+                and tensor.is_contiguous()
+            )
+            if not direct:
+                buffer.copy_(tensor)
+                tensor = buffer
+            used_inputs[name] = tensor
+        # 2. The engine's stream waits for everything the caller queued so far, conversions included.
+        separate = stream is not caller
+        if separate:
+            streams.after(stream, caller)
+        # 3. Enqueue on the engine's stream.
+        for name, tensor in used_inputs.items():
+            context.set_input_shape(name, tuple(tensor.shape))
             context.set_tensor_address(name, tensor.data_ptr())
         outputs = {}
-        with torch.cuda.stream(stream):
+        with streams.on(stream):
             for name in self.spec.output_names:
-                shape = tuple(context.get_tensor_shape(name))
-                out = torch.empty(shape, dtype=self._out_dtypes[name], device=self.device)
+                out = io.outputs[name]
+                if keeps_output(name) and not self.cuda_graph:
+                    out = torch.empty(out.shape, dtype=out.dtype, device=self.device)
                 context.set_tensor_address(name, out.data_ptr())
                 outputs[name] = out
-        if not context.execute_async_v3(stream.cuda_stream):
-            raise RuntimeError(f"TensorRT failed to enqueue {self.spec.name}")
-        # Tell torch's allocator that these tensors are in use on `stream` until it reaches this point.
-        for tensor in (*keep, *outputs.values()):
-            tensor.record_stream(stream)
-        if stream != caller:
-            caller.wait_stream(stream)
+            if graph_mode and io.graph is None:
+                io.graph = streams.new_graph()
+                with streams.capture(io.graph, stream):
+                    self._enqueue(context, streams.handle(stream))
+            if io.graph is not None:
+                io.graph.replay()
+            else:
+                self._enqueue(context, streams.handle(stream))
+        io.runs += 1
+        # 4. The caller's stream waits for the engine before it reads the outputs.
+        if separate:
+            streams.after(caller, stream)
+            # Tell torch's allocator which tensors are in use on the other stream until it gets there.
+            for tensor in used_inputs.values():
+                streams.record(tensor, stream)
+            for tensor in outputs.values():
+                streams.record(tensor, caller)
+        if self.cuda_graph:
+            # Replays write into fixed buffers: the states the caller keeps are copied out, in caller order.
+            outputs = {n: (t.clone() if keeps_output(n) else t) for n, t in outputs.items()}
         return outputs
 
+    def _enqueue(self, context, handle: int) -> None:
+        if not context.execute_async_v3(handle):
+            raise RuntimeError(f"TensorRT failed to enqueue {self.spec.name}")
+
     def unload(self) -> None:
+        self._shapes = {}
         self.context = None
         self.engine = None
         self._memory = None
@@ -205,8 +338,11 @@ class TensorRTSession:
         self.memory = None  # type: ignore[assignment]
 
 
-def engine_paths(directory: Path, manifest: ExportManifest) -> dict[str, Path]:
-    """The engines recorded for this GPU and TensorRT version in `engines.json` (written by the build)."""
+def engine_paths(
+    directory: Path, manifest: ExportManifest, device: torch.device | str = "cuda"
+) -> dict[str, Path]:
+    """The engines recorded for `device`'s GPU and this TensorRT version in `engines.json` (written by the
+    build): on a machine with two kinds of GPU, each device gets the engines built for it."""
     import json
 
     import tensorrt as trt
@@ -218,7 +354,7 @@ def engine_paths(directory: Path, manifest: ExportManifest) -> dict[str, Path]:
             "on this GPU"
         )
     index = json.loads(index_path.read_text())
-    name, capability = gpu_identity(torch.device("cuda"))
+    name, capability = gpu_identity(torch.device(device))
     entry = index.get(f"{trt.__version__}|{name}|{capability[0]}.{capability[1]}")
     if entry is None:
         raise BackendUnavailable(
@@ -244,8 +380,13 @@ def load_tensorrt_networks(
     controlnet_scales: tuple[float, ...] | None = None,
     device: torch.device | str = "cuda",
     stream: torch.cuda.Stream | None = None,
+    cuda_graph: bool = False,
 ) -> tuple[Networks, TensorRTSession]:
-    """Load every engine of an export directory onto `device`; returns the contract and the session."""
+    """Load every engine of an export directory onto `device`; returns the contract and the session.
+
+    The engines of a session run one after another on one stream (`stream`, or a new non-default stream of
+    `device`), which is what lets them share one scratch memory. `cuda_graph` captures each engine's enqueue
+    per input shape and replays it (off by default: not yet measured on a GPU)."""
     import tensorrt as trt
 
     reason = tensorrt_unavailable_reason()
@@ -255,12 +396,18 @@ def load_tensorrt_networks(
     device = torch.device(device)
     manifest = ExportManifest.load(directory)
     scales = controlnet_scales if controlnet_scales is not None else tuple(1.0 for _ in manifest.controlnets)
-    paths = engine_paths(directory, manifest)
+    if device.type != "cuda":
+        raise BackendUnavailable(f"TensorRT: engines run on a CUDA device, got {device}")
+    paths = engine_paths(directory, manifest, device)
     runtime = trt.Runtime(_error_logger())
-    engines = {name: TensorRTEngine(spec, paths[name], device) for name, spec in manifest.specs().items()}
+    engines = {
+        name: TensorRTEngine(spec, paths[name], device, cuda_graph=cuda_graph)
+        for name, spec in manifest.specs().items()
+    }
     for engine in engines.values():
         engine.load(runtime)
     memory = SharedDeviceMemory(max(e.device_memory_size() for e in engines.values()), device)
+    stream = stream if stream is not None else torch.cuda.Stream(device)
     for engine in engines.values():
         engine.allocate(memory, stream)
     dtype = torch.float16 if manifest.precision == "fp16" else torch.float32

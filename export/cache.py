@@ -18,6 +18,7 @@ rebuilt, never loaded.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -74,6 +75,22 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+@functools.lru_cache(maxsize=256)
+def _sha256_of_version(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
+    del size, mtime_ns, ctime_ns, inode  # the cache key: one version of the file
+    return file_sha256(path)
+
+
+def file_sha256_cached(path: str | os.PathLike) -> str:
+    """sha256 of a file, hashed once per process per version of it (size, mtime, ctime and inode): loading
+    the same engines again (a second keyframe session, the preview's reloads) does not re-read gigabytes.
+    Any write changes the ctime, which no caller can set back, so a modified file is always hashed again."""
+    st = os.stat(path)
+    return _sha256_of_version(
+        str(Path(path).resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
+    )
+
+
 @dataclass(frozen=True)
 class CachedEngine:
     path: Path
@@ -106,7 +123,7 @@ class EngineCache:
             return False
         if meta.get("size") != path.stat().st_size:
             return False
-        return meta.get("sha256") == file_sha256(path)
+        return meta.get("sha256") == file_sha256_cached(path)
 
     def lookup(self, key: EngineKey) -> Path | None:
         """The engine for `key` if present and intact; an invalid file is removed (it will be rebuilt)."""

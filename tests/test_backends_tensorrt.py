@@ -6,16 +6,21 @@ elsewhere). On CPU-only machines `test_tensorrt_reason_without_gpu` checks the r
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import os
 import warnings
+from pathlib import Path
 
+import numpy as np
 import pytest
 import tiny_models
 import torch
 from rerender.engines.loading import load_bundle
 from rerender.engines.onnx_backend import ExportManifest, load_onnx_networks
 from rerender.engines.runtime import ReferenceStates, cross_frame_mask
-from rerender.engines.specs import SizeRange
-from rerender.engines.tensorrt_backend import tensorrt_unavailable_reason
+from rerender.engines.specs import Dim, NetworkSpec, SizeRange, TensorSpec
+from rerender.engines.tensorrt_backend import TensorRTEngine, tensorrt_unavailable_reason
 from rerender.export.bundle import ExportPlan, export_bundle
 from rerender.export.cache import EngineCache
 
@@ -162,3 +167,181 @@ def test_fp16_engines_build_from_fp16_graphs(tmp_path):
         assert image.shape == (1, 3, 64, 64) and torch.isfinite(image).all()
     finally:
         session.unload()
+
+
+# --- the TensorRT runtime without a GPU ---------------------------------------------------------------------
+# TensorRTEngine.run is exercised on CPU tensors with two stand-ins for what only a GPU provides: a recording
+# stand-in of CudaStreams (torch CUDA streams and events) that logs the order of stream operations, and a
+# stand-in of TensorRT's execution context that computes y = 2x + 1 and own_state_0 = 3x by reading and
+# writing the memory at the addresses it was given. The ordering is checked by structure (the logged order),
+# not by timing; on a GPU, bench/gpu_check.py runs the real engines.
+
+
+class RecordingStreams:
+    """CPU stand-in of tensorrt_backend.CudaStreams: streams are names, operations are logged in order."""
+
+    def __init__(self, log, snapshot=lambda: None):
+        self.log, self.snapshot = log, snapshot
+        self.caller, self.capturing = "caller", None
+
+    def current(self):
+        return self.caller
+
+    def new_stream(self):
+        return "engine"
+
+    def after(self, waiter, producer):
+        self.log.append(("wait", waiter, producer, self.snapshot()))
+
+    @contextlib.contextmanager
+    def on(self, stream):
+        self.log.append(("enter", stream))
+        yield
+        self.log.append(("exit", stream))
+
+    def handle(self, stream):
+        return {"caller": 0, "engine": 7}[stream]
+
+    def record(self, tensor, stream):
+        self.log.append(("record", tensor.data_ptr(), stream))
+
+    def new_graph(self):
+        return RecordedGraph(self.log)
+
+    @contextlib.contextmanager
+    def capture(self, graph, stream):
+        self.capturing = graph
+        self.log.append(("capture", stream))
+        yield
+        self.capturing = None
+
+
+class RecordedGraph:
+    def __init__(self, log):
+        self.log, self.work = log, []
+
+    def replay(self):
+        self.log.append(("replay",))
+        for work in self.work:
+            work()
+
+
+class StandInContext:
+    """Stand-in of a TensorRT execution context for inputs x [n] float32 -> y = 2x + 1, own_state_0 = 3x."""
+
+    def __init__(self, log, streams):
+        self.log, self.streams, self.addresses, self.shape = log, streams, {}, None
+
+    def set_input_shape(self, name, shape):
+        self.shape = shape
+        return len(shape) == 1 and shape[0] <= 64
+
+    def get_tensor_shape(self, name):
+        return self.shape
+
+    def set_tensor_address(self, name, pointer):
+        self.addresses[name] = pointer
+
+    def _view(self, name):
+        n = self.shape[0]
+        return torch.from_numpy(
+            np.ctypeslib.as_array((ctypes.c_float * n).from_address(self.addresses[name]))
+        )
+
+    def execute_async_v3(self, handle):
+        addresses = dict(self.addresses)
+
+        def work():
+            saved, self.addresses = self.addresses, addresses
+            x = self._view("x").clone()
+            self._view("y").copy_(2 * x + 1)
+            self._view("own_state_0").copy_(3 * x)
+            self.addresses = saved
+
+        if self.streams.capturing is not None:
+            self.streams.capturing.work.append(work)
+        else:
+            self.log.append(("execute", handle))
+            work()
+        return True
+
+
+def _engine(cuda_graph=False):
+    spec = NetworkSpec(
+        "standin",
+        (TensorSpec("x", "float32", (Dim("batch"),)),),
+        (TensorSpec("y", "float32", (Dim("batch"),)), TensorSpec("own_state_0", "float32", (Dim("batch"),))),
+    )
+    engine = TensorRTEngine(spec, Path("standin.plan"), torch.device("cpu"), cuda_graph=cuda_graph)
+    log = []
+    streams = RecordingStreams(
+        log, snapshot=lambda: [io.inputs["x"].tolist() for io in engine._shapes.values()]
+    )
+    context = StandInContext(log, streams)
+    engine.attach(context, {"x": torch.float32}, {"y": torch.float32, "own_state_0": torch.float32}, streams)
+    return engine, log
+
+
+def test_engine_runs_on_its_own_stream_in_event_order():
+    engine, log = _engine()
+    assert engine.stream == "engine"  # a dedicated stream, not the caller's (or the legacy default) stream
+    x = torch.arange(4, dtype=torch.float64)  # needs a conversion to the engine's float32
+    out = engine.run({"x": x})
+    assert torch.equal(out["y"], 2 * x.float() + 1) and torch.equal(out["own_state_0"], 3 * x.float())
+    kinds = [e[0] for e in log]
+    first_wait, execute, last_wait = (
+        kinds.index("wait"),
+        kinds.index("execute"),
+        len(kinds) - 1 - kinds[::-1].index("wait"),
+    )
+    # inputs converted (on the caller's stream) -> engine stream waits -> engine -> caller waits -> outputs used
+    assert log[first_wait][1:3] == ("engine", "caller") and log[first_wait][3] == [[0.0, 1.0, 2.0, 3.0]]
+    assert first_wait < execute < last_wait and log[last_wait][1:3] == ("caller", "engine")
+    assert log[execute][1] == 7  # enqueued with the engine stream's handle
+    enter = max(i for i, e in enumerate(log[:execute]) if e[0] == "enter")
+    assert log[enter] == ("enter", "engine")
+    # every tensor that crosses streams is record_stream-ed on the stream that uses it
+    recorded = {(e[1], e[2]) for e in log if e[0] == "record"}
+    assert (engine._shapes[((4,),)].inputs["x"].data_ptr(), "engine") in recorded
+    assert {(t.data_ptr(), "caller") for t in out.values()} <= recorded
+
+
+def test_io_buffers_are_allocated_once_per_shape_and_kept_states_are_fresh():
+    engine, _ = _engine()
+    a = engine.run({"x": torch.ones(8)})
+    y_first, state_first = a["y"].data_ptr(), a["own_state_0"].clone()
+    b = engine.run({"x": torch.full((8,), 2.0)})
+    assert b["y"].data_ptr() == y_first  # reused buffer: valid until the next run
+    assert a["own_state_0"].data_ptr() != b["own_state_0"].data_ptr()  # the caller keeps states
+    assert torch.equal(a["own_state_0"], state_first) and torch.equal(b["own_state_0"], torch.full((8,), 6.0))
+    engine.run({"x": torch.ones(16)})
+    engine.run({"x": torch.ones(32)})
+    assert len(engine._shapes) == TensorRTEngine.SHAPES_KEPT  # bounded, oldest shape dropped
+    with pytest.raises(ValueError, match="outside the engine's profile"):
+        engine.run({"x": torch.ones(65)})
+
+
+def test_cuda_graph_flag_captures_once_per_shape_then_replays():
+    engine, log = _engine(cuda_graph=True)
+    outs = [engine.run({"x": torch.full((4,), float(i))}) for i in range(3)]
+    kinds = [e[0] for e in log]
+    assert kinds.count("execute") == 1 and kinds.count("capture") == 1 and kinds.count("replay") == 2
+    for i, out in enumerate(outs[1:], start=1):
+        assert torch.equal(
+            out["own_state_0"], torch.full((4,), 3.0 * i)
+        )  # kept states copied out of the graph
+    assert torch.equal(outs[2]["y"], torch.full((4,), 5.0))
+
+
+def test_engine_hash_is_cached_by_file_version(tmp_path):
+    from rerender.export.cache import _sha256_of_version, file_sha256, file_sha256_cached
+
+    path = tmp_path / "e.plan"
+    path.write_bytes(b"a" * 1000)
+    first = file_sha256_cached(path)
+    hits = _sha256_of_version.cache_info().hits
+    assert file_sha256_cached(path) == first and _sha256_of_version.cache_info().hits == hits + 1
+    st = path.stat()
+    path.write_bytes(b"b" * 1000)  # same size, and the old mtime put back: the ctime still moves
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert file_sha256_cached(path) == file_sha256(path) != first
