@@ -1,4 +1,4 @@
-"""ControlNet hint images (reference Part 2 §A.5): canny, HED or depth with the user's weights, or a video.
+"""ControlNet hint images: canny, HED or depth with the user's weights, or a precomputed control video.
 
 Every preprocessor maps an RGB uint8 frame (H, W, 3) at processing size to an RGB uint8 hint of the same
 size, and is chosen once from the `--control` spec:
@@ -122,9 +122,12 @@ class Depth:
             )
         self.name = f"depth:{folder}"
         self.device = torch.device(device)
+        from .loading import folder_use_safetensors
+
+        use_safetensors = folder_use_safetensors(folder, "--control depth:")
         try:
             self.model = AutoModelForDepthEstimation.from_pretrained(
-                str(folder), local_files_only=True, use_safetensors=True
+                str(folder), local_files_only=True, use_safetensors=use_safetensors
             )
         except (OSError, ValueError) as error:
             raise InputError(f"--control depth:{folder} could not be loaded ({error})") from None

@@ -1,10 +1,11 @@
 """RAFT optical flow (Teed & Deng 2020) through torchvision's model definition, weights from a user path.
 
-`--flow raft:WEIGHTS` (Part 1 decision 8). Implements `engines.flow.FlowEstimator`: `estimate(image,
+`--flow raft:WEIGHTS` (docs/decisions.md, decision 8). Implements `engines.flow.FlowEstimator`: `estimate(image,
 reference)` returns, for every pixel p of `image`, the offset f(p) with image(p) ~ reference(p + f(p)).
 torchvision is imported only when an estimator is built, so the package imports without it; the weights
 (torchvision's `raft_large`/`raft_small` state dicts, .pth or .safetensors) are read tensor-only
-(`torch.load(weights_only=True)` runs no code), and large vs small is told from their shapes.
+by content (`engines/loading.read_checkpoint`: safetensors by its header, else `torch.load(weights_only=True)`,
+which runs no code), and large vs small is told from their shapes.
 """
 
 from __future__ import annotations
@@ -22,19 +23,11 @@ ITERATIONS = 12
 
 
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise InputError(
-            f"--flow raft:{path} does not exist; give torchvision RAFT weights (.pth or .safetensors)"
-        )
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
+    from .loading import read_checkpoint
 
-            return load_file(str(path))
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise InputError(f"--flow raft:{path} is not a tensor-only RAFT state dict ({error})") from None
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+    # Decided by content (engines/loading.py): safetensors by its header, else torch's tensor-only loader;
+    # a file that needs code to load is refused, and --allow-pickle is not offered for flow weights.
+    return read_checkpoint(path, allow_pickle=False, flag_owner="--flow raft:", allow_pickle_offered=False)
 
 
 class RAFTFlow:

@@ -1,18 +1,26 @@
-"""Loading Stable Diffusion 1.5 models offline into a `ModelBundle` (Part 1 decision 11).
+"""Loading Stable Diffusion 1.5 models offline into a `ModelBundle` (docs/decisions.md, decision 11).
 
-Sources: a diffusers folder, a single-file `.safetensors` checkpoint in the original (LDM) layout with the
-SD1.5 component configs shipped in `engines/configs/sd15` (no hub fetch), or a hub id (needs a network).
-LoRA `.safetensors` files are merged into the weights with their scale (kohya `lora_unet_*`/`lora_te_*` and
-diffusers/peft `unet.*.lora_A`/`lora.down` layouts; no peft needed). ControlNets come from a folder or a
-single file, each with its own scale. Pickle checkpoints (.ckpt/.pt/.pth/.bin) are refused unless
-`allow_pickle`, because unpickling runs arbitrary code.
+Sources: a diffusers folder, a single-file checkpoint in the original (LDM) layout with the SD1.5 component
+configs shipped in `engines/configs/sd15` (no hub fetch), or a hub id (needs a network). `--vae` replaces the
+model's VAE (a diffusers folder or a single file). LoRA files are merged into the weights with their scale
+(kohya `lora_unet_*`/`lora_te_*` and diffusers/peft `unet.*.lora_A`/`lora.down` layouts; no peft needed).
+ControlNets come from a folder or a single file, each with its own scale.
+
+Whether a weights file is safe to read is decided by its content, never by its name (`read_checkpoint`): a
+safetensors file is recognised by its header and read as tensors; anything else goes through torch's
+restricted unpickler (`torch.load(weights_only=True)`), which reads plain state dicts (lllyasviel's ControlNet
+and annotator `.pth` files, torchvision's RAFT weights) and runs no code. A file that needs arbitrary code to
+load is refused unless `allow_pickle`. A model folder's weights are only ever read tensor-only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import pickle
 import re
+import struct
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,13 +29,20 @@ import torch
 
 from ..filter.errors import InputError
 from .runtime import ScheduleConfig
-from .tokenizer import clip_tokenizer
+from .tokenizer import MAX_LENGTH, clip_tokenizer, folder_tokenizer, has_tokenizer_files
 
 CONFIGS = Path(__file__).parent / "configs"
 SD15_CONFIGS = CONFIGS / "sd15"
 CONTROLNET_CONFIGS = CONFIGS / "controlnet_sd15"
-PICKLE_SUFFIXES = (".ckpt", ".pt", ".pth", ".bin")
 LDM_UNET_PREFIX = "model.diffusion_model."
+LDM_VAE_PREFIX = "first_stage_model."
+# The safetensors format: an 8-byte little-endian header length, then a JSON header of that length (the
+# safetensors library itself refuses headers above 100 MB, and so do we).
+SAFETENSORS_HEADER_MAX = 100_000_000
+SAFETENSORS_DTYPES = frozenset(
+    {"BOOL", "U8", "I8", "U16", "I16", "F16", "BF16", "U32", "I32", "F32", "U64", "I64", "F64",
+     "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64"}
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -43,80 +58,308 @@ class ModelBundle:
     source: str
 
 
-def _refuse_pickle(path: Path, allow_pickle: bool, flag_owner: str) -> None:
-    if path.suffix.lower() in PICKLE_SUFFIXES and not allow_pickle:
-        raise InputError(
-            f"{flag_owner} {path} is a pickle checkpoint ({path.suffix}), and loading it runs arbitrary code; "
-            "convert it to .safetensors or pass --allow-pickle if you trust the file"
-        )
+class NeedsCode(Exception):
+    """torch's restricted unpickler refused the file: it names something other than tensors and containers."""
 
 
-def read_checkpoint(path: Path, allow_pickle: bool, flag_owner: str = "--model") -> dict[str, torch.Tensor]:
-    _refuse_pickle(path, allow_pickle, flag_owner)
-    if not path.is_file():
-        raise InputError(
-            f"{flag_owner} {path} does not exist; give a .safetensors file or a diffusers folder"
-        )
+def safetensors_header(path: Path) -> dict | None:
+    """The parsed JSON header when `path` is a safetensors file by content, None when it is not one.
+
+    A file whose first bytes announce a safetensors header (a plausible length followed by `{`) but whose
+    header is not a valid one is an InputError: it is neither safetensors nor anything else we read."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        prefix = handle.read(9)
+        if len(prefix) < 9:
+            return None
+        (length,) = struct.unpack("<Q", prefix[:8])
+        if not 2 <= length <= min(SAFETENSORS_HEADER_MAX, size - 8) or prefix[8:9] != b"{":
+            return None
+        handle.seek(8)
+        raw = handle.read(length)
     try:
-        if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
+        header = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = None
+    data = size - 8 - length
+    if not isinstance(header, dict) or not all(
+        _valid_tensor_entry(value, data) for key, value in header.items() if key != "__metadata__"
+    ):
+        raise InputError(
+            f"{path} starts like a safetensors file but its header is not valid; the file is damaged or "
+            "truncated: download it again"
+        )
+    return header
 
-            return load_file(str(path))
-        state = torch.load(str(path), map_location="cpu", weights_only=False)
-    except Exception as error:  # a corrupt or foreign file: one sentence, no traceback
-        raise InputError(f"{flag_owner} {path} could not be read as a checkpoint ({error})") from None
-    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+def _valid_tensor_entry(entry: object, data_bytes: int) -> bool:
+    if not isinstance(entry, dict) or entry.get("dtype") not in SAFETENSORS_DTYPES:
+        return False
+    shape, offsets = entry.get("shape"), entry.get("data_offsets")
+    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
+        return False
+    if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(n) is int for n in offsets):
+        return False
+    return 0 <= offsets[0] <= offsets[1] <= data_bytes
 
 
-def _schedule(scheduler_config: Path) -> ScheduleConfig:
-    if not scheduler_config.is_file():
-        return ScheduleConfig()
-    raw = json.loads(scheduler_config.read_text())
-    defaults = ScheduleConfig()
-    return ScheduleConfig(
-        num_train_timesteps=int(raw.get("num_train_timesteps", defaults.num_train_timesteps)),
-        beta_start=float(raw.get("beta_start", defaults.beta_start)),
-        beta_end=float(raw.get("beta_end", defaults.beta_end)),
-        beta_schedule=str(raw.get("beta_schedule", defaults.beta_schedule)),
-        steps_offset=int(raw.get("steps_offset", defaults.steps_offset)),
-        set_alpha_to_one=bool(raw.get("set_alpha_to_one", defaults.set_alpha_to_one)),
+def _torch_load(path: Path, allow_pickle: bool) -> object:
+    """torch's restricted loader first; the unrestricted one only when it refuses and `allow_pickle`. The
+    file is passed open, not by name: torch.load would pick a reader by the name's suffix."""
+    with warnings.catch_warnings(), path.open("rb") as handle:
+        warnings.simplefilter("ignore")  # torch's advice about pickle protocols; our errors are sentences
+        try:
+            return torch.load(handle, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            if not allow_pickle:
+                raise NeedsCode() from None
+        handle.seek(0)
+        return torch.load(handle, map_location="cpu", weights_only=False)
+
+
+def _tensors(state: object) -> dict[str, torch.Tensor]:
+    """The tensors of a loaded checkpoint: a state dict, or one under "state_dict" (Lightning checkpoints)."""
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        return {}
+    return {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
+
+
+def pickle_refusal(flag: str, path: Path, allow_pickle_offered: bool = True) -> InputError:
+    how = (
+        "pass --allow-pickle if you trust the file"
+        if allow_pickle_offered
+        else "--allow-pickle does not apply here"
+    )
+    return InputError(
+        f"{flag} {path} is a pickle checkpoint that needs code to load (torch's tensor-only loader refused it), "
+        f"and loading it runs arbitrary code; convert it to .safetensors or {how}"
     )
 
 
-def _tokenizer(folder: Path | None):
-    if folder is not None and (folder / "tokenizer" / "vocab.json").is_file():
-        from transformers import CLIPTokenizer
+def read_checkpoint(
+    path: Path, allow_pickle: bool, flag_owner: str = "--model", allow_pickle_offered: bool = True
+) -> dict[str, torch.Tensor]:
+    """The tensors of one weights file, decided by content (module docstring); InputError sentences."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(
+            f"{flag_owner} {path} does not exist; give a .safetensors file or a diffusers folder"
+        )
+    if not path.is_file():
+        raise InputError(f"{flag_owner} {path} is not a regular file; give a weights file")
+    try:
+        if safetensors_header(path) is not None:
+            from safetensors.torch import load_file
 
-        return CLIPTokenizer.from_pretrained(str(folder / "tokenizer"), local_files_only=True)
-    return clip_tokenizer()
+            state = load_file(str(path))
+        else:
+            state = _torch_load(path, allow_pickle)
+    except NeedsCode:
+        raise pickle_refusal(flag_owner, path, allow_pickle_offered) from None
+    except InputError as error:
+        raise InputError(f"{flag_owner} {error}") from None
+    except Exception as error:  # a corrupt or foreign file: one sentence, no traceback
+        raise InputError(
+            f"{flag_owner} {path} could not be read as a checkpoint ({_first_line(error)}); "
+            "give a .safetensors or PyTorch weights file"
+        ) from None
+    tensors = _tensors(state)
+    if not tensors:
+        raise InputError(f"{flag_owner} {path} holds no tensors; give a weights file")
+    return tensors
 
 
-def _load_folder(folder: Path, allow_pickle: bool, local_only: bool):
+def folder_use_safetensors(folder: Path, flag: str) -> bool:
+    """Vet the weight files a diffusers/transformers `from_pretrained` would read in one component folder and
+    return its `use_safetensors`: True when the folder has `.safetensors` weights (the libraries then read
+    only those, and parsing safetensors runs no code); otherwise every `.bin` weights file is checked by
+    content here with torch's restricted unpickler (the libraries read them the same way), False."""
+    safetensors = [p for p in sorted(folder.glob("*.safetensors")) if p.is_file()]
+    for weights in safetensors:
+        try:
+            header = safetensors_header(weights)
+        except InputError as error:
+            raise InputError(f"{flag} {error}") from None
+        if header is None:
+            raise InputError(f"{flag} {weights} is named .safetensors but is not a safetensors file")
+    if safetensors:
+        return True
+    for weights in sorted(folder.glob("*.bin")):
+        if not weights.is_file():
+            continue
+        try:
+            if safetensors_header(weights) is None:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    torch.load(str(weights), map_location="cpu", weights_only=True, mmap=_is_zip(weights))
+        except pickle.UnpicklingError:
+            raise InputError(
+                f"{flag} {weights} is a pickle that needs code to load; the weights of a model folder are "
+                "only read tensor-only (--allow-pickle does not apply): convert them to .safetensors"
+            ) from None
+        except InputError:
+            raise
+        except Exception as error:
+            raise InputError(
+                f"{flag} {weights} could not be read as weights ({type(error).__name__})"
+            ) from None
+    return False
+
+
+def _is_zip(path: Path) -> bool:
+    with path.open("rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"
+
+
+SUPPORTED_BETA_SCHEDULES = ("scaled_linear", "linear")
+
+
+def _schedule(scheduler_config: Path, flag: str = "--model") -> ScheduleConfig:
+    """The training schedule of a scheduler config; what our DDIM cannot follow exactly is refused in a
+    sentence instead of being rendered wrong (the sampler is docs/method.md §1: epsilon prediction, the
+    "leading" spacing with an offset, scaled_linear or linear betas)."""
+    if not scheduler_config.is_file():
+        return ScheduleConfig()
+    try:
+        raw = json.loads(scheduler_config.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise InputError(f"{flag}: {scheduler_config} is not valid JSON ({error})") from None
+    return schedule_from_config(raw, f"{flag}: {scheduler_config}")
+
+
+def schedule_from_config(raw: object, where: str) -> ScheduleConfig:
+    """`_schedule` on a parsed config; `where` starts every error sentence."""
+    if not isinstance(raw, dict):
+        raise InputError(f"{where} is not a scheduler config (not a JSON object)")
+    prediction = raw.get("prediction_type", "epsilon")
+    if prediction != "epsilon":
+        raise InputError(
+            f"{where} says prediction_type {prediction!r}; rerender renders epsilon-prediction SD1.5 models only "
+            "(a v-prediction model would be rendered wrong)"
+        )
+    spacing = raw.get("timestep_spacing", "leading")
+    if spacing != "leading":
+        raise InputError(
+            f'{where} says timestep_spacing {spacing!r}; rerender samples with DDIM\'s "leading" spacing '
+            '(t = 951, 901, ..., 1 at 20 steps) only: set "timestep_spacing": "leading" there to render '
+            "the model that way"
+        )
+    if raw.get("rescale_betas_zero_snr"):
+        raise InputError(
+            f"{where} says rescale_betas_zero_snr; rerender's DDIM uses the unrescaled schedule only"
+        )
+    defaults = ScheduleConfig()
+    try:
+        config = ScheduleConfig(
+            num_train_timesteps=int(raw.get("num_train_timesteps", defaults.num_train_timesteps)),
+            beta_start=float(raw.get("beta_start", defaults.beta_start)),
+            beta_end=float(raw.get("beta_end", defaults.beta_end)),
+            beta_schedule=str(raw.get("beta_schedule", defaults.beta_schedule)),
+            steps_offset=int(raw.get("steps_offset", defaults.steps_offset)),
+            set_alpha_to_one=bool(raw.get("set_alpha_to_one", defaults.set_alpha_to_one)),
+        )
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{where} has a value of the wrong type ({error})") from None
+    if config.beta_schedule not in SUPPORTED_BETA_SCHEDULES:
+        raise InputError(
+            f"{where} says beta_schedule {config.beta_schedule!r}; rerender supports "
+            f"{' or '.join(SUPPORTED_BETA_SCHEDULES)}"
+        )
+    if config.num_train_timesteps != 1000:
+        raise InputError(
+            f"{where} says num_train_timesteps {config.num_train_timesteps}; SD1.5 models are trained with 1000"
+        )
+    if not 0.0 < config.beta_start < config.beta_end < 1.0:
+        raise InputError(
+            f"{where} needs 0 < beta_start < beta_end < 1; got {config.beta_start} and {config.beta_end}"
+        )
+    if config.steps_offset not in (0, 1):
+        raise InputError(f"{where} says steps_offset {config.steps_offset}; rerender supports 0 or 1")
+    return config
+
+
+def _tokenizer(folder: Path | None, text_encoder, flag: str = "--model"):
+    """The folder's own tokenizer (tokenizer/ in either standard form), else the built-in CLIP tokenizer."""
+    own = folder is not None and (folder / "tokenizer").is_dir() and has_tokenizer_files(folder / "tokenizer")
+    if own:
+        return check_tokenizer(
+            folder_tokenizer(folder / "tokenizer", flag), text_encoder, f"{flag} {folder}: its tokenizer/"
+        )
+    return check_tokenizer(
+        clip_tokenizer(),
+        text_encoder,
+        f"{flag} {folder or ''}".rstrip() + ": the built-in SD1.5 CLIP tokenizer",
+    )
+
+
+def check_tokenizer(tokenizer, text_encoder, what: str):
+    """Refuse a tokenizer whose ids could index past the text encoder's embeddings (an IndexError in the
+    middle of the first keyframe otherwise), or a text encoder with fewer than 77 positions."""
+    vocab = int(text_encoder.config.vocab_size)
+    if len(tokenizer) > vocab:
+        raise InputError(
+            f"{what} has {len(tokenizer)} tokens but the text encoder only {vocab} embeddings; "
+            "give the model's own tokenizer (a tokenizer/ folder with tokenizer.json, or vocab.json and merges.txt)"
+        )
+    positions = int(getattr(text_encoder.config, "max_position_embeddings", MAX_LENGTH))
+    if positions < MAX_LENGTH:
+        raise InputError(
+            f"{what}: the text encoder has {positions} positions; SD1.5 prompts take {MAX_LENGTH}"
+        )
+    return tokenizer
+
+
+def _load_folder(folder: Path, local_only: bool, with_vae: bool = True):
+    """(unet, vae or None, text_encoder, schedule) of a diffusers folder, or of a hub id (`local_only` False).
+
+    A folder's weights are only ever read tensor-only (`folder_use_safetensors`), whatever --allow-pickle says."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    for sub in ("unet", "vae", "text_encoder"):
-        if not local_only:
-            break
-        if not (folder / sub).is_dir():
-            raise InputError(f"--model {folder} is not a diffusers SD1.5 folder: it has no {sub}/ folder")
-        weights = list((folder / sub).glob("*.safetensors"))
-        if not weights and not allow_pickle:
-            raise InputError(
-                f"--model {folder}/{sub} has no .safetensors weights, only pickle files; "
-                "convert them or pass --allow-pickle if you trust them"
-            )
-    kwargs = {"local_files_only": local_only, "use_safetensors": None if allow_pickle else True}
+    subs = ("unet", "vae", "text_encoder") if with_vae else ("unet", "text_encoder")
+    use = dict.fromkeys(subs, True)
+    if local_only:
+        for sub in subs:
+            if not (folder / sub).is_dir():
+                raise InputError(f"--model {folder} is not a diffusers SD1.5 folder: it has no {sub}/ folder")
+            use[sub] = folder_use_safetensors(folder / sub, "--model")
     try:
-        unet = UNet2DConditionModel.from_pretrained(str(folder), subfolder="unet", **kwargs)
-        vae = AutoencoderKL.from_pretrained(str(folder), subfolder="vae", **kwargs)
-        text_encoder = CLIPTextModel.from_pretrained(str(folder), subfolder="text_encoder", **kwargs)
-    except (OSError, ValueError) as error:
+        common = {"local_files_only": local_only}
+        unet = UNet2DConditionModel.from_pretrained(
+            str(folder), subfolder="unet", use_safetensors=use["unet"], **common
+        )
+        vae = (
+            AutoencoderKL.from_pretrained(str(folder), subfolder="vae", use_safetensors=use["vae"], **common)
+            if with_vae
+            else None
+        )
+        text_encoder = CLIPTextModel.from_pretrained(
+            str(folder), subfolder="text_encoder", use_safetensors=use["text_encoder"], **common
+        )
+    except (OSError, ValueError, pickle.UnpicklingError) as error:
         raise InputError(
-            f"--model {folder} could not be loaded as a diffusers SD1.5 model ({error})"
+            f"--model {folder} could not be loaded as a diffusers SD1.5 model ({_first_line(error)})"
         ) from None
-    schedule = _schedule(folder / "scheduler" / "scheduler_config.json") if local_only else ScheduleConfig()
+    if local_only:
+        schedule = _schedule(folder / "scheduler" / "scheduler_config.json")
+    else:
+        from diffusers import DDIMScheduler
+
+        try:
+            raw = DDIMScheduler.load_config(str(folder), subfolder="scheduler")
+        except (OSError, ValueError):
+            raw = None  # a hub model without a scheduler/ folder: SD1.5's schedule
+        schedule = (
+            ScheduleConfig() if raw is None else schedule_from_config(raw, f"--model {folder} (scheduler)")
+        )
     return unet, vae, text_encoder, schedule
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _text_encoder_from_ldm(state: dict[str, torch.Tensor], config_dir: Path):
@@ -144,6 +387,12 @@ def _text_encoder_from_ldm(state: dict[str, torch.Tensor], config_dir: Path):
 
 def _check_layout(path: Path, state: dict[str, torch.Tensor], config_dir: Path) -> None:
     """Compare a few weight shapes with the configs before building (a full SD1.5 UNet takes seconds)."""
+    for sub in ("unet", "vae", "text_encoder"):
+        if not (config_dir / sub / "config.json").is_file():
+            raise InputError(
+                f"--model-config {config_dir} has no {sub}/config.json; give a folder of diffusers-layout "
+                "component configs (unet/, vae/, text_encoder/, scheduler/)"
+            )
     unet = json.loads((config_dir / "unet" / "config.json").read_text())
     vae = json.loads((config_dir / "vae" / "config.json").read_text())
     checks = [
@@ -163,7 +412,7 @@ def _check_layout(path: Path, state: dict[str, torch.Tensor], config_dir: Path) 
             )
 
 
-def _load_single_file(path: Path, allow_pickle: bool, config_dir: Path):
+def _load_single_file(path: Path, allow_pickle: bool, config_dir: Path, with_vae: bool = True):
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
     state = read_checkpoint(path, allow_pickle)
@@ -171,26 +420,86 @@ def _load_single_file(path: Path, allow_pickle: bool, config_dir: Path):
         raise InputError(
             f"--model {path} is not a single-file SD1.5 checkpoint (no model.diffusion_model.* weights)"
         )
+    if with_vae and not any(k.startswith(LDM_VAE_PREFIX) for k in state):
+        raise InputError(
+            f"--model {path} has no VAE weights (first_stage_model.*); give the VAE with --vae PATH "
+            "(a diffusers VAE folder or a VAE file such as vae-ft-mse-840000-ema-pruned.safetensors)"
+        )
     _check_layout(path, state, config_dir)
     try:
         unet = UNet2DConditionModel.from_single_file(
             state, config=str(config_dir), subfolder="unet", local_files_only=True
         )
-        vae = AutoencoderKL.from_single_file(
-            state, config=str(config_dir), subfolder="vae", local_files_only=True
+        vae = (
+            AutoencoderKL.from_single_file(
+                state, config=str(config_dir), subfolder="vae", local_files_only=True
+            )
+            if with_vae
+            else None
         )
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
+    except Exception as error:  # diffusers' conversion errors have no common base: one sentence each
         raise InputError(
-            f"--model {path} does not match the SD1.5 layout of {config_dir} ({error}); "
+            f"--model {path} does not match the SD1.5 layout of {config_dir} ({_first_line(error)}); "
             "give the configs of its architecture with --model-config DIR"
         ) from None
     text_encoder = _text_encoder_from_ldm(state, config_dir)
     return (
         unet.eval(),
-        vae.eval(),
+        None if vae is None else vae.eval(),
         text_encoder,
         _schedule(config_dir / "scheduler" / "scheduler_config.json"),
     )
+
+
+# --- VAE ------------------------------------------------------------------------------------------------------
+
+
+def _diffusers_vae_keys(state: dict[str, torch.Tensor]) -> bool:
+    return any(k.startswith(("encoder.down_blocks.", "decoder.up_blocks.")) for k in state)
+
+
+def load_vae(spec: str, config_dir: Path, allow_pickle: bool):
+    """`--vae`: a diffusers VAE folder (or a model folder with vae/), or a single file in the original
+    layout (bare `encoder.*`/`decoder.*` keys as in the ft-MSE VAE files, or a whole checkpoint's
+    `first_stage_model.*`) or the diffusers layout, built with the VAE config of `config_dir`."""
+    from diffusers import AutoencoderKL
+
+    path = Path(spec)
+    if path.is_dir():
+        sub = "" if (path / "config.json").is_file() else "vae"
+        if not (path / sub / "config.json").is_file():
+            raise InputError(
+                f"--vae {path} is not a diffusers VAE folder (no config.json, no vae/config.json)"
+            )
+        use_safetensors = folder_use_safetensors(path / sub, "--vae")
+        try:
+            return AutoencoderKL.from_pretrained(
+                str(path), subfolder=sub or None, local_files_only=True, use_safetensors=use_safetensors
+            ).eval()
+        except (OSError, ValueError, pickle.UnpicklingError) as error:
+            raise InputError(
+                f"--vae {path} could not be loaded as a diffusers VAE ({_first_line(error)})"
+            ) from None
+    if not path.exists():
+        raise InputError(
+            f"--vae {path} does not exist; give a diffusers VAE folder or a VAE .safetensors file"
+        )
+    state = read_checkpoint(path, allow_pickle, "--vae")
+    try:
+        if _diffusers_vae_keys(state):
+            vae = AutoencoderKL.from_config(AutoencoderKL.load_config(str(config_dir), subfolder="vae"))
+            missing, unexpected = vae.load_state_dict(state, strict=False)
+            if missing or unexpected:
+                raise ValueError(f"{len(missing)} weights missing, {len(unexpected)} unexpected")
+        else:
+            vae = AutoencoderKL.from_single_file(
+                state, config=str(config_dir), subfolder="vae", local_files_only=True
+            )
+    except Exception as error:  # conversion errors of every kind: one sentence
+        raise InputError(
+            f"--vae {path} is not a VAE of the layout in {config_dir / 'vae'} ({_first_line(error)})"
+        ) from None
+    return vae.eval()
 
 
 # --- LoRA -----------------------------------------------------------------------------------------------------
@@ -238,10 +547,9 @@ def _module_index(model: torch.nn.Module, underscored: bool) -> dict[str, torch.
     return index
 
 
-def apply_lora(unet, text_encoder, path: Path, scale: float) -> int:
+def apply_lora(unet, text_encoder, path: Path, scale: float, allow_pickle: bool = False) -> int:
     """Merge W += scale · (alpha / rank) · up @ down into the matching layers; returns how many were changed."""
-    _refuse_pickle(path, False, "--lora")
-    state = read_checkpoint(path, allow_pickle=False, flag_owner="--lora")
+    state = read_checkpoint(path, allow_pickle, "--lora")
     groups = _lora_targets(state)
     if not groups:
         raise InputError(
@@ -281,35 +589,36 @@ def apply_lora(unet, text_encoder, path: Path, scale: float) -> int:
 
 
 def load_controlnet(spec: str, allow_pickle: bool):
+    """`--controlnet`: a diffusers ControlNet folder, a single file (lllyasviel's `control_*.pth` or
+    `.safetensors`, read by content), or a hub id (needs a network)."""
     from diffusers import ControlNetModel
 
     path = Path(spec)
     if path.is_dir():
-        if not list(path.glob("*.safetensors")) and not allow_pickle:
-            raise InputError(
-                f"--controlnet {path} has no .safetensors weights; convert them or pass --allow-pickle"
-            )
+        use_safetensors = folder_use_safetensors(path, "--controlnet")
         try:
             return ControlNetModel.from_pretrained(
-                str(path), local_files_only=True, use_safetensors=None if allow_pickle else True
+                str(path), local_files_only=True, use_safetensors=use_safetensors
             ).eval()
-        except (OSError, ValueError) as error:
+        except (OSError, ValueError, pickle.UnpicklingError) as error:
             raise InputError(
-                f"--controlnet {path} could not be loaded as a diffusers ControlNet ({error})"
+                f"--controlnet {path} could not be loaded as a diffusers ControlNet ({_first_line(error)})"
             ) from None
-    if path.suffix:
+    if path.exists() or path.suffix or not re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
         state = read_checkpoint(path, allow_pickle, "--controlnet")
         try:
             return ControlNetModel.from_single_file(
                 state, config=str(CONTROLNET_CONFIGS), local_files_only=True
             ).eval()
-        except (OSError, ValueError, RuntimeError, KeyError) as error:
-            raise InputError(f"--controlnet {path} is not an SD1.5 ControlNet checkpoint ({error})") from None
+        except Exception as error:  # diffusers' conversion errors have no common base: one sentence each
+            raise InputError(
+                f"--controlnet {path} is not an SD1.5 ControlNet checkpoint ({_first_line(error)})"
+            ) from None
     try:  # a hub id (needs a network)
         return ControlNetModel.from_pretrained(spec).eval()
     except (OSError, ValueError) as error:
         raise InputError(
-            f"--controlnet {spec} is neither a local path nor a reachable hub id ({error})"
+            f"--controlnet {spec} is neither a local path nor a reachable hub id ({_first_line(error)})"
         ) from None
 
 
@@ -342,31 +651,51 @@ def load_bundle(
     controlnets: tuple[tuple[str, float], ...] = (),
     allow_pickle: bool = False,
     config_dir: str | Path | None = None,
+    vae: str | None = None,
 ) -> ModelBundle:
-    """Load an SD1.5 model (+ LoRAs merged, + ControlNets) on the CPU in fp32."""
+    """Load an SD1.5 model (+ its VAE replaced by `vae`, + LoRAs merged, + ControlNets) on the CPU in fp32."""
     with quiet_libraries():
-        return _load_bundle(model, loras, controlnets, allow_pickle, config_dir)
+        return _load_bundle(model, loras, controlnets, allow_pickle, config_dir, vae)
 
 
-def _load_bundle(model, loras, controlnets, allow_pickle, config_dir) -> ModelBundle:
+def _load_bundle(model, loras, controlnets, allow_pickle, config_dir, vae_spec) -> ModelBundle:
     path = Path(model)
     config_dir = Path(config_dir) if config_dir else SD15_CONFIGS
+    with_vae = vae_spec is None
     if path.is_dir():
-        unet, vae, text_encoder, schedule = _load_folder(path, allow_pickle, local_only=True)
-        tokenizer = _tokenizer(path)
-    elif path.suffix or path.exists():
-        unet, vae, text_encoder, schedule = _load_single_file(path, allow_pickle, config_dir)
-        tokenizer = clip_tokenizer()
+        unet, vae, text_encoder, schedule = _load_folder(path, True, with_vae)
+        tokenizer = _tokenizer(path, text_encoder)
+        vae_configs = path if (path / "vae" / "config.json").is_file() else config_dir
+    elif path.exists() or path.suffix:
+        unet, vae, text_encoder, schedule = _load_single_file(path, allow_pickle, config_dir, with_vae)
+        tokenizer = _tokenizer(None, text_encoder)
+        vae_configs = config_dir
     elif re.fullmatch(r"[\w.-]+/[\w.-]+", model):
-        unet, vae, text_encoder, schedule = _load_folder(Path(model), allow_pickle, local_only=False)
-        from transformers import CLIPTokenizer
+        unet, vae, text_encoder, schedule = _load_folder(Path(model), False, with_vae)
+        from transformers import CLIPTokenizerFast
 
-        tokenizer = CLIPTokenizer.from_pretrained(model, subfolder="tokenizer")
+        try:
+            tokenizer = CLIPTokenizerFast.from_pretrained(
+                model, subfolder="tokenizer", model_max_length=MAX_LENGTH
+            )
+        except (OSError, ValueError) as error:
+            raise InputError(
+                f"--model {model}: its tokenizer could not be loaded ({_first_line(error)})"
+            ) from None
+        check_tokenizer(tokenizer, text_encoder, f"--model {model}: its tokenizer")
+        vae_configs = config_dir
     else:
         raise InputError(
             f"--model {model} does not exist; give a diffusers folder, a .safetensors file or a hub id"
         )
+    if vae_spec is not None:
+        vae = load_vae(vae_spec, vae_configs, allow_pickle)
+    if vae.config.latent_channels != unet.config.in_channels:
+        raise InputError(
+            f"the VAE makes {vae.config.latent_channels}-channel latents but the UNet takes "
+            f"{unet.config.in_channels}; give the VAE of an SD1.5 model"
+        )
     for lora_path, scale in loras:
-        apply_lora(unet, text_encoder, Path(lora_path), scale)
+        apply_lora(unet, text_encoder, Path(lora_path), scale, allow_pickle)
     nets = tuple((load_controlnet(spec, allow_pickle), scale) for spec, scale in controlnets)
     return ModelBundle(tokenizer, text_encoder.eval(), unet.eval(), vae.eval(), schedule, nets, source=model)

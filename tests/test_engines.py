@@ -1,4 +1,4 @@
-"""Model loading (folder, single file, LoRA, ControlNet, pickle refusal), the offline CLIP tokenizer, the
+"""Model loading (folder, single file, LoRA, ControlNet, content-based pickle refusal), the offline CLIP tokenizer, the
 ControlNet preprocessors and the RAFT estimator's import rule — with tiny random-weight models, offline."""
 
 from __future__ import annotations
@@ -153,14 +153,24 @@ def test_lora_for_another_model_is_refused(files, tmp_path):
         loading.load_bundle(str(files["folder"]), loras=((str(path), 1.0),))
 
 
-def test_pickle_checkpoints_are_refused_unless_allowed(files, tmp_path, components):
+class _Trusted:
+    """An object torch's tensor-only loader refuses (a class of ours): loading it needs code."""
+
+
+def test_checkpoints_are_judged_by_content_not_by_suffix(files, tmp_path, components):
+    # A plain state dict in a pickle container loads tensor-only, whatever its name says.
     ckpt = tmp_path / "model.ckpt"
     torch.save({"state_dict": load_file(str(files["single"]))}, str(ckpt))
-    with pytest.raises(InputError, match="--allow-pickle"):
-        loading.load_bundle(str(ckpt), config_dir=files["configs"])
-    bundle = loading.load_bundle(str(ckpt), config_dir=files["configs"], allow_pickle=True)
+    bundle = loading.load_bundle(str(ckpt), config_dir=files["configs"])
     _same_weights(bundle.unet, components.unet)
+    # One that names a class needs code: refused unless allowed.
+    needs_code = tmp_path / "model.safetensors"  # the name does not make it safetensors
+    torch.save({"state_dict": load_file(str(files["single"])), "callback": _Trusted()}, str(needs_code))
     with pytest.raises(InputError, match="--allow-pickle"):
+        loading.load_bundle(str(needs_code), config_dir=files["configs"])
+    bundle = loading.load_bundle(str(needs_code), config_dir=files["configs"], allow_pickle=True)
+    _same_weights(bundle.unet, components.unet)
+    with pytest.raises(InputError, match="does not exist"):
         loading.load_bundle(str(files["folder"]), loras=((str(tmp_path / "lora.pt"), 1.0),))
 
 
@@ -203,11 +213,10 @@ def test_hed_runs_user_weights(tmp_path):
     save_file(control.HEDNetwork().state_dict(), str(path))
     hint = control.make_control(f"hed:{path}")(_frame(), 0)
     assert hint.shape == (64, 96, 3) and hint.dtype == np.uint8 and hint.std() > 0
-    pth = tmp_path / "hed.pth"
+    # ControlNet's annotator files are plain state dicts in a .pth: read tensor-only, no --allow-pickle.
+    pth = tmp_path / "ControlNetHED.pth"
     torch.save(control.HEDNetwork().state_dict(), str(pth))
-    with pytest.raises(InputError, match="--allow-pickle"):
-        control.make_control(f"hed:{pth}")
-    assert control.make_control(f"hed:{pth}", allow_pickle=True)(_frame(), 0).shape == (64, 96, 3)
+    assert control.make_control(f"hed:{pth}")(_frame(), 0).shape == (64, 96, 3)
 
 
 def test_depth_runs_a_user_model_folder(tmp_path):

@@ -3,7 +3,7 @@
 Loads the model once (`load_model`: `rerender.engines.loading`, on the backend `engines/select.py` chooses)
 and renders every keyframe with the constrained sampler (`rerender.filter.sampler.keyframe`). Per-anchor
 state (stored attention inputs, anchor x̂0, AdaIN statistics) lives on one `AnchorState`, replaced at every
-anchor (stream start and scene cuts, Part 1 decision 2). Flow between the keyframe and the anchor / previous keyframe comes from the
+anchor (stream start and scene cuts, docs/decisions.md decision 2). Flow between the keyframe and the anchor / previous keyframe comes from the
 `--flow` estimator (OpenCV DIS by default, RAFT with `raft:WEIGHTS`). A `LoadedModel` holds no per-run
 state, so the preview's `RendererCache` (filter/job.py) hands one to run after run with an equal `model_key`.
 """
@@ -80,10 +80,16 @@ def _check_size(processing_size: tuple[int, int]) -> None:
         )
 
 
-def _control_is_stateless(spec: str) -> bool:
+def _control_is_stateless(specs: tuple[str, ...]) -> bool:
     # canny/hed/depth map a frame to a hint and keep nothing; `video:PATH` reads its file forward only, so
     # a reader shared between runs would start the second run where the first one stopped.
-    return spec.partition(":")[0] != "video"
+    return all(spec.partition(":")[0] != "video" for spec in specs)
+
+
+def _make_controls(opts: DiffusionOptions, device) -> tuple[ControlPreprocessor, ...]:
+    from ...engines.control import make_control
+
+    return tuple(make_control(spec, opts.allow_pickle, device) for spec in opts.control_specs())
 
 
 def model_key(opts: DiffusionOptions, processing_size: tuple[int, int]) -> tuple:
@@ -97,7 +103,8 @@ def model_key(opts: DiffusionOptions, processing_size: tuple[int, int]) -> tuple
         opts.model_config,
         opts.loras,
         opts.controlnets,
-        opts.control if _control_is_stateless(opts.control) else None,
+        opts.control_specs() if _control_is_stateless(opts.control_specs()) else None,
+        opts.vae,
         opts.freeu,
         opts.device,
         opts.dtype,
@@ -121,11 +128,7 @@ class LoadedModel:
     def controls_for_run(self, opts: DiffusionOptions) -> tuple[ControlPreprocessor, ...]:
         if self.controls is not None:
             return self.controls
-        from ...engines.control import make_control
-
-        return tuple(
-            make_control(opts.control, opts.allow_pickle, self.networks.device) for _ in opts.controlnets
-        )
+        return _make_controls(opts, self.networks.device)
 
     def close(self) -> None:
         """Unload what the garbage collector cannot (a TensorRT session's engines)."""
@@ -136,7 +139,6 @@ class LoadedModel:
 
 def load_model(opts: DiffusionOptions, processing_size: tuple[int, int]) -> LoadedModel:
     """Load the model, LoRAs and ControlNets the options name on the backend they choose."""
-    from ...engines.control import make_control
     from ...engines.loading import load_bundle
     from ...engines.select import Request, select_networks
     from ...engines.torch_backend import resolve_device, resolve_dtype, torch_networks
@@ -153,10 +155,14 @@ def load_model(opts: DiffusionOptions, processing_size: tuple[int, int]) -> Load
             controlnets=opts.controlnets,
             allow_pickle=opts.allow_pickle,
             config_dir=opts.model_config,
+            vae=opts.vae,
         )
         return torch_networks(bundle, device, dtype, opts.freeu)
 
-    # The backend is chosen once here (engines/select.py, issue 6); the sampler never branches on it.
+    for note in opts.notes():
+        print(f"rerender: warning: {note}", file=sys.stderr)
+
+    # The backend is chosen once here (engines/select.py); the sampler never branches on it.
     request = Request(
         opts.model, opts.loras, opts.controlnets, (height, width), opts.device, opts.freeu is not None
     )
@@ -164,11 +170,7 @@ def load_model(opts: DiffusionOptions, processing_size: tuple[int, int]) -> Load
     if opts.engines is not None or opts.backend != "auto":  # without --engines only torch can serve
         print(f"rerender: {selection.describe()}", file=sys.stderr)
     networks = selection.networks
-    controls = None
-    if _control_is_stateless(opts.control):
-        controls = tuple(
-            make_control(opts.control, opts.allow_pickle, networks.device) for _ in opts.controlnets
-        )
+    controls = _make_controls(opts, networks.device) if _control_is_stateless(opts.control_specs()) else None
     return LoadedModel(networks, selection, controls)
 
 
@@ -192,7 +194,7 @@ class DiffusionRenderer:
         self.flow = flow
         prompt = options.prompt
         if options.added_prompt:
-            prompt = f"{prompt}, {options.added_prompt}" if prompt else options.added_prompt  # §A.3
+            prompt = f"{prompt}, {options.added_prompt}" if prompt else options.added_prompt
         self.text_embeddings = encode_text(networks, prompt, options.negative_prompt)
         self.state = AnchorState()
         self.stats: list[KeyframeStats] = []
@@ -218,12 +220,12 @@ class DiffusionRenderer:
             inner_strength=opts.inner_strength,
             smooth_boundary=opts.smooth_boundary,
             fidelity_threshold=opts.fidelity_threshold,
-            first_pass_stop=opts.first_pass_stop,
+            direct_image=opts.direct_image,
         )
         return cls(model.networks, settings, opts, model.controls_for_run(opts), make_flow(opts.flow))
 
     def _seed(self, index: int) -> int:
-        # Part 1 decision 4: every keyframe pass re-seeds identically unless --vary-noise.
+        # docs/decisions.md decision 4: every keyframe pass re-seeds identically unless --vary-noise.
         return (
             self.options.seed + index * _VARY_NOISE_STRIDE if self.options.vary_noise else self.options.seed
         )
@@ -258,7 +260,7 @@ class DiffusionRenderer:
         anchor = context.is_anchor or context.anchor is None
         source = frame
         if self.options.color_correct and not anchor:
-            source = color_correct(frame, context.anchor.stylized)  # §B.6: SDEdit source only
+            source = color_correct(frame, context.anchor.stylized)  # SDEdit source only
         hints = tuple(
             torch.from_numpy(control(frame, context.index)).permute(2, 0, 1)[None].float() / 255.0
             for control in self.controls

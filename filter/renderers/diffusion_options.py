@@ -1,13 +1,15 @@
-"""Command-line flags of the diffusion keyframe renderer (rerender-reference.md Part 1 decision 7 defaults).
+"""Command-line flags of the diffusion keyframe renderer (defaults: docs/decisions.md, decision 7).
 
 `rerender run` adds these flags with `add_arguments(parser)`; they are parsed into a frozen
-`DiffusionOptions` by `from_args(args)`, which validates every value and raises UsageError sentences.
+`DiffusionOptions` by `from_args(args)`, which range-checks every value and raises UsageError sentences that
+name the flag. `--help` shows every default and unit.
 Importing this module must stay cheap (no torch import): the parser is built for every `rerender run`.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -18,11 +20,24 @@ NEGATIVE_PROMPT = (
     "longbody, lowres, bad anatomy, bad hands, missing fingers, extra digit, fewer digits, cropped, "
     "worst quality, low quality"
 )
+CONTROLNET_SCALE = 0.7  # conditioning scale of a --controlnet given without :SCALE (decision 7)
+LORA_SCALE = 1.0
+CONTROL_KINDS = ("canny", "hed", "depth", "video")
+DIRECT_IMAGES = ("pass1", "branch-x0")  # filter/sampler/keyframe.py (not imported here: it imports torch)
+# Bounds of the numeric flags (checked once here; the sampler trusts them).
+MAX_STEPS = 500  # the schedule has 1000 training steps; DDIM gains nothing from hundreds of steps
+MAX_CFG_SCALE = 30.0  # the authors' web UI slider ends at 30
+MAX_SEED = 2**32 - 1
+CONTROLNET_SCALE_RANGE = (0.0, 2.0)  # the authors' web UI range
+LORA_SCALE_RANGE = (-10.0, 10.0)
+FREEU_BACKBONE_RANGE = (0.0, 3.0)
+FREEU_SKIP_RANGE = (0.0, 2.0)
+MAX_FIDELITY_THRESHOLD = 2.0
 
 
 @dataclass(frozen=True)
 class Window:
-    """A step window as fractions of the full schedule (reference Part 2 §B.8)."""
+    """A step window as fractions of the full schedule (docs/method.md §2)."""
 
     start: float
     end: float
@@ -36,7 +51,8 @@ class DiffusionOptions:
     added_prompt: str = ADDED_PROMPT
     loras: tuple[tuple[str, float], ...] = ()
     controlnets: tuple[tuple[str, float], ...] = ()
-    control: str = "canny"
+    # One --control spec per ControlNet, or one spec for all of them (empty: canny for each).
+    control: tuple[str, ...] = ()
     strength: float = 0.75
     steps: int = 20
     cfg_scale: float = 7.5
@@ -55,48 +71,179 @@ class DiffusionOptions:
     dtype: Literal["auto", "fp32", "fp16", "bf16"] = "auto"
     allow_pickle: bool = False
     # Added by the sampler: configs for single-file checkpoints of other layouts, the flow estimator the
-    # propagation's --flow names, pass-1 early stop (fraction of the schedule) and the smooth boundary.
+    # propagation's --flow names, the pixel-fusion composite's direct image and the smooth boundary.
     model_config: str | None = None
     flow: str = "dis"
-    first_pass_stop: float = 0.3
+    direct_image: Literal["pass1", "branch-x0"] = "pass1"
     smooth_boundary: bool = True
-    # Added by the export helper (issue 6): the backend, chosen once at load time (engines/select.py), and
+    # Added by the export helper: the backend, chosen once at load time (engines/select.py), and
     # the export directory the onnxruntime/TensorRT backends serve (`rerender export --out DIR`).
     backend: Literal["auto", "torch", "onnxruntime", "tensorrt"] = "auto"
     engines: str | None = None
+    vae: str | None = None  # --vae: replaces the model's VAE (a diffusers folder or a single file)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.control, str):  # one spec for every ControlNet, as the flag's single form
+            object.__setattr__(self, "control", (self.control,))
+        if len(self.control) > 1 and len(self.control) != len(self.controlnets):
+            raise UsageError(
+                f"--control was given {len(self.control)} times for {len(self.controlnets)} --controlnet; "
+                "give one --control for all ControlNets or one per --controlnet, in the same order"
+            )
+
+    def control_specs(self) -> tuple[str, ...]:
+        """The hint spec of each ControlNet, in --controlnet order."""
+        specs = self.control or ("canny",)
+        return specs if len(specs) == len(self.controlnets) else specs[:1] * len(self.controlnets)
+
+    def notes(self) -> tuple[str, ...]:
+        """Sentences a user should see before the render starts (printed once when the model loads)."""
+        if self.controlnets:
+            return ()
+        return (
+            "no --controlnet: keyframes follow the text prompt only and will drift from the input's "
+            "structure; add --controlnet PATH (an SD1.5 ControlNet, e.g. canny) to keep it",
+        )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("diffusion renderer (used when --model is given)")
-    g.add_argument("--model", help="SD1.5 diffusers folder, single-file .safetensors, or hub id")
-    g.add_argument("--prompt", default="", help="text that describes the target style")
-    g.add_argument("--negative-prompt", default=NEGATIVE_PROMPT)
-    g.add_argument("--added-prompt", default=ADDED_PROMPT, help="appended to the prompt after ', '")
-    g.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]", help="repeatable")
-    g.add_argument("--controlnet", action="append", default=[], metavar="PATH[:SCALE]", help="repeatable")
     g.add_argument(
-        "--control", default="canny", help="canny | canny:LOW,HIGH | hed:WEIGHTS | depth:WEIGHTS | video:PATH"
+        "--model", help="SD1.5 diffusers folder, single-file checkpoint (.safetensors), or hub id (required)"
     )
-    g.add_argument("--strength", type=float, default=0.75, help="SDEdit denoising strength in (0, 1]")
-    g.add_argument("--steps", type=int, default=20)
-    g.add_argument("--cfg-scale", type=float, default=7.5)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--vary-noise", action="store_true", help="new noise for every keyframe")
-    g.add_argument("--cross-frame", choices=["full", "loose", "off"], default="loose")
-    g.add_argument("--shape-fusion", default="0,0.1", metavar="START,END")
-    g.add_argument("--pixel-fusion", default="0.5,0.8", metavar="START,END")
-    g.add_argument("--adain", default="0.8,1", metavar="START,END")
-    g.add_argument("--mask-strength", type=float, default=0.5)
-    g.add_argument("--inner-strength", type=float, default=0.9)
-    g.add_argument("--fidelity-threshold", type=float, default=0.25)
+    g.add_argument("--prompt", default="", help="text that describes the target style (default: empty)")
     g.add_argument(
-        "--color-correct", action="store_true", help="histogram-match SDEdit sources to the anchor"
+        "--negative-prompt", default=NEGATIVE_PROMPT, help="what to steer away from (default: %(default)r)"
     )
-    g.add_argument("--freeu", default=None, metavar="B1,B2,S1,S2")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    g.add_argument("--dtype", choices=["auto", "fp32", "fp16", "bf16"], default="auto")
     g.add_argument(
-        "--allow-pickle", action="store_true", help="allow .ckpt/.pth/.bin (loading them runs code)"
+        "--added-prompt",
+        default=ADDED_PROMPT,
+        help="appended to the prompt after ', ' (default: %(default)r; '' for none)",
+    )
+    g.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="PATH[:SCALE]",
+        help=f"LoRA merged into the model, repeatable; SCALE in [{LORA_SCALE_RANGE[0]:g}, "
+        f"{LORA_SCALE_RANGE[1]:g}] (default scale: {LORA_SCALE:g})",
+    )
+    g.add_argument(
+        "--controlnet",
+        action="append",
+        default=[],
+        metavar="PATH[:SCALE]",
+        help="SD1.5 ControlNet (folder or single file), repeatable; conditioning SCALE in "
+        f"[{CONTROLNET_SCALE_RANGE[0]:g}, {CONTROLNET_SCALE_RANGE[1]:g}] (default scale: {CONTROLNET_SCALE:g}). "
+        "Without one, keyframes follow the text only",
+    )
+    g.add_argument(
+        "--control",
+        action="append",
+        default=None,
+        metavar="SPEC",
+        help="hint of a ControlNet: canny | canny:LOW,HIGH | hed:WEIGHTS | depth:FOLDER | video:PATH; once for "
+        "all ControlNets or once per --controlnet in the same order; needs --controlnet (default: canny, "
+        "thresholds 50,100)",
+    )
+    g.add_argument(
+        "--vae",
+        default=None,
+        metavar="PATH",
+        help="VAE used instead of the model's own: a diffusers VAE folder or a single file, e.g. the ft-MSE "
+        "VAE (default: the model's VAE)",
+    )
+    g.add_argument(
+        "--strength",
+        type=float,
+        default=0.75,
+        help="SDEdit denoising strength in (0, 1]: the share of the steps that run (default: %(default)s)",
+    )
+    g.add_argument(
+        "--steps",
+        type=int,
+        default=20,
+        help=f"DDIM steps of the full schedule, 1-{MAX_STEPS} (default: %(default)s)",
+    )
+    g.add_argument(
+        "--cfg-scale",
+        type=float,
+        default=7.5,
+        help=f"classifier-free guidance scale in [0, {MAX_CFG_SCALE:g}] (default: %(default)s)",
+    )
+    g.add_argument("--seed", type=int, default=0, help=f"noise seed, 0-{MAX_SEED} (default: %(default)s)")
+    g.add_argument(
+        "--vary-noise", action="store_true", help="new noise for every keyframe (default: the same noise)"
+    )
+    g.add_argument(
+        "--cross-frame",
+        choices=["full", "loose", "off"],
+        default="loose",
+        help="cross-frame attention layers: loose skips the widest ones (default: %(default)s)",
+    )
+    g.add_argument(
+        "--shape-fusion",
+        default="0,0.1",
+        metavar="START,END",
+        help="shape-aware fusion window, fractions of the schedule in [0, 1] (default: %(default)s)",
+    )
+    g.add_argument(
+        "--pixel-fusion",
+        default="0.5,0.8",
+        metavar="START,END",
+        help="pixel-aware fusion window, fractions of the schedule in [0, 1] (default: %(default)s)",
+    )
+    g.add_argument(
+        "--adain",
+        default="0.8,1",
+        metavar="START,END",
+        help="colour-aware AdaIN window, fractions of the schedule in [0, 1] (default: %(default)s)",
+    )
+    g.add_argument(
+        "--mask-strength",
+        type=float,
+        default=0.5,
+        help="pixel-aware fusion strength in [0, 1] (default: %(default)s)",
+    )
+    g.add_argument(
+        "--inner-strength",
+        type=float,
+        default=0.9,
+        help="pixel-aware fusion detail level in [0, 1] (default: %(default)s)",
+    )
+    g.add_argument(
+        "--fidelity-threshold",
+        type=float,
+        default=0.25,
+        help=f"fidelity-oriented encoding threshold, mean absolute error in [0, {MAX_FIDELITY_THRESHOLD:g}] "
+        "(default: %(default)s)",
+    )
+    g.add_argument(
+        "--color-correct",
+        action="store_true",
+        help="histogram-match SDEdit sources to the anchor (default: off)",
+    )
+    g.add_argument(
+        "--freeu",
+        default=None,
+        metavar="B1,B2,S1,S2",
+        help=f"FreeU backbone factors B in [{FREEU_BACKBONE_RANGE[0]:g}, {FREEU_BACKBONE_RANGE[1]:g}] and skip "
+        f"factors S in [{FREEU_SKIP_RANGE[0]:g}, {FREEU_SKIP_RANGE[1]:g}], e.g. 1.1,1.2,1.0,0.2 (default: off)",
+    )
+    g.add_argument(
+        "--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s: CUDA if present)"
+    )
+    g.add_argument(
+        "--dtype",
+        choices=["auto", "fp32", "fp16", "bf16"],
+        default="auto",
+        help="weights' precision (default: %(default)s: fp16 on CUDA, fp32 on the CPU)",
+    )
+    g.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow single weights files that need code to load (a pickle torch's tensor-only loader "
+        "refuses; loading it runs that code) (default: refused)",
     )
     g.add_argument(
         "--model-config",
@@ -105,23 +252,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="diffusers-layout component configs for a single-file checkpoint (default: shipped SD1.5)",
     )
     g.add_argument(
-        "--first-pass-stop",
-        type=float,
-        default=0.3,
-        help="fraction of the schedule where pass 1 stops, at least one step after the SDEdit entry "
-        "(1 = full pass; its result only fills pixels both warps miss; default 0.3: one step at 20 steps, "
-        "strength 0.75)",
+        "--direct-image",
+        choices=DIRECT_IMAGES,
+        default="pass1",
+        help="the direct image of pixel-aware fusion: pass1 finishes pass 1 from the step where it branches "
+        "off pass 2 (the paper's result); branch-x0 uses the x0 predicted at that step instead (fewer UNet "
+        "evaluations) (default: %(default)s)",
     )
     g.add_argument(
-        "--no-smooth-boundary", action="store_true", help="pixel fusion without boundary smoothing"
+        "--no-smooth-boundary",
+        action="store_true",
+        help="pixel fusion without boundary smoothing (default: smoothed)",
     )
     g.add_argument(
         "--backend",
         choices=["auto", "torch", "onnxruntime", "tensorrt"],
         default="auto",
-        help="auto: TensorRT, else onnxruntime-CUDA, else torch (each rejection is explained)",
+        help="auto: TensorRT, else onnxruntime-CUDA, else torch (each rejection is explained) "
+        "(default: %(default)s)",
     )
-    g.add_argument("--engines", default=None, metavar="DIR", help="export directory of `rerender export`")
+    g.add_argument(
+        "--engines",
+        default=None,
+        metavar="DIR",
+        help="export directory of `rerender export` (default: none, torch runs the model)",
+    )
 
 
 def _window(flag: str, text: str) -> Window:
@@ -136,21 +291,72 @@ def _window(flag: str, text: str) -> Window:
     return Window(start, end)
 
 
-def _path_scale(flag: str, text: str) -> tuple[str, float]:
+def _path_scale(flag: str, text: str, default: float, bounds: tuple[float, float]) -> tuple[str, float]:
     path, sep, scale = text.rpartition(":")
     if not sep or not path:
-        return text, 1.0
+        return text, default
     try:
-        return path, float(scale)
+        value = float(scale)
     except ValueError:
-        return text, 1.0  # a ':' inside the path itself, no scale given
+        return text, default  # a ':' inside the path itself, no scale given
+    _in_range(f"{flag} {path}: SCALE", value, *bounds)
+    return path, value
 
 
 def _in_range(flag: str, value: float, low: float, high: float, low_open: bool = False) -> float:
     if value != value or value > high or value < low or (low_open and value == low):
         bracket = "(" if low_open else "["
-        raise UsageError(f"{flag} must be in {bracket}{low}, {high}]; got {value}")
+        raise UsageError(f"{flag} must be in {bracket}{low:g}, {high:g}]; got {value}")
     return value
+
+
+def _int_range(flag: str, value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise UsageError(f"{flag} must be an integer from {low} to {high}; got {value}")
+    return value
+
+
+def _controls(specs: list[str] | None, controlnets: int) -> tuple[str, ...]:
+    if not specs:
+        return ()
+    for spec in specs:
+        if spec.partition(":")[0] not in CONTROL_KINDS:
+            raise UsageError(
+                f"--control expects canny, canny:LOW,HIGH, hed:WEIGHTS, depth:FOLDER or video:PATH; got {spec!r}"
+            )
+    if controlnets == 0:
+        raise UsageError(
+            f"--control {specs[0]} needs a ControlNet to condition: add --controlnet PATH (the hint is "
+            "what a ControlNet reads; without one it would be ignored)"
+        )
+    if len(specs) > 1 and len(specs) != controlnets:
+        raise UsageError(
+            f"--control was given {len(specs)} times for {controlnets} --controlnet; give one --control for "
+            "all ControlNets or one per --controlnet, in the same order"
+        )
+    return tuple(specs)
+
+
+def _freeu(text: str | None) -> tuple[float, float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 4:
+        raise UsageError(f"--freeu expects four numbers B1,B2,S1,S2, e.g. 1.1,1.2,1.0,0.2; got {text!r}")
+    for name, value in zip(("B1", "B2"), values[:2], strict=True):
+        _in_range(f"--freeu {name}", value, *FREEU_BACKBONE_RANGE)
+    for name, value in zip(("S1", "S2"), values[2:], strict=True):
+        _in_range(f"--freeu {name}", value, *FREEU_SKIP_RANGE)
+    return values
+
+
+def _device(text: str) -> str:
+    if not re.fullmatch(r"auto|cpu|cuda(:\d{1,2})?", text):
+        raise UsageError(f"--device expects auto, cpu, cuda or cuda:N; got {text!r}")
+    return text
 
 
 def from_args(args: argparse.Namespace) -> DiffusionOptions:
@@ -158,36 +364,28 @@ def from_args(args: argparse.Namespace) -> DiffusionOptions:
         raise UsageError(
             "the diffusion renderer needs --model PATH (a diffusers folder or .safetensors file)"
         )
-    if args.steps < 1 or args.steps > 1000:
-        raise UsageError(f"--steps must be between 1 and 1000; got {args.steps}")
-    kind = args.control.partition(":")[0]
-    if kind not in ("canny", "hed", "depth", "video"):
+    controlnets = tuple(
+        _path_scale("--controlnet", v, CONTROLNET_SCALE, CONTROLNET_SCALE_RANGE) for v in args.controlnet
+    )
+    vae = getattr(args, "vae", None)
+    engines = getattr(args, "engines", None)
+    if vae is not None and engines is not None:
         raise UsageError(
-            f"--control expects canny, canny:LOW,HIGH, hed:WEIGHTS, depth:FOLDER or video:PATH; got {args.control!r}"
+            "--vae is not part of the graphs in --engines (they hold the VAE they were exported with); "
+            "drop --engines to render with --vae on torch"
         )
-    freeu = None
-    if args.freeu is not None:
-        try:
-            values = tuple(float(v) for v in args.freeu.split(","))
-        except ValueError:
-            values = ()
-        if len(values) != 4:
-            raise UsageError(
-                f"--freeu expects four numbers B1,B2,S1,S2, e.g. 1.1,1.2,1.0,0.2; got {args.freeu!r}"
-            )
-        freeu = values
     return DiffusionOptions(
         model=args.model,
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
         added_prompt=args.added_prompt,
-        loras=tuple(_path_scale("--lora", v) for v in args.lora),
-        controlnets=tuple(_path_scale("--controlnet", v) for v in args.controlnet),
-        control=args.control,
+        loras=tuple(_path_scale("--lora", v, LORA_SCALE, LORA_SCALE_RANGE) for v in args.lora),
+        controlnets=controlnets,
+        control=_controls(args.control, len(controlnets)),
         strength=_in_range("--strength", args.strength, 0.0, 1.0, low_open=True),
-        steps=args.steps,
-        cfg_scale=_in_range("--cfg-scale", args.cfg_scale, 0.0, 50.0),
-        seed=args.seed,
+        steps=_int_range("--steps", args.steps, 1, MAX_STEPS),
+        cfg_scale=_in_range("--cfg-scale", args.cfg_scale, 0.0, MAX_CFG_SCALE),
+        seed=_int_range("--seed", args.seed, 0, MAX_SEED),
         vary_noise=args.vary_noise,
         cross_frame=args.cross_frame,
         shape_fusion=_window("--shape-fusion", args.shape_fusion),
@@ -195,16 +393,19 @@ def from_args(args: argparse.Namespace) -> DiffusionOptions:
         adain=_window("--adain", args.adain),
         mask_strength=_in_range("--mask-strength", args.mask_strength, 0.0, 1.0),
         inner_strength=_in_range("--inner-strength", args.inner_strength, 0.0, 1.0),
-        fidelity_threshold=_in_range("--fidelity-threshold", args.fidelity_threshold, 0.0, 2.0),
+        fidelity_threshold=_in_range(
+            "--fidelity-threshold", args.fidelity_threshold, 0.0, MAX_FIDELITY_THRESHOLD
+        ),
         color_correct=args.color_correct,
-        freeu=freeu,
-        device=args.device,
+        freeu=_freeu(args.freeu),
+        device=_device(args.device),
         dtype=args.dtype,
         allow_pickle=args.allow_pickle,
         model_config=args.model_config,
         flow=getattr(args, "flow", "dis"),
-        first_pass_stop=_in_range("--first-pass-stop", args.first_pass_stop, 0.0, 1.0, low_open=True),
+        direct_image=args.direct_image,
         smooth_boundary=not args.no_smooth_boundary,
         backend=getattr(args, "backend", "auto"),
-        engines=getattr(args, "engines", None),
+        engines=engines,
+        vae=vae,
     )
