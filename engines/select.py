@@ -1,8 +1,9 @@
 """Choosing the backend once, when the models are loaded (`--backend auto|torch|onnxruntime|tensorrt`).
 
 `auto` tries TensorRT, then onnxruntime with the CUDA provider, then torch, and records for every backend
-above the chosen one the sentence that says why it was rejected ("TensorRT: no CUDA device"; "engine
-profile 256x256..768x768, got 1024x576"), as xformers' `not_supported_reasons` does (style.md practice 4).
+above the chosen one the sentence that says why it was rejected ("TensorRT: no CUDA device"; "the
+processing canvas 1024x576 (height x width) is outside the exported sizes 256x256..960x960; re-export with
+--max-size 1024x960"), as xformers' `not_supported_reasons` does (style.md practice 4).
 An explicitly requested backend that cannot serve is a UsageError with that sentence. onnxruntime on the
 CPU is served when asked for (`--backend onnxruntime` without CUDA), never picked by `auto`: torch-CPU is
 the reference there (bench/backends.py compares the two).
@@ -58,7 +59,7 @@ def _cuda_available() -> bool:
 def _graph_reason(name: str, engines: Path | None, request: Request) -> str | None:
     """Why the exported graphs in `engines` cannot serve `request` (None if they can)."""
     from .onnx_backend import BackendUnavailable, ExportManifest, source_identity
-    from .tensorrt_backend import profile_fits
+    from .specs import SizeRange
 
     if engines is None:
         return f"{name}: no --engines DIR given (make one with `rerender export --out DIR`)"
@@ -74,21 +75,51 @@ def _graph_reason(name: str, engines: Path | None, request: Request) -> str | No
     except BackendUnavailable as error:
         return f"{name}: {error}"
     if request.size is not None:
-        misfit = profile_fits(manifest, *request.size)
+        misfit = SizeRange(manifest.min_size, manifest.opt_size, manifest.max_size).misfit(*request.size)
         if misfit is not None:
             return f"{name}: {misfit}"
     return None
+
+
+def _size_misfit(engines: Path | None, request: Request) -> str | None:
+    """The export's size sentence alone (None when there is no readable export or the size fits), so that a
+    fallback for another reason still says whether the export would have served this run's canvas."""
+    from .onnx_backend import BackendUnavailable, ExportManifest
+    from .specs import SizeRange
+
+    if engines is None or request.size is None:
+        return None
+    try:
+        manifest = ExportManifest.load(engines)
+    except BackendUnavailable:
+        return None
+    return SizeRange(manifest.min_size, manifest.opt_size, manifest.max_size).misfit(*request.size)
+
+
+def _with_size(reason: str, engines: Path | None, request: Request) -> str:
+    misfit = _size_misfit(engines, request)
+    return reason if misfit is None else f"{reason}; and {misfit}"
 
 
 def tensorrt_reason(engines: Path | None, request: Request) -> str | None:
     from .tensorrt_backend import tensorrt_unavailable_reason
 
     if request.device == "cpu":
-        return "TensorRT: --device cpu"
-    return tensorrt_unavailable_reason() or _graph_reason("TensorRT", engines, request)
+        return _with_size("TensorRT: --device cpu", engines, request)
+    unavailable = tensorrt_unavailable_reason()
+    if unavailable is not None:
+        return _with_size(unavailable, engines, request)
+    return _graph_reason("TensorRT", engines, request)
 
 
 def onnxruntime_cuda_reason(engines: Path | None, request: Request) -> str | None:
+    reason = _onnxruntime_cuda_unavailable(request)
+    if reason is not None:
+        return _with_size(reason, engines, request)
+    return _graph_reason("onnxruntime-CUDA", engines, request)
+
+
+def _onnxruntime_cuda_unavailable(request: Request) -> str | None:
     if request.device == "cpu":
         return "onnxruntime-CUDA: --device cpu"
     if importlib.util.find_spec("onnxruntime") is None:
@@ -99,7 +130,7 @@ def onnxruntime_cuda_reason(engines: Path | None, request: Request) -> str | Non
         return "onnxruntime-CUDA: this onnxruntime has no CUDAExecutionProvider (install onnxruntime-gpu)"
     if not _cuda_available():
         return "onnxruntime-CUDA: no CUDA device (torch.cuda.is_available() is False)"
-    return _graph_reason("onnxruntime-CUDA", engines, request)
+    return None
 
 
 def _cuda_device(request: Request) -> str:

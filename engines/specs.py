@@ -78,11 +78,17 @@ class TensorSpec:
 
 @dataclass(frozen=True)
 class SizeRange:
-    """Image sizes (height, width) a graph or engine serves: min <= opt <= max, multiples of 64."""
+    """Image sizes (height, width) a graph or engine serves: min <= opt <= max, multiples of 64.
+
+    The default covers the processing canvas that `rerender run`'s default `--size 512` gives the common
+    video shapes (README, *Export*): 16:9 landscape 512x960, 9:16 portrait 960x512, 4:3 512x704, 3:4
+    704x512, square 512x512, and smaller inputs down to a 256-pixel side. Height and width range separately
+    (a TensorRT profile is per axis), so one export serves both orientations. TensorRT tunes its kernels
+    for `opt`, the 16:9 landscape canvas."""
 
     min: tuple[int, int] = (256, 256)
-    opt: tuple[int, int] = (512, 512)
-    max: tuple[int, int] = (768, 768)
+    opt: tuple[int, int] = (512, 960)
+    max: tuple[int, int] = (960, 960)
 
     def __post_init__(self) -> None:
         for label, (h, w) in (("min", self.min), ("opt", self.opt), ("max", self.max)):
@@ -99,6 +105,23 @@ class SizeRange:
 
     def contains(self, height: int, width: int) -> bool:
         return self.min[0] <= height <= self.max[0] and self.min[1] <= width <= self.max[1]
+
+    def misfit(self, height: int, width: int) -> str | None:
+        """None when an image size is served, else the sentence that names the size, the range and the
+        export flags that would cover both."""
+        if self.contains(height, width):
+            return None
+        low = (min(self.min[0], height), min(self.min[1], width))
+        high = (max(self.max[0], height), max(self.max[1], width))
+        flags = []
+        if low != self.min:
+            flags.append(f"--min-size {low[0]}x{low[1]}")
+        if high != self.max:
+            flags.append(f"--max-size {high[0]}x{high[1]}")
+        return (
+            f"the processing canvas {height}x{width} (height x width) is outside the exported sizes "
+            f"{self.min[0]}x{self.min[1]}..{self.max[0]}x{self.max[1]}; re-export with {' '.join(flags)}"
+        )
 
     @property
     def tag(self) -> str:

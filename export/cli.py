@@ -1,7 +1,7 @@
 """`rerender export`: ONNX graphs of every network, then (unless --onnx-only) TensorRT engines for this GPU.
 
     rerender export --model MODEL [--controlnet PATH]... [--lora PATH[:SCALE]]... --out DIR
-                    [--min-size 256x256] [--opt-size 512x512] [--max-size 768x768]
+                    [--min-size 256x256] [--opt-size 512x960] [--max-size 960x960]
                     [--precision auto|fp32|fp16] [--onnx-only]
 
 Prints one line per network with its time and size (ONNX) or build time (TensorRT). Bad flags are one
@@ -20,6 +20,10 @@ from ..engines.specs import SizeRange
 from ..filter.errors import UsageError
 
 
+def _hw(size: tuple[int, int]) -> str:
+    return f"{size[0]}x{size[1]}"
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="rerender export",
@@ -31,9 +35,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--controlnet", action="append", default=[], metavar="PATH[:SCALE]", help="repeatable")
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:SCALE]", help="repeatable; merged")
     p.add_argument("--out", required=True, metavar="DIR", help="export directory (created)")
-    p.add_argument("--min-size", default="256x256", metavar="HxW", help="smallest image size served")
-    p.add_argument("--opt-size", default="512x512", metavar="HxW", help="size TensorRT tunes for")
-    p.add_argument("--max-size", default="768x768", metavar="HxW", help="largest image size served")
+    sizes = SizeRange()  # the default covers the canvases of common video shapes at `rerender run --size 512`
+    p.add_argument("--min-size", default=_hw(sizes.min), metavar="HxW", help="smallest image size served")
+    p.add_argument("--opt-size", default=_hw(sizes.opt), metavar="HxW", help="size TensorRT tunes for")
+    p.add_argument("--max-size", default=_hw(sizes.max), metavar="HxW", help="largest image size served")
     p.add_argument(
         "--precision",
         choices=["auto", "fp32", "fp16"],

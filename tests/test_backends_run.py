@@ -23,7 +23,9 @@ import tiny_models
 import torch
 from rerender.engines.onnx_backend import ExportManifest
 from rerender.engines.select import Request, explain, select_networks
+from rerender.engines.specs import SizeRange
 from rerender.filter.errors import UsageError
+from rerender.filter.geometry import ProcessingGeometry
 
 pytestmark = pytest.mark.skipif(
     getattr(tiny_models, "TOKENIZER_MISSING", None) is not None,
@@ -204,7 +206,7 @@ def test_explicit_onnxruntime_serves_the_export_on_cpu(files):
     [
         ({"loras": ()}, "LoRA set"),
         ({"controlnets": ()}, "ControlNet set"),
-        ({"size": (192, 64)}, "engine profile 64x64..128x128, got 192x64"),
+        ({"size": (192, 64)}, "canvas 192x64 (height x width) is outside the exported sizes 64x64..128x128"),
         ({"freeu": True}, "--freeu"),
     ],
 )
@@ -247,3 +249,78 @@ def test_info_lists_engines_and_why_they_do_not_fit_here(files, tmp_path, capsys
         assert components["onnxruntime-cuda"]["status"] == "unavailable"
     assert _main_in_process("info", "--engines", str(tmp_path / "nowhere")) == 0
     assert "is not a directory" in capsys.readouterr().out
+
+
+# Common video shapes (height, width) and the processing canvas `rerender run` gives them at --size 512.
+COMMON_INPUTS = {
+    "1080p 16:9": (1080, 1920),
+    "720p 16:9": (720, 1280),
+    "2160p 16:9": (2160, 3840),
+    "portrait 9:16": (1920, 1080),
+    "4:3": (1080, 1440),
+    "3:4": (1440, 1080),
+    "square": (1080, 1080),
+}
+
+
+def _canvas(height: int, width: int, fit: str = "pad") -> tuple[int, int]:
+    return ProcessingGeometry.for_input(height, width, 512, fit).canvas
+
+
+def test_default_export_sizes_cover_the_canvas_of_common_inputs_at_the_default_size():
+    sizes = SizeRange()
+    assert _canvas(1080, 1920) == (512, 960) and _canvas(1920, 1080) == (960, 512)
+    for name, (height, width) in COMMON_INPUTS.items():
+        for fit in ("pad", "crop"):
+            canvas = _canvas(height, width, fit)
+            assert sizes.misfit(*canvas) is None, (name, fit, canvas)
+
+
+@pytest.fixture(scope="module")
+def default_export(files):
+    """`rerender export` with no size flags: the default profile."""
+    out = files["root"] / "default_engines"
+    result = _rerender(
+        "export", "--model", str(files["model"]), "--controlnet", str(files["controlnet"]),
+        "--lora", f"{files['lora']}:0.5", "--out", str(out), "--onnx-only",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    return out
+
+
+def test_a_default_export_serves_a_16_9_input_at_the_default_size(files, default_export):
+    manifest = json.loads((default_export / "manifest.json").read_text())
+    assert (manifest["min_size"], manifest["opt_size"], manifest["max_size"]) == (
+        [256, 256],
+        [512, 960],
+        [960, 960],
+    )
+    canvas = _canvas(1080, 1920)
+    # onnxruntime on the CPU stands in for TensorRT: the same manifest and size check decide both.
+    selection = select_networks(
+        "onnxruntime", _request(files, size=canvas), default_export, lambda: pytest.fail("torch loaded")
+    )
+    assert (selection.backend, selection.device) == ("onnxruntime", "cpu")
+    assert not any("canvas" in reason for reason in selection.rejected)
+
+
+def test_a_16_9_run_outside_the_exported_sizes_names_the_canvas(files, tmp_path):
+    clip = media.write_clip(tmp_path / "wide.mp4", width=1920, height=1080, frames=2, audio=False)
+    out = tmp_path / "out.mp4"
+    common = (
+        "run", "-i", str(clip), "-o", str(out), "--model", str(files["model"]),
+        "--controlnet", f"{files['controlnet']}:0.7", "--lora", f"{files['lora']}:0.5", "--prompt", "a cat",
+        "--progress", "none", "--engines", str(files["engines"]),
+    )  # fmt: skip
+    # The export of this module serves 64x64..128x128; the 1080p input's canvas at --size 512 is 512x960.
+    result = _rerender(*common, "--backend", "onnxruntime")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "canvas 512x960 (height x width) is outside the exported sizes 64x64..128x128" in result.stderr
+    assert "--max-size 512x960" in result.stderr and "Traceback" not in result.stderr
+    assert not out.exists()
+    # `auto` falls back to torch; its explanation says the export would not have served this canvas either.
+    sentinel = object()
+    selection = select_networks("auto", _request(files, size=(512, 960)), files["engines"], lambda: sentinel)
+    assert selection.networks is sentinel
+    assert all("canvas 512x960" in reason for reason in selection.rejected), selection.rejected
+    assert "canvas 512x960" in selection.describe()
