@@ -1,4 +1,4 @@
-"""`rerender preview` driven in a real headless Chromium (issue 8, Tests).
+"""`rerender preview` driven in a real headless Chromium.
 
 A real `rerender preview` subprocess serves a tiny synthetic clip; Selenium clicks through the ladder
 (first keyframe → all keyframes → full propagation), changes K, re-runs, renders to a file and checks that a
@@ -8,17 +8,12 @@ is a 404. The screenshot is kept as `artifacts/preview.png`.
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import av
@@ -26,6 +21,7 @@ import cv2
 import numpy as np
 import pytest
 from media import normal_clip, not_a_video
+from preview_server import Server, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 ARTIFACTS = REPO / "artifacts"
@@ -40,84 +36,6 @@ CHEAP = ["--size", "64", "--search-vote-iters", "2", "--patchmatch-iters", "2", 
 def uniform_keyframes(frames: int, k: int) -> list[int]:
     """The schedule of the filter issue: 0, K, 2K, ... and the last frame."""
     return sorted(set(range(0, frames, k)) | {frames - 1})
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A `rerender preview` subprocess; its stderr is collected by a thread (the pipe never fills up)."""
-
-    def __init__(self, args: list[str], env: dict | None = None) -> None:
-        self.port = free_port()
-        cmd = [sys.executable, "-m", "rerender.filter.cli", "preview", *args, "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        self.lines: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-        deadline = time.monotonic() + 30
-        while not any("serving http://" in line for line in self.lines):
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError(f"preview server did not start: {self.stderr}")
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}/"
-
-    def _read(self) -> None:
-        for line in self.proc.stderr:
-            self.lines.append(line)
-
-    @property
-    def stderr(self) -> str:
-        return "".join(self.lines)
-
-    def request(
-        self, method: str, path: str, body: dict | None = None, headers: dict | None = None
-    ) -> tuple[int, dict, bytes]:
-        """A raw request: http.client sends the path exactly as given (no `..` normalisation)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        data = None if body is None else json.dumps(body).encode()
-        all_headers = {"Content-Type": "application/json"} if body is not None else {}
-        all_headers.update(headers or {})
-        conn.request(method, path, body=data, headers=all_headers)
-        response = conn.getresponse()
-        payload = response.read()
-        conn.close()
-        return response.status, dict(response.getheaders()), payload
-
-    def status(self) -> dict:
-        code, _, payload = self.request("GET", "/status")
-        assert code == 200
-        return json.loads(payload)
-
-    def run_and_wait(self, path: str, body: dict, timeout: float, what: str) -> dict:
-        """POST a run (`/run` or `/render`) and wait until it is no longer running; its final status."""
-        before = self.status()["run_id"]
-        code, _, payload = self.request("POST", path, body=body)
-        assert code == 202, payload
-
-        def finished():
-            st = self.status()
-            return st if st["run_id"] > before and st["state"] != "running" else None
-
-        return wait_for(finished, timeout, what)
-
-    def interrupt(self, timeout: float = 20) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        return self.proc.wait(timeout)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(5)
 
 
 @pytest.fixture(scope="module")
@@ -234,17 +152,6 @@ def browser(tmp_path_factory):
     driver.set_page_load_timeout(30)
     yield driver
     driver.quit()
-
-
-def wait_for(predicate, timeout: float = 30, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 def test_ladder_in_a_real_browser(server, browser, clip, outdir):
@@ -393,11 +300,15 @@ def test_ladder_in_a_real_browser(server, browser, clip, outdir):
     print(f"screenshot: {shot}")
 
 
-def test_fast_mode_caps_previews_only_and_job_errors_reach_the_page(server, outdir, tmp_path):
-    """Fast preview (issue 8 item 3): processing size and sampler steps capped for previews, the file keeps
-    the full settings; an error raised inside the job is reported in the status with the CLI's sentence."""
+def test_fast_mode_caps_previews_only_and_job_errors_reach_the_page(clip, outdir, tmp_path):
+    """Fast preview: processing size and sampler steps capped for previews, the file keeps the full
+    settings; an error raised inside the job is reported in the status with the CLI's sentence. The model
+    is named on the command line: the page may keep it (or clear it), never name another file."""
     missing = tmp_path / "no-such-model"
     values = {"--model": str(missing), "--steps": "20"}
+    server = Server(
+        ["-i", str(clip), "--model", str(missing), "--output-dir", str(outdir), "--fast-size", "64"]
+    )
 
     def run(path: str, body: dict) -> dict:
         body = {"values": values, "extra": "", **body}
@@ -410,15 +321,23 @@ def test_fast_mode_caps_previews_only_and_job_errors_reach_the_page(server, outd
         options = parse_run_options(shlex.split(st["command"].removeprefix("rerender run ")))
         return options.filter.size, options.diffusion.steps
 
-    st = run("/run", {"stage": "first-keyframe", "fast": True})
-    assert effective(st) == (64, 8)  # the server's --fast-size 64 and the default --fast-steps 8
-    assert st["state"] == "error" and str(missing) in st["message"] and "internal error" not in st["message"]
-    st = run("/run", {"stage": "first-keyframe", "fast": False})
-    assert effective(st) == (512, 20) and st["state"] == "error"
-    before = sorted(outdir.iterdir())
-    st = run("/render", {"fast": True})  # the file never uses the fast caps
-    assert st["kind"] == "render" and effective(st) == (512, 20) and st["state"] == "error"
-    assert sorted(outdir.iterdir()) == before  # a failed render leaves no file behind
+    try:
+        st = run("/run", {"stage": "first-keyframe", "fast": True})
+        assert effective(st) == (64, 8)  # the server's --fast-size 64 and the default --fast-steps 8
+        assert st["state"] == "error" and str(missing) in st["message"]
+        assert "internal error" not in st["message"]
+        st = run("/run", {"stage": "first-keyframe", "fast": False})
+        assert effective(st) == (512, 20) and st["state"] == "error"
+        before = sorted(outdir.iterdir())
+        st = run("/render", {"fast": True})  # the file never uses the fast caps
+        assert st["kind"] == "render" and effective(st) == (512, 20) and st["state"] == "error"
+        assert sorted(outdir.iterdir()) == before  # a failed render leaves no file behind
+        code, _, payload = server.request(
+            "POST", "/run", body={"values": {"--model": str(tmp_path)}, "extra": ""}
+        )
+        assert code == 400 and "--model" in json.loads(payload)["error"]
+    finally:
+        server.stop()
 
 
 def test_a_diffusion_model_stays_loaded_from_run_to_run(clip, tmp_path):

@@ -8,10 +8,11 @@ import sys
 import tempfile
 from pathlib import Path
 
+from .. import job
 from ..errors import InputError, UsageError
 from .server import PreviewServer
 from .session import PreviewSession
-from .settings import FIXED_FLAGS, FastPreview
+from .settings import FastPreview, command_line_fixed
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
@@ -65,15 +66,6 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         raise UsageError(
             "rerender preview needs -i INPUT (a video file); see `rerender preview --help`"
         ) from None
-    for token in run_argv:
-        name = token.partition("=")[0]
-        if name in ("-o", "--output"):
-            raise UsageError(
-                "rerender preview writes a file only on 'Render to file' (next to the input or into "
-                "--output-dir); drop -o"
-            )
-        if name in FIXED_FLAGS:
-            raise UsageError(f"{name} has no use in rerender preview (the page shows the progress); drop it")
     if args.input == "-":
         raise UsageError("rerender preview needs a file for -i, not '-': every run reads the clip again")
     if not Path(args.input).is_file():
@@ -88,11 +80,39 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         )
     if args.fast_steps < 1:
         raise UsageError(f"--fast-steps must be at least 1; got {args.fast_steps}")
+    fixed = command_line_fixed(job.build_run_parser(), args.input, run_argv)  # in any spelling
+    if fixed == "--output":
+        raise UsageError(
+            "rerender preview writes a file only on 'Render to file' (next to the input or into "
+            "--output-dir); drop -o"
+        )
+    if fixed is not None:
+        raise UsageError(f"{fixed} has no use in rerender preview (the page shows the progress); drop it")
     return args, run_argv
 
 
 def _stop_on_signal(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+def _announce(host_arg: str, address: tuple) -> None:
+    host, port = address[:2]
+    url_host = f"[{host}]" if ":" in host else host
+    if host_arg in LOOPBACK:
+        print(
+            f"rerender preview: serving http://{url_host}:{port}/ on {host} only (this machine); Ctrl-C stops",
+            file=sys.stderr,
+            flush=True,
+        )
+    else:
+        print(
+            f"rerender preview: warning: --host {host_arg} makes the page reachable from other machines; "
+            "anyone who reaches it can start jobs on this one",
+            file=sys.stderr,
+        )
+        print(
+            f"rerender preview: serving http://{url_host}:{port}/; Ctrl-C stops", file=sys.stderr, flush=True
+        )
 
 
 def main(argv: list[str]) -> int:
@@ -116,37 +136,20 @@ def main(argv: list[str]) -> int:
             raise UsageError(
                 f"cannot listen on {args.host}:{args.port} ({exc.strerror}); pick another --port"
             ) from None
-        host, port = server.server_address[:2]
-        url_host = f"[{host}]" if ":" in host else host
-        if args.host in LOOPBACK:
-            print(
-                f"rerender preview: serving http://{url_host}:{port}/ on {host} only (this machine); Ctrl-C stops",
-                file=sys.stderr,
-                flush=True,
-            )
-        else:
-            print(
-                f"rerender preview: warning: --host {args.host} makes the page reachable from other machines; "
-                "anyone who reaches it can start jobs on this one",
-                file=sys.stderr,
-            )
-            print(
-                f"rerender preview: serving http://{url_host}:{port}/; Ctrl-C stops",
-                file=sys.stderr,
-                flush=True,
-            )
-        # Ctrl-C and SIGTERM end serve_forever with KeyboardInterrupt, also when the parent started us with
-        # SIGINT ignored (a non-interactive shell's background job).
+        # Ctrl-C and SIGTERM end the wait with KeyboardInterrupt, also when the parent started us with
+        # SIGINT ignored (a non-interactive shell's background job). The HTTP server runs on its own thread.
         previous = {sig: signal.signal(sig, _stop_on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
         try:
-            server.serve_forever(poll_interval=0.25)
+            server.start()
+            _announce(args.host, server.server_address)
+            server.wait()
         except KeyboardInterrupt:
             note = " (cancelling the run in flight)" if session.running else ""
             print(f"rerender preview: stopping{note}", file=sys.stderr, flush=True)
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            session.close()
-            server.server_close()
+            session.close()  # ends the MJPEG streams too
+            server.close()
     print("rerender preview: stopped", file=sys.stderr, flush=True)
     return 0

@@ -1,20 +1,40 @@
 """The preview's HTTP server: its own page, its assets, its job's status and frames, and nothing else.
 
+The page is a small ASGI application (`PreviewApp`, on Starlette's requests and responses) served by uvicorn
+on its h11 protocol, both maintained HTTP stacks, instead of our own on `http.server`: uvicorn parses and
+bounds the request head (h11), decodes chunked bodies, times out idle keep-alive connections and shuts down
+gracefully; Starlette's streaming response stops the MJPEG generator when the client disconnects. What the
+page itself bounds is here: the request body (size, time to arrive, JSON nesting), the number of open
+streams and connections, and the time a client may take to send a request head (`RequestHeadDeadline`,
+which uvicorn does not time out on its own). The README explains the choice.
+
 Routes are an exact table (no path parameters, nothing read from disk by request path), so `/../etc/passwd`
-or `/static/../../x` are simply unknown paths: 404 (issue 8 item 4). Frames go out as MJPEG
-(`multipart/x-mixed-replace`, as in StreamDiffusion's demo, ecosystem.md §6). Requests that change state
-are POSTs with a JSON body: a page from another site cannot send one without a CORS preflight, which this
-server never answers.
+or `/static/../../x` are simply unknown paths: 404. Frames go out as MJPEG (`multipart/x-mixed-replace`, as
+in StreamDiffusion's demo). Requests that change state are POSTs with a JSON body: a page from another site
+cannot send one without a CORS preflight, which this server never answers.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
+import sys
+import threading
+import time
+import traceback
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
-from urllib.parse import urlsplit
+
+import h11
+import uvicorn
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from ..errors import RerenderError
 from .session import PreviewSession
@@ -32,10 +52,73 @@ SNAPSHOTS = {
     "/keyframe.jpg": "keyframe",
     "/keyframes.jpg": "sheet",
 }
+POSTS = ("/run", "/render", "/cancel")
 BOUNDARY = "rerenderframe"
-MAX_BODY = 64 * 1024
-# A stream handler wakes at least this often to notice that the server is stopping.
-STREAM_POLL_S = 0.5
+COMMON_HEADERS = {"Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+REQUEST_TIMEOUT = b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one client may take from the server."""
+
+    max_body: int = 64 * 1024  # bytes of a POST body (the page sends well under 4 KiB)
+    max_head: int = 16 * 1024  # bytes of a request line and headers (h11's buffer for an incomplete head)
+    head_timeout_s: float = 10.0  # from connecting (or the previous response) to a complete request head
+    body_timeout_s: float = 10.0  # from the request head to the end of its body
+    keep_alive_s: int = 5  # an idle keep-alive connection is closed after this (uvicorn)
+    max_connections: int = 64  # open connections and requests in flight; more get 503 (uvicorn)
+    max_streams: int = 16  # open MJPEG streams; more get 503 (a page opens two)
+    stream_poll_s: float = 0.04  # how often a stream looks for a newer frame (no thread per viewer)
+    shutdown_s: int = 5  # how long a stop waits for requests in flight
+
+
+class RequestHeadDeadline(H11Protocol):
+    """uvicorn's h11 protocol with a deadline for each request head.
+
+    uvicorn closes a keep-alive connection that stays idle after a response, but a client that connects and
+    sends nothing, or half a request line, or headers without their end, holds its connection (and a slot of
+    `max_connections`) for as long as it likes. Here a connection that has not sent a complete request head
+    within `head_timeout_s` of connecting (or of its previous response) gets a 408 and is closed. The head
+    timer is armed at the points uvicorn's own keep-alive timer uses (`connection_made`,
+    `on_response_complete`) and the state is read from h11, which uvicorn uses to parse the request."""
+
+    head_timeout_s = Limits.head_timeout_s
+    _head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._cancel_head_timer()  # the head is in; the application bounds the body
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
+            self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        self._head_timer = asyncio.get_running_loop().call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            self.transport.write(REQUEST_TIMEOUT)
+            self.transport.close()
 
 
 def load_assets() -> dict[str, tuple[bytes, str]]:
@@ -44,159 +127,266 @@ def load_assets() -> dict[str, tuple[bytes, str]]:
     return {route: (package.joinpath(name).read_bytes(), kind) for route, (name, kind) in ASSETS.items()}
 
 
-class PreviewServer(ThreadingHTTPServer):
-    daemon_threads = True  # an open MJPEG stream never keeps the process alive
-    allow_reuse_address = True
+def _json(status: int, payload: dict, *, close: bool = False) -> Response:
+    headers = dict(COMMON_HEADERS)
+    if close:
+        headers["Connection"] = "close"
+    return Response(json.dumps(payload).encode(), status, headers, "application/json")
 
-    def __init__(self, address: tuple[str, int], session: PreviewSession, *, check_host: bool) -> None:
+
+def _error(status: int, message: str, *, close: bool = False) -> Response:
+    return _json(status, {"error": message}, close=close)
+
+
+def host_allowed(host_header: str) -> bool:
+    """The Host header names this machine's loopback (DNS rebinding: a web page whose name resolves to
+    127.0.0.1 sends its own name)."""
+    host = host_header.strip().lower()
+    if host.startswith("["):
+        host = host[: host.find("]") + 1] if "]" in host else ""
+    else:
+        host = host.partition(":")[0]
+    return host in LOOPBACK_HOSTS
+
+
+class PreviewApp:
+    """The ASGI application: one session, the page's exact route table, and the limits on what a client may
+    take. Its state (the count of open streams) is touched only on the server's event loop."""
+
+    def __init__(self, session: PreviewSession, *, check_host: bool, limits: Limits = Limits()) -> None:
         self.session = session
         self.assets = load_assets()
         self.check_host = check_host
-        if ":" in address[0]:
-            self.address_family = socket.AF_INET6  # e.g. --host ::1
-        super().__init__(address, PreviewHandler)
+        self.limits = limits
+        self.open_streams = 0
 
-
-class PreviewHandler(BaseHTTPRequestHandler):
-    server: PreviewServer
-    server_version = "rerender-preview"
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
-        pass  # the terminal shows the job's status line, not one line per request
-
-    # -- plumbing ------------------------------------------------------------------------------------
-
-    def _send(self, status: int, body: bytes, kind: str, extra: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        for key, value in (extra or {}).items():
-            self.send_header(key, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _json(self, status: int, payload: dict) -> None:
-        self._send(status, json.dumps(payload).encode(), "application/json")
-
-    def _not_found(self) -> None:
-        self._json(HTTPStatus.NOT_FOUND, {"error": "not found"})
-
-    def _host_ok(self) -> bool:
-        """Refuse other Host names (DNS rebinding: a web page whose name resolves to 127.0.0.1)."""
-        if not self.server.check_host:
-            return True
-        host = (self.headers.get("Host") or "").rsplit(":", 1)[0]
-        return host in ("127.0.0.1", "localhost", "[::1]")
-
-    def _route(self) -> str | None:
-        if not self._host_ok():
-            self._json(HTTPStatus.FORBIDDEN, {"error": "unexpected Host header"})
-            return None
-        return urlsplit(self.path).path
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return  # no lifespan or websocket handling: uvicorn runs with both off
+        request = Request(scope, receive)
+        path, method = scope["path"], request.method
+        if self.check_host and not host_allowed(request.headers.get("host", "")):
+            response = _error(HTTPStatus.FORBIDDEN, "unexpected Host header", close=method == "POST")
+        elif method == "GET" and path in STREAMS:
+            if self.open_streams >= self.limits.max_streams:
+                response = _error(HTTPStatus.SERVICE_UNAVAILABLE, "too many open streams; close some pages")
+            else:
+                self.open_streams += 1
+                try:
+                    await self._stream(STREAMS[path])(scope, receive, send)
+                finally:
+                    self.open_streams -= 1
+                return
+        elif method in ("GET", "HEAD"):
+            response = await self._get(path)
+        elif method == "POST":
+            response = await self._post(request, path)
+        else:
+            response = _error(HTTPStatus.METHOD_NOT_ALLOWED, "only GET, HEAD and POST", close=True)
+        await response(scope, receive, send)
 
     # -- GET -----------------------------------------------------------------------------------------
 
-    def do_HEAD(self) -> None:
-        self.do_GET()
-
-    def do_GET(self) -> None:
-        path = self._route()
-        if path is None:
-            return
-        session = self.server.session
-        if path in self.server.assets:
-            body, kind = self.server.assets[path]
-            self._send(HTTPStatus.OK, body, kind)
-        elif path == "/status":
-            self._json(HTTPStatus.OK, session.status())
-        elif path == "/settings":
-            self._json(HTTPStatus.OK, session.settings_json())
-        elif path in SNAPSHOTS:
-            latest = session.images.jpeg(SNAPSHOTS[path])
+    async def _get(self, path: str) -> Response:
+        session = self.session
+        if path in self.assets:
+            body, kind = self.assets[path]
+            return Response(body, HTTPStatus.OK, COMMON_HEADERS, kind)
+        if path == "/status":
+            return _json(HTTPStatus.OK, session.status())
+        if path == "/settings":
+            return _json(HTTPStatus.OK, session.settings_json())
+        if path in SNAPSHOTS:
+            latest = await run_in_threadpool(session.images.jpeg, SNAPSHOTS[path])
             if latest is None:
-                self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"error": "no image yet"})
-            else:
-                self._send(HTTPStatus.OK, latest[1], "image/jpeg", {"X-Frame-Seq": str(latest[0])})
-        elif path in STREAMS and self.command == "GET":
-            self._stream(STREAMS[path])
-        else:
-            self._not_found()
+                return _error(HTTPStatus.SERVICE_UNAVAILABLE, "no image yet")
+            headers = {**COMMON_HEADERS, "X-Frame-Seq": str(latest[0])}
+            return Response(latest[1], HTTPStatus.OK, headers, "image/jpeg")
+        return _error(HTTPStatus.NOT_FOUND, "not found")
 
-    def _stream(self, stream: str) -> None:
+    def _stream(self, stream: str) -> StreamingResponse:
         """MJPEG: every part is followed by the next boundary at once, so the browser shows it without
-        waiting for the next frame."""
-        images = self.server.session.images
-        self.send_response(HTTPStatus.OK)
-        self.send_header("Content-Type", f"multipart/x-mixed-replace; boundary={BOUNDARY}")
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("Connection", "close")
-        self.end_headers()
-        self.close_connection = True
-        try:
-            self.wfile.write(f"--{BOUNDARY}\r\n".encode())
+        waiting for the next frame. The generator ends when the session closes; Starlette cancels it when
+        the client disconnects."""
+        images, poll = self.session.images, self.limits.stream_poll_s
+
+        async def parts() -> AsyncIterator[bytes]:
+            yield f"--{BOUNDARY}\r\n".encode()
             seq = -1
             while not images.closed:
-                if images.seq(stream) <= seq and not images.wait_newer(stream, seq, STREAM_POLL_S):
+                if images.seq(stream) <= seq:
+                    await asyncio.sleep(poll)
                     continue
-                latest = images.jpeg(stream)
+                latest = await run_in_threadpool(images.jpeg, stream)
                 if latest is None:
+                    await asyncio.sleep(poll)
                     continue
                 seq, data = latest
                 head = f"Content-Type: image/jpeg\r\nContent-Length: {len(data)}\r\n\r\n".encode()
-                self.wfile.write(head + data + f"\r\n--{BOUNDARY}\r\n".encode())
-                self.wfile.flush()
-        except (BrokenPipeError, ConnectionResetError, TimeoutError):
-            pass  # the page was closed or reloaded
+                yield head + data + f"\r\n--{BOUNDARY}\r\n".encode()
+
+        headers = {**COMMON_HEADERS, "Connection": "close"}
+        return StreamingResponse(
+            parts(), HTTPStatus.OK, headers, f"multipart/x-mixed-replace; boundary={BOUNDARY}"
+        )
 
     # -- POST ----------------------------------------------------------------------------------------
 
-    def do_POST(self) -> None:
-        # A POST's body may be left unread (a refused request): never reuse the connection after it.
-        self.close_connection = True
-        path = self._route()
-        if path is None:
-            return
-        if path not in ("/run", "/render", "/cancel"):
-            self._not_found()
-            return
-        kind = (self.headers.get("Content-Type") or "").split(";")[0].strip()
+    async def _read_json(self, request: Request) -> object | Response:
+        """The request's JSON body, or the response that refuses it. Only a body with a Content-Length is
+        read (chunked bodies have none: 411), never more than `max_body` bytes nor for longer than
+        `body_timeout_s`."""
+        headers = request.headers
+        kind = headers.get("content-type", "").split(";")[0].strip().lower()
         if kind != "application/json":
-            self._json(HTTPStatus.UNSUPPORTED_MEDIA_TYPE, {"error": "send the settings as application/json"})
-            return
+            return _error(
+                HTTPStatus.UNSUPPORTED_MEDIA_TYPE, "send the settings as application/json", close=True
+            )
+        if "transfer-encoding" in headers or "content-length" not in headers:
+            return _error(
+                HTTPStatus.LENGTH_REQUIRED,
+                "send the settings with a Content-Length (chunked bodies are not accepted)",
+                close=True,
+            )
+        length_text = headers["content-length"].strip()
+        if not length_text.isdigit():  # h11 refuses malformed lengths before this; kept as a guard
+            return _error(HTTPStatus.BAD_REQUEST, "a valid Content-Length is required", close=True)
+        length = int(length_text)
+        if length > self.limits.max_body:
+            return _error(
+                HTTPStatus.REQUEST_ENTITY_TOO_LARGE,
+                f"request body too large: at most {self.limits.max_body} bytes",
+                close=True,
+            )
+        body = bytearray()
         try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            length = -1
-        if length < 0:
-            self._json(HTTPStatus.BAD_REQUEST, {"error": "a valid Content-Length is required"})
-            return
-        if length > MAX_BODY:
-            self._json(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "request body too large"})
-            return
+            async with asyncio.timeout(self.limits.body_timeout_s):
+                async for chunk in request.stream():
+                    body += chunk
+                    if len(body) > length:
+                        return _error(
+                            HTTPStatus.BAD_REQUEST, "the body is longer than its Content-Length", close=True
+                        )
+        except TimeoutError:
+            return _error(
+                HTTPStatus.REQUEST_TIMEOUT,
+                f"the request body did not arrive within {self.limits.body_timeout_s:g} s",
+                close=True,
+            )
+        except ClientDisconnect:
+            return _error(HTTPStatus.BAD_REQUEST, "the client closed the connection", close=True)
+        if not body.strip():
+            return {}
         try:
-            body = json.loads(self.rfile.read(length) or b"{}")
+            return json.loads(body)
+        except RecursionError:
+            return _error(
+                HTTPStatus.BAD_REQUEST,
+                'the request body is nested too deeply; send {"values": {...}, "extra": "..."}',
+                close=True,
+            )
         except ValueError:
-            self._json(HTTPStatus.BAD_REQUEST, {"error": "the request body is not JSON"})
-            return
-        session = self.server.session
+            return _error(HTTPStatus.BAD_REQUEST, "the request body is not JSON", close=True)
+
+    async def _post(self, request: Request, path: str) -> Response:
+        # A POST's body may be left unread (a refused request): its connection is never reused.
+        if path not in POSTS:
+            return _error(HTTPStatus.NOT_FOUND, "not found", close=True)
+        body = await self._read_json(request)
+        if isinstance(body, Response):
+            return body
+        session = self.session
         if path == "/cancel":
-            session.stop()
-            self._json(HTTPStatus.OK, session.status())
-            return
+            await run_in_threadpool(session.stop)
+            return _json(HTTPStatus.OK, session.status(), close=True)
+        if not isinstance(body, dict) or not body:
+            return _error(
+                HTTPStatus.BAD_REQUEST,
+                'send the settings as a JSON object: {"values": {...}, "extra": "..."}',
+                close=True,
+            )
         try:
             settings = PageSettings.from_json(body)
             if path == "/render":
-                started = session.start("render", "full", settings, fast=False)
+                started = await run_in_threadpool(session.start, "render", "full", settings, False)
             else:
-                stage = body.get("stage", "first-keyframe")
-                started = session.start("preview", str(stage), settings, fast=bool(body.get("fast", True)))
+                stage, fast = str(body.get("stage", "first-keyframe")), bool(body.get("fast", True))
+                started = await run_in_threadpool(session.start, "preview", stage, settings, fast)
         except RerenderError as exc:  # the CLI's own sentence for a bad setting
-            self._json(HTTPStatus.BAD_REQUEST, {"error": str(exc)})
-            return
-        self._json(HTTPStatus.ACCEPTED, started)
+            return _error(HTTPStatus.BAD_REQUEST, str(exc), close=True)
+        except Exception as exc:  # a bug: keep serving, answer, and print the traceback for a report
+            traceback.print_exc(file=sys.stderr)
+            return _error(
+                HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(exc).__name__}: {exc}", close=True
+            )
+        return _json(HTTPStatus.ACCEPTED, started, close=True)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (an IPv6 host such as ::1 too); OSError when it cannot bind."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return socket.create_server((host, port), family=family, backlog=128)
+
+
+class PreviewServer:
+    """uvicorn serving a PreviewApp on a socket bound up front (so a busy port is an error before the page
+    is announced, and port 0 is resolved), on its own thread and event loop: the main thread keeps the
+    process's signal handling."""
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        session: PreviewSession,
+        *,
+        check_host: bool,
+        limits: Limits = Limits(),
+    ) -> None:
+        self.socket = listen(*address)
+        self.app = PreviewApp(session, check_host=check_host, limits=limits)
+        protocol = type("PreviewProtocol", (RequestHeadDeadline,), {"head_timeout_s": limits.head_timeout_s})
+        config = uvicorn.Config(
+            self.app,
+            http=protocol,
+            ws="none",
+            lifespan="off",
+            loop="asyncio",
+            interface="asgi3",
+            log_config=None,
+            log_level="error",  # a refused request is answered; only a failure inside the server is printed
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            timeout_keep_alive=limits.keep_alive_s,
+            timeout_graceful_shutdown=limits.shutdown_s,
+            limit_concurrency=limits.max_connections,
+            h11_max_incomplete_event_size=limits.max_head,
+        )
+        self._server = uvicorn.Server(config)
+        self._shutdown_s = limits.shutdown_s
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self.socket]}, name="preview-http", daemon=True
+        )
+
+    @property
+    def server_address(self) -> tuple:
+        return self.socket.getsockname()
+
+    def start(self, timeout: float = 30.0) -> None:
+        """Start serving; returns when uvicorn accepts connections (RuntimeError if it did not start)."""
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the preview's HTTP server did not start")
+            time.sleep(0.02)
+
+    def wait(self, poll_s: float = 0.25) -> None:
+        """Block until the server stops (KeyboardInterrupt from a signal handler ends the wait)."""
+        while self._thread.is_alive():
+            self._thread.join(poll_s)
+
+    def close(self) -> None:
+        """Stop accepting, let requests in flight end (at most `shutdown_s`), and free the socket."""
+        self._server.should_exit = True
+        self._thread.join(self._shutdown_s + 5)
+        self.socket.close()

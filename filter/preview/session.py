@@ -1,7 +1,7 @@
 """One preview session: the input clip, the job running on it (at most one at a time) and its status.
 
-Every run is the one `run_job` of the streaming filter (no second pipeline, issue 8): a preview stage of the
-ladder (first keyframe → all keyframes → full propagation, ecosystem.md §6) or "render to file" with the
+Every run is the one `run_job` of the streaming filter (no second pipeline): a preview stage of the ladder
+(first keyframe → all keyframes → full propagation, as in the official web UI) or "render to file" with the
 full settings and `rerender run` semantics. Starting a run cancels the one in flight: there are two cores,
 and the user wants the newest settings, not the older ones. The session's `RendererCache` keeps the
 diffusion model loaded from run to run while only per-run settings (prompt, seed, strength, steps, K, ...)
@@ -26,7 +26,15 @@ from .. import job
 from ..errors import InputError, RerenderError, UsageError
 from ..frames import Frame
 from .latest import LatestImages
-from .settings import FastPreview, PageSettings, fast_argv, form_fields, page_argv, split_run_argv
+from .settings import (
+    FastPreview,
+    PageSettings,
+    check_page_options,
+    fast_argv,
+    form_fields,
+    page_argv,
+    split_run_argv,
+)
 from .sheet import KeyframeSheet
 
 Stage = Literal["first-keyframe", "keyframes", "full"]
@@ -80,6 +88,11 @@ class PreviewSession:
         self.parser = job.build_run_parser()
         self.fields = form_fields(self.parser)
         self.initial_values, self.initial_extra = split_run_argv(run_argv, self.fields, self.parser)
+        # What the command line set and the run parser's defaults, with the output every check uses: the page
+        # may change only PAGE_OPTIONS; every other option keeps one of these values.
+        self._check_output = str(workdir / "check.mp4")
+        self._fixed = self.parser.parse_args([*run_argv, "-o", self._check_output])
+        self._defaults = self.parser.parse_args(["-i", str(input_path), "-o", self._check_output])
         self.images = LatestImages()
         self.renderers = job.RendererCache()  # the loaded model, shared by this session's runs only
         self._lock = threading.Lock()
@@ -121,7 +134,7 @@ class PreviewSession:
         argv = page_argv(
             str(self.input_path), PageSettings(self.initial_values, self.initial_extra), self.fields
         )
-        self._job.parse_run_options(self._output_argv(argv, self.workdir / "check.mp4"))
+        self._job.parse_run_options([*argv, "-o", self._check_output])
 
     def show_first_frame(self) -> None:
         """Open the input once at start: a file that is not a usable video is a one-line InputError now,
@@ -144,15 +157,21 @@ class PreviewSession:
         if stage not in STAGES:
             raise UsageError(f"stage must be one of {', '.join(STAGES)}; got {stage!r}")
         argv = page_argv(str(self.input_path), settings, self.fields)
+        # The stand-in output goes first: an -o among the page's flags would come later and be seen.
+        check_page_options(
+            self.parser, [*argv[:2], "-o", self._check_output, *argv[2:]], self._fixed, self._defaults
+        )
+        check_argv = [*argv, "-o", self._check_output]
         # The user's own values are validated first (before fast mode appends its caps, which would hide a
         # bad --size or --steps): the page shows the message `rerender run` prints for them.
-        checked = self._job.parse_run_options(self._output_argv(argv, self.workdir / "check.mp4"))
+        checked = self._job.parse_run_options(check_argv)
         if kind == "render":
             stage, output = "full", render_path(self.input_path, self.output_dir)
         else:
             output = self.workdir / "preview.mkv"  # a by-product: Matroska takes any input's streams
             if fast:
-                argv = fast_argv(argv, self.fast, self.parser, diffusion=checked.renderer == "diffusion")
+                steps = checked.diffusion.steps if checked.diffusion is not None else None
+                argv = fast_argv(argv, self.fast, size=checked.filter.size, steps=steps)
         run_argv = self._output_argv(argv, output)
         options = self._job.parse_run_options(run_argv)
         # Keyframes rendered by an earlier stage with the same settings are reused by the later stages.

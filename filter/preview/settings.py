@@ -1,8 +1,9 @@
 """The page's settings form and the `rerender run` argument list it stands for.
 
 The page never validates anything itself: its fields are turned back into an argv list and handed to the
-job's own `parse_run_options`, so a bad value gets exactly the message `rerender run` would print (issue 8,
-item 4). The fields are read from the run parser, so every flag the page shows is one the CLI has.
+job's own `parse_run_options`, so a bad value gets exactly the message `rerender run` would print. The fields
+are read from the run parser, so every flag the page shows is one the CLI has. Which options the page may
+change at all is an allow-list (PAGE_OPTIONS), checked on what the run parser made of the page's flags.
 """
 
 from __future__ import annotations
@@ -26,9 +27,124 @@ DIFFUSION_FLAGS = (
     "--seed",
     "--model",
 )
-# Flags that decide which files are read or written or how progress is printed: fixed by the command line
-# (the page may not point the server at other files, issue 8 item 4).
-FIXED_FLAGS = ("-i", "--input", "-o", "--output", "-f", "--format", "--progress", "-q", "--quiet")
+# The run options the page may change, by their parsed name (argparse `dest`), whatever spelling set them
+# (`-K5`, `--keyframe-interval=5`, an abbreviation argparse accepts). None of them names a file or a folder
+# or decides what the server reads and how it writes. Every option not listed here (the input and output,
+# the container, the input demuxer, encoder options, --model, --lora, --controlnet, --model-config,
+# --keyframes-dir, --engines, --allow-pickle, and any option added to `rerender run` later) keeps the value
+# the `rerender preview` command line gave it, or its default: the page cannot point the server at other
+# files or let it run code from them.
+PAGE_OPTIONS = frozenset(
+    {
+        # keyframes and propagation
+        "keyframe_interval",
+        "keyframes",
+        "no_scene_cuts",
+        "renderer",
+        "keyframes_first_index",
+        "classic_style",
+        "classic_sigma_s",
+        "classic_sigma_r",
+        "size",
+        "fit",
+        "propagate_at",
+        "flow",  # only its built-in estimators: see PAGE_VALUES
+        "threads",
+        "synth_backend",
+        "patch_size",
+        "search_vote_iters",
+        "patchmatch_iters",
+        "pyramid_levels",
+        "poisson",
+        "blend_weights",
+        # the diffusion renderer's per-run settings
+        "prompt",
+        "negative_prompt",
+        "added_prompt",
+        "control",  # only canny: see PAGE_VALUES
+        "strength",
+        "steps",
+        "cfg_scale",
+        "seed",
+        "vary_noise",
+        "cross_frame",
+        "shape_fusion",
+        "pixel_fusion",
+        "adain",
+        "mask_strength",
+        "inner_strength",
+        "fidelity_threshold",
+        "color_correct",
+        "freeu",
+        "device",
+        "dtype",
+        "first_pass_stop",
+        "no_smooth_boundary",
+        "backend",
+        # the encode of "Render to file"
+        "codec",
+        "crf",
+        "pix_fmt",
+        "no_audio",
+        "strict",
+    }
+)
+# Options whose value may name a file: the page may choose only the values that do not.
+PAGE_VALUES = {
+    "flow": (
+        lambda value: str(value).partition(":")[0] == "dis",
+        "the page may choose dis, dis:fast or dis:ultrafast; an estimator with a weights file "
+        "(raft:WEIGHTS) is given on the `rerender preview` command line",
+    ),
+    "control": (
+        lambda value: str(value).partition(":")[0] == "canny",
+        "the page may choose canny or canny:LOW,HIGH; a control that reads a file (hed:, depth:, video:) "
+        "is given on the `rerender preview` command line",
+    ),
+}
+
+
+def _flag_name(dest: str) -> str:
+    return "-i/--input" if dest == "input" else "--" + dest.replace("_", "-")
+
+
+def check_page_options(
+    parser: argparse.ArgumentParser, argv: list[str], fixed: argparse.Namespace, defaults: argparse.Namespace
+) -> None:
+    """Refuse page settings that steer the server off its input and its own files.
+
+    `argv` is what the page's settings stand for (with the output the server would use); it is parsed by the
+    real run parser, so every spelling argparse accepts is seen as the option it sets. Options outside
+    PAGE_OPTIONS must keep the command line's value (`fixed`) or drop back to their default (`defaults`,
+    e.g. the page clears --model to use the classic renderer); UsageError otherwise."""
+    chosen = vars(parser.parse_args(argv))
+    fixed_values, default_values = vars(fixed), vars(defaults)
+    for dest, value in chosen.items():
+        if value == fixed_values.get(dest):
+            continue
+        if dest in PAGE_OPTIONS:
+            allowed = PAGE_VALUES.get(dest)
+            if allowed is not None and not allowed[0](value):
+                raise UsageError(f"{_flag_name(dest)} {value}: {allowed[1]}")
+            continue
+        if dest not in ("input", "output") and value == default_values.get(dest):
+            continue
+        raise UsageError(
+            f"{_flag_name(dest)} cannot be set from the page (it names files or decides what the server "
+            "reads and writes); give it on the `rerender preview` command line"
+        )
+
+
+def command_line_fixed(parser: argparse.ArgumentParser, input_path: str, run_argv: list[str]) -> str | None:
+    """The first of -o, -f, --progress and -q (in any spelling) that the `rerender preview` command line's
+    run options set, or None: the page shows the progress, and a file is written only on "Render to file"."""
+    base = ["-i", input_path, "-o", "-"]  # stand-ins the command line's own options override
+    given = vars(parser.parse_args([*base, *run_argv]))
+    defaults = vars(parser.parse_args(base))
+    for dest in ("output", "format", "progress", "quiet"):
+        if given[dest] != defaults[dest]:
+            return _flag_name(dest)
+    return None
 
 
 @dataclass(frozen=True)
@@ -44,7 +160,7 @@ class Field:
 
 @dataclass(frozen=True)
 class FastPreview:
-    """Fast preview mode (issue 8 item 3): a smaller processing size and fewer sampler steps while tuning;
+    """Fast preview mode: a smaller processing size and fewer sampler steps while tuning;
     the file is always rendered with the full settings."""
 
     size: int = 256
@@ -164,47 +280,16 @@ def page_argv(input_path: str, settings: PageSettings, fields: list[Field]) -> l
         raise UsageError(
             f"'more flags' could not be split like a shell line ({exc}); check the quotes"
         ) from None
-    for token in extra:
-        name = token.partition("=")[0]
-        if name in FIXED_FLAGS:
-            raise UsageError(
-                f"{name} is fixed by the `rerender preview` command line; remove it from 'more flags'"
-            )
     return argv + extra
 
 
-def _last_value(argv: list[str], flags: tuple[str, ...]) -> str | None:
-    value = None
-    for i, token in enumerate(argv):
-        name, eq, inline = token.partition("=")
-        if name in flags:
-            value = inline if eq else (argv[i + 1] if i + 1 < len(argv) else None)
-    return value
-
-
-def fast_argv(
-    argv: list[str], fast: FastPreview, parser: argparse.ArgumentParser, *, diffusion: bool
-) -> list[str]:
+def fast_argv(argv: list[str], fast: FastPreview, *, size: int, steps: int | None) -> list[str]:
     """The preview's argv in fast mode: the processing size capped at `fast.size` and, for the diffusion
-    renderer, the sampler steps at `fast.steps` (argparse keeps a flag's last value: the caps are appended)."""
+    renderer, the sampler steps at `fast.steps`. `size` and `steps` are the values `argv` parses to (None:
+    not the diffusion renderer); argparse keeps a flag's last value, so the caps are appended."""
     out = list(argv)
-    size_action = _action_for(parser, "--size")
-    if size_action is not None:
-        size = _last_value(argv, tuple(size_action.option_strings))
-        current = size if size is not None else size_action.default
-        try:
-            small_enough = current is not None and int(str(current)) <= fast.size
-        except ValueError:
-            small_enough = False  # e.g. WxH: the cap replaces it
-        if not small_enough:
-            out += ["--size", str(fast.size)]
-    steps_action = _action_for(parser, "--steps")
-    if diffusion and steps_action is not None:
-        steps = _last_value(argv, tuple(steps_action.option_strings))
-        current = steps if steps is not None else steps_action.default
-        try:
-            if current is None or int(str(current)) > fast.steps:
-                out += ["--steps", str(fast.steps)]
-        except ValueError:
-            pass  # not a number: parse_run_options reports it with the CLI's message
+    if size > fast.size:
+        out += ["--size", str(fast.size)]
+    if steps is not None and steps > fast.steps:
+        out += ["--steps", str(fast.steps)]
     return out

@@ -1,6 +1,6 @@
 """A contact sheet of the keyframes of the current run, the "all keyframes" rung of the ladder at a glance.
 
-The official web UI shows the keyframes as a video (ecosystem.md §6); side by side thumbnails show at once
+The official web UI shows the keyframes as a video; side by side thumbnails show at once
 whether the style holds across the clip, which is what the user tunes K, strength and the prompt for.
 """
 
