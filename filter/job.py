@@ -34,7 +34,7 @@ from .geometry import ProcessingGeometry
 from .graph import PROGRESS_TICK, Filter, FilterOptions
 from .io import SinkOptions, add_io_arguments, open_sink, open_source, sink_options_from_args
 from .io.paths import lavfi_folder_prefix, sweep_lavfi_folders
-from .progress import WorkState, estimate_eta
+from .progress import EtaEstimator, WorkState
 from .propagation import PropagationOptions
 from .renderers import diffusion_options
 from .renderers.base import KeyframeRenderer
@@ -80,6 +80,7 @@ class _WorkCounters:
     write_seconds: float = 0.0
     last_key: int | None = None
     reported: float = float("-inf")
+    read_all: bool = False  # the source is exhausted: the frames read are all there are
 
 
 @dataclass(frozen=True)
@@ -439,6 +440,22 @@ def make_renderer(
     return module.DiffusionRenderer.from_options(options.diffusion, processing_size, model)
 
 
+def _resolve_synth_backend(f: FilterOptions) -> FilterOptions:
+    """--synth-backend auto or cuda resolved once, before the first frame: a cuda request that cannot run
+    fails before any work, and the probe's one-time cost (it imports torch) is not paid inside the first
+    gap, where it would also skew the progress estimate."""
+    backend = f.propagation.backend
+    if backend == "cpu" or not f.propagate:
+        return f
+    from ..native.backends import cuda_unavailable_reason
+
+    reason = cuda_unavailable_reason()
+    if backend == "cuda" and reason is not None:
+        raise UsageError(f"--synth-backend cuda cannot run here: {reason} Use --synth-backend cpu or auto.")
+    resolved = "cuda" if reason is None else "cpu"
+    return replace(f, propagation=replace(f.propagation, backend=resolved))
+
+
 def processing_note(width: int, height: int, geometry: ProcessingGeometry, f: FilterOptions) -> str:
     """One sentence: the processing size chosen for a width x height input, and why."""
     canvas = f"{geometry.canvas[1]}x{geometry.canvas[0]}"
@@ -568,7 +585,13 @@ def run_job(
             renderer = make_renderer(options, canvas, renderers, geometry.short_side)
             if stage == "keyframes":
                 f = replace(f, propagate=False)
+            f = _resolve_synth_backend(f)
             total = (info.frame_count or known_count) if stage != "first-keyframe" else 1
+            # Progress only: without a frame count (Matroska, pipes) the duration and rate give an estimate.
+            rate = info.average_rate
+            estimated = None
+            if total is None and info.duration and rate and info.duration * rate < 10**9:
+                estimated = max(1, round(info.duration * rate))
             emit(
                 {
                     "event": "start",
@@ -589,10 +612,15 @@ def run_job(
             clock = time.perf_counter
             fixed = getattr(renderer, "keyframe_indices", None)
             work = _WorkCounters()
+            estimator = EtaEstimator()
 
             def work_state() -> WorkState:
                 w = filt.work()
-                planned = total if stage == "full" else None  # the preview's stages skip frames
+                planned = None  # the preview's stages skip frames: no totals there
+                if stage == "full":
+                    planned = total
+                    if planned is None and estimated is not None:
+                        planned = w.frames_in if work.read_all else max(estimated, w.frames_in + 1)
                 keys_total = synth_total = between = None
                 if planned is not None:
                     keys_total = w.keyframes + keyframes_after(planned, f.schedule, work.last_key, fixed)
@@ -629,10 +657,12 @@ def run_job(
                     return
                 work.reported = now
                 state = work_state()
-                eta = estimate_eta(state)
+                eta = estimator.update(state)
                 event["eta"] = None if eta is None else round(max(0.0, eta), 1)
                 event["activity"] = state.activity()
                 event["work"] = state.to_json()
+                if total is None and state.total is not None:
+                    event["work"]["total_estimated"] = not work.read_all
                 emit(event)
 
             def keyframe_done(index: int, source: np.ndarray, stylized: np.ndarray) -> None:
@@ -712,6 +742,7 @@ def run_job(
                 report({"event": "progress"}, force=False)
                 if stage == "first-keyframe" and filt.keyframe_count:
                     break
+            work.read_all = True
             if stage != "first-keyframe":
                 filt.push(None)
                 drain(final=True)

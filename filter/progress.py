@@ -88,51 +88,72 @@ def _or_unknown(value: int | None) -> str:
     return "?" if value is None else str(value)
 
 
-def _cost(seconds: float, units: int) -> float | None:
-    return seconds / units if units > 0 else None
+class _RecentCost:
+    """Seconds per unit of one kind over the more recent half of the units done: the first units carry
+    one-time costs (imports, thread pools, the synthesizer's and the encoder's set-up) and the machine's
+    load changes, so the cost the ETA uses follows the job instead of averaging its whole history."""
+
+    def __init__(self) -> None:
+        self._history: list[tuple[int, float]] = [(0, 0.0)]  # (units, seconds) cumulative, units increasing
+
+    def update(self, units: int, seconds: float) -> float | None:
+        if units > self._history[-1][0]:
+            self._history.append((units, seconds))
+        units, seconds = self._history[-1]
+        if units == 0:
+            return None
+        then_units, then_seconds = next(h for h in reversed(self._history) if h[0] <= units / 2)
+        return max(0.0, seconds - then_seconds) / (units - then_units)
 
 
-def estimate_eta(state: WorkState) -> float | None:
-    """Seconds left, or None while a kind of unit that still has work left has no measured cost yet.
+class EtaEstimator:
+    """The seconds a job has left, from a stream of `WorkState`s (`update`, called with each new state).
 
-    Cost per unit: the seconds each kind took divided by its units done. Propagation is costed per
+    Cost per unit of each kind: `_RecentCost` over the kind's units done; propagation is costed per
     in-between frame from the finished gaps (or, during the first gap, from its finished steps). The
     pushing thread's work left (reading, rendering, writing) and the propagation left overlap: the job
-    ends after the longer of the two, and after the pushing thread the last gap still propagates.
+    ends after the longer of the two, and after the pushing thread's last keyframe the last gap still
+    propagates (`mean_gap` frames). None while a kind of unit that has work left has no cost yet, or when
+    the frame count is unknown.
     """
-    s = state
-    if s.total is None or s.keyframes_total is None or s.propagated_total is None:
-        return None
-    read_left = max(0, s.total - s.read)
-    keys_left = max(0, s.keyframes_total - s.keyframes)
-    write_left = max(0, s.total - s.written)
-    gap_share = 0.0
-    if s.gap is not None and s.gap.steps:
-        gap_share = s.gap.frames * s.gap.done / s.gap.steps
-    frames_left = max(0.0, s.propagated_total - s.propagated - gap_share)
 
-    read_cost = _cost(s.read_seconds, s.read)
-    render_cost = _cost(s.render_seconds, s.keyframes)
-    write_cost = _cost(s.write_seconds, s.written)
-    frame_cost = _cost(s.propagation_seconds, s.propagated)
-    if frame_cost is None and s.gap is not None and s.gap.done:
-        frame_cost = s.gap.seconds / gap_share
-    needed = [
-        (read_left, read_cost),
-        (keys_left, render_cost),
-        (write_left, write_cost),
-        (frames_left, frame_cost),
-    ]
-    if any(left > 0 and cost is None for left, cost in needed):
-        return None
-    main = (
-        read_left * (read_cost or 0.0) + keys_left * (render_cost or 0.0) + write_left * (write_cost or 0.0)
-    )
-    background = frames_left * (frame_cost or 0.0)
-    if not s.overlap:
-        return main + background
-    tail = min(background, s.mean_gap * (frame_cost or 0.0)) if read_left or keys_left else 0.0
-    return max(main + tail, background)
+    def __init__(self) -> None:
+        self._read = _RecentCost()
+        self._render = _RecentCost()
+        self._write = _RecentCost()
+        self._propagate = _RecentCost()
+
+    def update(self, state: WorkState) -> float | None:
+        s = state
+        read_cost = self._read.update(s.read, s.read_seconds)
+        render_cost = self._render.update(s.keyframes, s.render_seconds)
+        write_cost = self._write.update(s.written, s.write_seconds)
+        frame_cost = self._propagate.update(s.propagated, s.propagation_seconds)
+        if s.total is None or s.keyframes_total is None or s.propagated_total is None:
+            return None
+        read_left = max(0, s.total - s.read)
+        keys_left = max(0, s.keyframes_total - s.keyframes)
+        write_left = max(0, s.total - s.written)
+        gap_share = 0.0
+        if s.gap is not None and s.gap.steps:
+            gap_share = s.gap.frames * s.gap.done / s.gap.steps
+        frames_left = max(0.0, s.propagated_total - s.propagated - gap_share)
+        if frame_cost is None and gap_share > 0:
+            frame_cost = s.gap.seconds / gap_share  # type: ignore[union-attr]
+        needed = [
+            (read_left, read_cost),
+            (keys_left, render_cost),
+            (write_left, write_cost),
+            (frames_left, frame_cost),
+        ]
+        if any(left > 0 and cost is None for left, cost in needed):
+            return None
+        main = sum(left * (cost or 0.0) for left, cost in needed[:3])
+        background = frames_left * (frame_cost or 0.0)
+        if not s.overlap:
+            return main + background
+        tail = min(background, s.mean_gap * (frame_cost or 0.0)) if read_left or keys_left else 0.0
+        return max(main + tail, background)
 
 
 class JsonProgress:
