@@ -180,7 +180,7 @@ class BarProgress:
     """A bar over the job's units of work (frames read, keyframes rendered, synthesis steps, frames written)
     with what runs now, frames written and the ETA; the processing size and warnings as lines above it."""
 
-    BAR_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {postfix}"
+    BAR_FORMAT = "rerender ({renderer}) {{percentage:3.0f}}%|{{bar}}| {{desc}}"
 
     def __init__(self, stream: TextIO | None = None):
         self.stream = stream or sys.stderr
@@ -201,8 +201,8 @@ class BarProgress:
                 total=None,
                 file=self.stream,
                 dynamic_ncols=True,
-                desc=f"rerender ({event.get('renderer')})",
-                bar_format=self.BAR_FORMAT,
+                desc="starting",
+                bar_format=self.BAR_FORMAT.format(renderer=event.get("renderer")),
                 unit="unit",
             )
         elif kind in ("frame", "keyframe", "progress") and self._bar is not None and "work" in event:
@@ -214,7 +214,7 @@ class BarProgress:
             self._bar.n = done
             written = f"{work.get('written')}/{_or_unknown(work.get('total'))} written"
             eta = f"ETA {_clock(event.get('eta'))}" if work.get("total") is not None else "ETA ?"
-            self._bar.set_postfix_str(f"{event.get('activity', '')} | {written} | {eta}", refresh=False)
+            self._bar.set_description_str(f"{event.get('activity', '')} | {written} | {eta}", refresh=False)
             self._bar.refresh()
         elif kind == "warning":
             self._write(f"rerender run: warning: {event.get('message')}")
