@@ -7,6 +7,7 @@ inpainting r = 30). Fidelity = PSNR and MAE against cv2.stylization applied to e
 Configurations are run side by side on the same frames, so their ratios are comparable even on a busy machine.
 
     python bench/propagation.py [--frames 10] [--size 512] [--clips v1,v2,v3] [--configs paper,paper+init,fast]
+                                [--backend cpu|cuda]
 """
 
 from __future__ import annotations
@@ -136,7 +137,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
 
 
-def propagate(frames, key_style, steps, config: Config, threads: int | None):
+def propagate(frames, key_style, steps, config: Config, threads: int | None, backend: str = "cpu"):
     """Forward propagation of the keyframe along frames[1:], the reference pipeline's sequential chain."""
     params = (
         config.params if threads is None else SynthParams(**{**config.params.__dict__, "threads": threads})
@@ -159,7 +160,7 @@ def propagate(frames, key_style, steps, config: Config, threads: int | None):
         ]
         init = step.carry_nnf(nnf) if config.carry_nnf else None
         t0, c0 = time.perf_counter(), time.process_time()
-        res = synthesize(key_style, guides, params, backend="cpu", init_nnf=init)
+        res = synthesize(key_style, guides, params, backend=backend, init_nnf=init)
         seconds.append(time.perf_counter() - t0)
         cpu_seconds.append(time.process_time() - c0)  # all threads: robust to other load on the machine
         prev_out, nnf = res.image, res.nnf
@@ -175,6 +176,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--configs", default="paper,paper+init,fast")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--backend", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
     configs = [CONFIGS[c] for c in args.configs.split(",")]
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
@@ -186,7 +188,7 @@ def main() -> int:
         truth = [stylize(f) for f in frames[1:]]
         steps = [FlowStep(dis, frames[i - 1], frames[i]) for i in range(1, len(frames))]
         for config in configs:
-            outputs, seconds, cpu = propagate(frames, key_style, steps, config, args.threads)
+            outputs, seconds, cpu = propagate(frames, key_style, steps, config, args.threads, args.backend)
             p = [psnr(o, t) for o, t in zip(outputs, truth, strict=True)]
             mae = [
                 float(np.abs(o.astype(int) - t.astype(int)).mean())
@@ -195,7 +197,10 @@ def main() -> int:
             rows.append((f"{clip} ({source})", config.name, np.mean(seconds), np.mean(cpu), np.mean(p), mae))
             print(f"  done {clip} {config.name}: {np.mean(seconds):.2f} s/frame", flush=True)
     n = args.frames
-    print(f"\n{n} frames propagated per clip at {args.size}x{args.size}, threads={args.threads or 'all'}")
+    print(
+        f"\n{n} frames propagated per clip at {args.size}x{args.size}, backend {args.backend}, "
+        f"threads={args.threads or 'all'}"
+    )
     print("wall = seconds per frame as measured now; cpu = CPU seconds per frame summed over all threads")
     print(f"| clip | config | wall s/frame | cpu s/frame | PSNR mean (dB) | MAE f{n // 2} / f{n} |")
     print("|---|---|---|---|---|---|")
