@@ -154,8 +154,10 @@ def read_checkpoint(
             from safetensors.torch import load_file
 
             state = load_file(str(path))
-        else:
+        elif _is_zip(path) or _starts_with_pickle_protocol(path):
             state = _torch_load(path, allow_pickle)
+        else:
+            raise InputError(f"{path} is neither a safetensors file nor a PyTorch weights file")
     except NeedsCode:
         raise pickle_refusal(flag_owner, path, allow_pickle_offered) from None
     except InputError as error:
@@ -209,8 +211,16 @@ def folder_use_safetensors(folder: Path, flag: str) -> bool:
 
 
 def _is_zip(path: Path) -> bool:
+    """torch.save's format since torch 1.6: a zip archive."""
     with path.open("rb") as handle:
         return handle.read(4) == b"PK\x03\x04"
+
+
+def _starts_with_pickle_protocol(path: Path) -> bool:
+    """torch.save's legacy format and pickles of protocol 2 and later start with the PROTO opcode."""
+    with path.open("rb") as handle:
+        head = handle.read(2)
+    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 SUPPORTED_BETA_SCHEDULES = ("scaled_linear", "linear")

@@ -11,7 +11,8 @@ Writers:
 - `write_single_file(path)`: one civitai-style SD1.5 checkpoint in the original LDM key layout
   (`model.diffusion_model.*`, `first_stage_model.*`, `cond_stage_model.transformer.text_model.*`);
 - `write_config_folder(dir)`: the component configs only, for loading that single file offline;
-- `write_lora(path, ...)`: a kohya-style LoRA `.safetensors` (lora_unet_* / lora_te_* with alpha).
+- `write_lora(path, ...)`: a kohya-style LoRA `.safetensors` (lora_unet_* / lora_te_* with alpha);
+- `write_vae_file(path, vae, layout)`: a single-file VAE in the LDM (bare or prefixed) or diffusers layout.
 
 Used by the tests and by the export helper (`rerender.export` tests); keep the public names stable.
 """
@@ -288,14 +289,18 @@ def text_encoder_to_ldm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     return out
 
 
-def write_single_file(path: str | Path, components: TinyComponents | None = None) -> Path:
-    """One `.safetensors` with UNet, VAE and text encoder in the original SD1.5 (LDM) key layout."""
+def write_single_file(
+    path: str | Path, components: TinyComponents | None = None, with_vae: bool = True
+) -> Path:
+    """One `.safetensors` with UNet, VAE and text encoder in the original SD1.5 (LDM) key layout
+    (`with_vae=False`: without the `first_stage_model.*` weights, as checkpoints pruned of their VAE are)."""
     from safetensors.torch import save_file
 
     components = components or build_components()
     state = {}
     state.update(unet_to_ldm(components.unet.state_dict(), UNET_CONFIG))
-    state.update(vae_to_ldm(components.vae.state_dict(), VAE_CONFIG))
+    if with_vae:
+        state.update(vae_to_ldm(components.vae.state_dict(), VAE_CONFIG))
     state.update(text_encoder_to_ldm(components.text_encoder.state_dict()))
     path = Path(path)
     save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path))
@@ -326,6 +331,21 @@ def write_lora(
         if name.endswith("self_attn.q_proj"):
             name = name if name.startswith("text_model.") else "text_model." + name
             add("lora_te_", name, module.weight)
+    path = Path(path)
+    save_file(state, str(path))
+    return path
+
+
+def write_vae_file(path: str | Path, vae, layout: str = "ldm") -> Path:
+    """A single-file VAE: "ldm" bare `encoder.*`/`decoder.*` keys (as the ft-MSE VAE files), "ldm-prefixed"
+    (`first_stage_model.*`) or "diffusers" (the AutoencoderKL state dict itself)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in vae.state_dict().items()}
+    if layout != "diffusers":
+        state = vae_to_ldm(state, VAE_CONFIG)
+        if layout == "ldm":
+            state = {k[len("first_stage_model.") :]: v for k, v in state.items()}
     path = Path(path)
     save_file(state, str(path))
     return path
