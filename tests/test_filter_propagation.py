@@ -273,3 +273,13 @@ def test_frames_renderer_rejects_a_keyframe_of_another_shape(tmp_path):
     filt = frames_filter(tmp_path / "keys")
     with pytest.raises(UsageError, match="aspect ratio"):
         filt.push(clip(1)[0])
+
+
+def test_poisson_fusion_is_on_by_default_and_no_poisson_turns_it_off():
+    from rerender.filter.job import parse_run_options
+
+    assert PropagationOptions().poisson
+    base = ["-i", "in.mp4", "-o", "out.mp4"]
+    assert parse_run_options(base).filter.propagation.poisson
+    assert parse_run_options([*base, "--poisson"]).filter.propagation.poisson
+    assert not parse_run_options([*base, "--no-poisson"]).filter.propagation.poisson
