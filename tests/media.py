@@ -363,3 +363,15 @@ def edit_list_clip(folder: Path, name: str = "edit_list.mp4", frames: int = 12, 
             out.mux(video.encode(frame))
         out.mux(video.encode(None))
     return path
+
+
+def damaged_container_clip(folder: Path, name: str = "damaged.mkv", frames: int = 48, **kwargs) -> Path:
+    """Intra-only H.264 whose middle tenth of bytes is zeroed: the demuxer skips the damaged stretch while
+    resynchronising, so its frames vanish without a decoder error (Matroska, NUT and MPEG-TS alike)."""
+    kwargs.setdefault("encoder_options", {"preset": "ultrafast", "g": "1"})
+    path = write_clip(Path(folder) / name, frames=frames, **kwargs)
+    data = bytearray(path.read_bytes())
+    start, end = int(len(data) * 0.45), int(len(data) * 0.55)
+    data[start:end] = bytes(end - start)
+    path.write_bytes(bytes(data))
+    return path

@@ -533,3 +533,61 @@ def test_every_io_option_shows_its_default_in_help():
     group = next(g for g in parser._action_groups if g.title == "video input/output")
     for action in group._group_actions:
         assert "default" in (action.help or ""), action.option_strings
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".nut", ".ts"])
+def test_frames_lost_in_a_damaged_container_are_counted(tmp_path, suffix):
+    clip = media.damaged_container_clip(tmp_path, f"damaged{suffix}", frames=48)
+    with open_source(clip) as src:
+        delivered = len(list(src.frames()))
+        assert 30 < delivered < 48
+        assert src.dropped == 48 - delivered
+
+
+def test_variable_rate_gaps_are_not_counted_as_lost_frames(tmp_path):
+    with open_source(media.vfr_clip(tmp_path, frames=20)) as src:
+        assert len(list(src.frames())) == 20 and src.dropped == 0
+
+
+def test_symlinked_output_replaces_its_target_and_keeps_the_link(tmp_path):
+    clip = media.normal_clip(tmp_path)
+    target_dir = tmp_path / "real"
+    target_dir.mkdir()
+    target = target_dir / "out.mkv"
+    target.write_bytes(b"old result")
+    link = tmp_path / "link.mkv"
+    link.symlink_to(target)
+    assert copy(clip, link) == 12
+    assert link.is_symlink() and probe(target).frame_count == 12
+    assert [p.name for p in target_dir.iterdir()] == ["out.mkv"]
+
+
+def test_dev_stdout_redirected_to_a_file_is_written_straight(tmp_path):
+    clip = media.normal_clip(tmp_path)
+    out = tmp_path / "redirected.nut"
+    was_link = Path("/dev/stdout").is_symlink()
+    with open(out, "wb") as handle:
+        done = subprocess.run(
+            [sys.executable, str(COPY), "-i", str(clip), "-o", "/dev/stdout", "-f", "nut"],
+            stdout=handle,
+            stderr=subprocess.PIPE,
+            timeout=60,
+        )
+    assert done.returncode == 0, done.stderr.decode()
+    assert probe(out).frame_count == 12
+    assert not [p for p in Path("/dev").iterdir() if ".partial" in p.name]  # no temporary next to /dev/stdout
+    if was_link:
+        assert Path("/dev/stdout").is_symlink()  # as root, a rename would have replaced it with a file
+
+
+def test_a_terminal_device_is_refused_as_output(tmp_path):
+    if os.geteuid() != 0:
+        pytest.skip("making a device node needs root")
+    node = tmp_path / "tty.nut"
+    try:
+        os.mknod(node, stat.S_IFCHR | 0o600, os.makedev(5, 0))  # the numbers of /dev/tty
+    except PermissionError:
+        pytest.skip("this container may not make device nodes")
+    with open_source(media.normal_clip(tmp_path)) as src, pytest.raises(UsageError, match="is a terminal"):
+        open_sink(node, src)
+    assert stat.S_ISCHR(os.stat(node).st_mode)

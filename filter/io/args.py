@@ -112,9 +112,10 @@ def check_dropped(source: Source, strict: bool) -> str | None:
     dropped = source.dropped
     if not dropped:
         return None
+    name = source.path if not source.is_pipe else "standard input"
     message = (
-        f"{dropped} frame{'s' if dropped != 1 else ''} of {source.path if not source.is_pipe else 'standard input'} "
-        f"could not be decoded (corrupt packets) and {'are' if dropped != 1 else 'is'} missing from the output"
+        f"{dropped} frame{'s' if dropped != 1 else ''} of {name} could not be decoded (corrupt or lost "
+        f"packets) and {'are' if dropped != 1 else 'is'} missing from the output"
     )
     if strict:
         raise InputError(f"{message}; rerun without --strict to accept that")

@@ -94,6 +94,8 @@ def check_output(
             raise UsageError(
                 f"-o {text} is a block device (a disk); refusing to write video over it, choose a file"
             )
+        if stat.S_ISCHR(st.st_mode) and _is_terminal(st):
+            raise UsageError(f"-o {text} is a terminal; refusing to write video to it, choose a file or '-'")
         if input_path is not None and _same_file(st, input_path):
             raise UsageError(
                 f"-o {text} is the input file {os.fspath(input_path)} (the same file on disk); the input "
@@ -101,9 +103,11 @@ def check_output(
             )
         if not stat.S_ISREG(st.st_mode):
             return "stream"
+        if os.path.realpath(final).startswith("/proc/"):
+            return "stream"  # /dev/stdout or /proc/self/fd/N redirected to a file: the shell's file, as is
     if not folder_checks:
         return "file"
-    folder = final.parent
+    folder = file_target(final).parent
     if not folder.is_dir():
         raise UsageError(f"output folder {folder} does not exist; create it or choose another path")
     if not os.access(folder, os.W_OK | os.X_OK):
@@ -115,6 +119,21 @@ def check_output(
     if space is not None and space.f_bavail == 0 and space.f_blocks > 0:
         raise UsageError(f"no space left on the file system of {folder}; free some space or write elsewhere")
     return "file"
+
+
+def file_target(path: str | os.PathLike) -> Path:
+    """Where a "file" output really goes: the target of a symlink (which stays a symlink), else the path."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+# Character-device majors of terminals (Linux devices.txt): virtual consoles and serial ports, /dev/tty and
+# the console, and pseudo-terminal slaves.
+TERMINAL_MAJORS = frozenset({4, 5, *range(136, 144)})
+
+
+def _is_terminal(st: os.stat_result) -> bool:
+    return os.major(st.st_rdev) in TERMINAL_MAJORS
 
 
 def _check_name_length(final: Path) -> None:

@@ -88,6 +88,7 @@ class Sink:
         self.kind = paths.check_output(self.path, None if source.is_pipe else source.path)
         self._closed = False
         self._temp: Path | None = None
+        self._final: Path | None = None  # where the temporary file is renamed to (a symlink's target)
         self._last_video_time: float | None = None
         self._adts: set[int] = set()  # input streams whose ADTS headers are stripped (adts.py)
         self._container = self._open_container()
@@ -126,9 +127,10 @@ class Sink:
                 container_options["movflags"] = FRAGMENTED_MP4_FLAGS
             target = "file:" + os.path.abspath(self.path)
         else:
-            final = Path(self.path)
+            final = paths.file_target(self.path)
             if fmt is None:
-                fmt = guess_muxer(final)
+                fmt = guess_muxer(Path(self.path))
+            self._final = final
             paths.sweep_partials(final.parent)  # what killed runs left here (their process is gone)
             # Same folder (so the final rename is atomic); a random hidden name rather than mkstemp:
             # FFmpeg creates the file, so it gets the usual umask permissions instead of mkstemp's 0600.
@@ -345,7 +347,7 @@ class Sink:
                 raise RerenderError(paths.write_error(self._name(), exc)) from None
             if self._temp is not None:
                 try:
-                    os.replace(self._temp, self.path)
+                    os.replace(self._temp, self._final)
                 except OSError as exc:
                     raise RerenderError(paths.write_error(self._name(), exc)) from None
                 self._temp = None

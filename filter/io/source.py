@@ -203,6 +203,8 @@ class Source:
         self._delivered = 0
         self._exhausted = False
         self._last_pts: int | None = None
+        self._last_raw_pts: int | None = None
+        self._steps: collections.Counter[int] = collections.Counter()  # pts steps between shown frames
         self._decoded = self._decode()
         first = next(self._decoded, None)
         if first is None:
@@ -316,10 +318,13 @@ class Source:
         without raising, so counting exceptions alone would miss them. Before the end only the packets the
         decoder rejected outright are known (others may still be in its reordering delay). Packets the
         container marks to be decoded but not shown (an MP4 edit list that starts after them) are not
-        counted: their frames are meant to be missing.
+        counted: their frames are meant to be missing. Frames whose packets the demuxer never returned (a
+        damaged Matroska, NUT or MPEG-TS stretch that it skipped while resynchronising) are found as
+        jumps in the timestamps of a constant-rate stream (`missing_by_timestamps`).
         """
         if self._exhausted and self.info.codec not in INVISIBLE_FRAME_CODECS:
-            return max(0, self._video_packets - self._delivered, self._decode_errors)
+            lost = missing_by_timestamps(self._steps)
+            return max(0, self._video_packets - self._delivered, self._decode_errors, lost)
         return self._decode_errors
 
     def frames(self) -> Iterator[Frame]:
@@ -362,6 +367,10 @@ class Source:
     # --- internals -----------------------------------------------------------------------------------
 
     def _frame(self, frame: av.VideoFrame, image: np.ndarray) -> Frame:
+        if frame.pts is not None:
+            if self._last_raw_pts is not None and frame.pts > self._last_raw_pts:
+                self._steps[frame.pts - self._last_raw_pts] += 1
+            self._last_raw_pts = frame.pts
         pts = frame.pts if frame.pts is not None else frame.dts
         if pts is None:
             pts = self._guess_next_pts()
@@ -463,6 +472,24 @@ def _main_video_stream(container: av.container.InputContainer) -> av.video.strea
     raise InputError(
         f"{container.name} has only still pictures (cover art), no video stream; expected a video"
     )
+
+
+def missing_by_timestamps(steps: collections.Counter[int]) -> int:
+    """Frames missing inside a constant-rate stream, from the steps between consecutive frame timestamps.
+
+    A stream counts as constant-rate when at least 90% of its steps are the most common step (within 2%,
+    for rates such as 30000/1001 in a 1/1000 time base); a step of k such intervals then means k-1 frames
+    are missing. Variable-rate streams (phones, VFR screen recordings, pulldown) are not judged: 0.
+    """
+    total = sum(steps.values())
+    if total < 8:
+        return 0
+    step = steps.most_common(1)[0][0]
+    tolerance = max(1, step // 50)
+    regular = sum(n for size, n in steps.items() if abs(size - step) <= tolerance)
+    if regular < 0.9 * total:
+        return 0
+    return sum((round(size / step) - 1) * n for size, n in steps.items() if size * 2 > step * 3)
 
 
 def _refused_kind(demuxer: str | None, path: str | None) -> str:
