@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -18,7 +19,7 @@ import pytest
 from media import write_clip
 from rerender.filter.errors import InputError, UsageError
 from rerender.filter.watch.inbox_files import MAX_SIDECAR_BYTES, open_clip, open_in_inbox
-from test_watch_daemon import _STARTED, PRESET, count_frames, once, visible_files
+from test_watch_daemon import _STARTED, PRESET, Daemon, count_frames, once, visible_files
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -348,3 +349,50 @@ def test_resource_bombs_in_a_sidecar_are_refused_before_a_job_starts(folders, ke
     assert reason.startswith(f"the sidecar {inbox / 'bomb.mp4.toml'}: ") and "\n" not in reason
     assert [e["clip"] for e in daemon.of("start")] == ["good.mp4"]
     assert count_frames(outbox / "good_rerender.mp4") == 6
+
+
+# -- a crash in one job ---------------------------------------------------------------------------------------
+
+
+def _workers(daemon_pid: int) -> list:
+    import psutil
+
+    return [
+        p
+        for p in psutil.Process(daemon_pid).children(recursive=True)
+        if "rerender.filter.watch.worker" in " ".join(p.cmdline())
+    ]
+
+
+def test_a_job_that_crashes_fails_its_clip_alone_and_the_daemon_goes_on(folders):
+    inbox, outbox = folders
+    write_clip(inbox / "crashes.mp4", frames=150, audio=False)
+    daemon = Daemon(inbox, outbox, "--jobs", "2")
+    daemon.wait_until(lambda: any(e["clip"] == "crashes.mp4" for e in daemon.of("keyframe")))
+    (worker,) = _workers(daemon.proc.pid)
+    worker.send_signal(signal.SIGSEGV)  # as a crash in native code would end it
+    write_clip(inbox / "after.mp4", frames=6, audio=False)
+    daemon.wait_until(lambda: daemon.of("failed") and daemon.of("done"))
+    assert daemon.proc.poll() is None  # still watching
+    (failed,) = daemon.of("failed")
+    assert failed["clip"] == "crashes.mp4"
+    assert failed["reason"].startswith("the job's process was killed by SIGSEGV before it finished")
+    report = (outbox / "failed" / "crashes.mp4.error.txt").read_text()
+    assert "Segmentation fault" in report  # the worker's stack, for whoever debugs it
+    assert [e["clip"] for e in daemon.of("done")] == ["after.mp4"]
+    assert count_frames(outbox / "after_rerender.mp4") == 6
+    assert daemon.stop() == 0
+    assert visible_files(outbox) == ["after_rerender.mp4", "failed/crashes.mp4.error.txt"]
+
+
+def test_killing_the_daemon_takes_its_workers_with_it(folders):
+    inbox, outbox = folders
+    write_clip(inbox / "long.mp4", frames=150, audio=False)
+    daemon = Daemon(inbox, outbox)
+    daemon.wait_until(lambda: daemon.of("keyframe"))
+    (worker,) = _workers(daemon.proc.pid)
+    daemon.stop(signal.SIGKILL)
+    worker.wait(timeout=30)  # gone with the daemon, not rendering on behind the next daemon's back
+    resumed = once(inbox, outbox)
+    assert [e["clip"] for e in resumed.of("done")] == ["long.mp4"]
+    assert count_frames(outbox / "long_rerender.mp4") == 150

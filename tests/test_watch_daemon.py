@@ -6,6 +6,7 @@ daemons on one folder never take the same clip. Renders with the default `classi
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -265,9 +266,18 @@ def test_kill_9_at_random_moments_leaves_every_clip_done_exactly_once(folders, t
     try:
         for _ in range(20):
             daemon = Daemon(inbox, outbox, "--max-attempts", "100", log=log)
-            # Kill at a random moment after start-up (imports take a variable time on a loaded machine).
+            # Kill at a random moment after start-up (imports take a variable time on a loaded machine):
+            # half the time within 1.5 s (scanning, recovery, a worker starting), else after a random number
+            # of a job's keyframes, so that some kills land mid-job whatever the worker's start-up costs.
             daemon.wait_until(lambda d=daemon: d.of("watching"), timeout=60)
-            time.sleep(rng.uniform(0.0, 1.5))
+            if rng.random() < 0.5:
+                time.sleep(rng.uniform(0.0, 1.5))
+            else:
+                keyframes = rng.randint(1, 12)
+                with contextlib.suppress(AssertionError):  # nothing left to render: kill it idle
+                    daemon.wait_until(
+                        lambda d=daemon, k=keyframes: len(d.of("keyframe")) >= k or d.of("done"), timeout=20
+                    )
             daemon.stop(signal.SIGKILL)
             recovered += len(daemon.of("recovered"))
             resumed += sum(1 for e in daemon.of("start") if e["reused_keyframes"])

@@ -160,9 +160,12 @@ def _status(request: StatusRequest) -> int:
 
 
 def _job_api() -> JobApi:
-    from ..job import Cancelled, build_run_parser, parse_run_options, run_job
+    from ..job import Cancelled, build_run_parser, parse_run_options
+    from .worker import run_in_worker
 
-    return JobApi(build_parser=build_run_parser, parse=parse_run_options, run=run_job, cancelled=Cancelled)
+    return JobApi(
+        build_parser=build_run_parser, parse=parse_run_options, run=run_in_worker, cancelled=Cancelled
+    )
 
 
 def main(argv: list[str]) -> int:

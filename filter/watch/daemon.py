@@ -1,5 +1,7 @@
 """The watch loop: scan, wait for stability, lock, record in the ledger, run one job per clip in a worker
-thread (at most `--jobs` at once), rename the result into OUTBOX, and recover from crashes.
+process watched by a thread (at most `--jobs` at once; worker.py), rename the result into OUTBOX, and
+recover from crashes. Settings and the dropped file are checked before a job starts; whatever one job does
+ends as that clip's failure, never the daemon's.
 
 Crash safety rests on three orderings (issue 7 items 4, 5):
   * the ledger says `running` before anything is written, and the clip's lock is taken before that, so a
@@ -52,7 +54,9 @@ class WatchOptions:
 
 @dataclass(frozen=True)
 class JobApi:
-    """The filter's job entry points (rerender.filter.job), passed in so this module imports no renderer."""
+    """The filter's job entry points (rerender.filter.job), passed in so this module imports no renderer:
+    the run parser (to check settings before a job starts), `run` (`worker.run_in_worker`: one job in its
+    own process) and the cancelled exception."""
 
     build_parser: Any
     parse: Any
@@ -327,12 +331,16 @@ class Watcher:
                 f"clip {rel} ({clip.size} bytes), attempt {row.attempts}, settings {row.settings_hash}"
             )
             try:
-                options = self.settings.options(settings, ["-i", opened.job_path, "-o", str(staged)])
+                argv_io = ["-i", opened.job_path, "-o", str(staged)]
+                self.settings.options(settings, argv_io)  # what the worker would refuse, refused here
                 result = self.api.run(
-                    options,
-                    on_event=lambda event: self._job_event(rel, job, event),
-                    cancel=job.cancel,
+                    self.settings.argv(settings, argv_io),
                     keyframe_cache=cache,
+                    on_event=lambda event: self._job_event(rel, job, event),
+                    on_log=lambda line: job.log.append(job.clip_words(line)),
+                    cancel=job.cancel,
+                    cancelled=self.api.cancelled,
+                    pass_fds=(opened.fd,),
                 )
             except self.api.cancelled:
                 layout.clear_staged_output(row.id)

@@ -422,6 +422,12 @@ class SettingsSource:
             return ClipSettings(values, sources, digest, error=" ".join(reason.split()))
         return ClipSettings(values, sources, digest)
 
+    def argv(self, settings: ClipSettings, argv_io: list[str]) -> list[str]:
+        """The `rerender run` argv of one job (`argv_io`: the daemon's input/output arguments)."""
+        if settings.error is not None:
+            raise UsageError(settings.error)
+        return argv_io + self._flags.argv(settings.values, lambda key: settings.sources[key])
+
     def options(self, settings: ClipSettings, argv_io: list[str]) -> Any:
         """`RunOptions` for one job: settings flags plus the daemon's input/output arguments. Raises the
         CLI's UsageError/InputError."""
