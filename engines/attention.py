@@ -1,4 +1,4 @@
-"""Cross-frame attention as a diffusers attention processor (reference Part 2 §B.1, runtime.py docstring).
+"""Cross-frame attention as a diffusers attention processor (docs/method.md §2.1, runtime.py docstring).
 
 The processor is installed with `UNet2DConditionModel.set_attn_processor` on the up-block self-attention
 (`attn1`) layers only; no module's `forward` is replaced (style.md practice 2). It exchanges tensors with the
@@ -57,7 +57,7 @@ class CrossFrameAttnProcessor:
                 "install it on up_blocks.*.attentions.*.transformer_blocks.*.attn1 only"
             )
         exchange = self.exchange
-        # §B.1: what is stored is the attention's input after the block's LayerNorm, not K/V.
+        # method §2.1: what is stored is the attention's input after the block's LayerNorm, not K/V.
         exchange.own[self.index] = hidden_states
         batch, tokens, _ = hidden_states.shape
         if exchange.plain and exchange.plain[self.index]:

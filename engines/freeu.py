@@ -1,4 +1,4 @@
-"""FreeU (reference Part 2 §B.7) as forward pre-hooks on the UNet's up-block resnets.
+"""FreeU (docs/method.md §2.7) as forward pre-hooks on the UNet's up-block resnets.
 
 The reference applies FreeU on each UNet *output block's input*: the backbone feature h, just before it is
 concatenated with the skip feature. In diffusers' up blocks every resnet receives `torch.cat([h, skip], dim=1)`,
@@ -8,7 +8,7 @@ previous block's output, or the mid block's; h of the others is the preceding re
 `forward` is reassigned.
 
 Only the UNet's own skip feature is Fourier-filtered; a ControlNet residual is added to it afterwards
-(docs/method.md §2.7, as the authors' UNet forward does). diffusers adds the residuals to the skips before the
+(method §2.7, as the authors' UNet forward does). diffusers adds the residuals to the skips before the
 up blocks, so what a resnet receives is skip + residual: a forward pre-hook on the UNet keeps the call's
 `down_block_additional_residuals` for the resnet hooks, which filter (skip + residual) − residual and add the
 residual back (in float32). Without residuals the skip is filtered as it arrives.
@@ -38,7 +38,7 @@ from torch.utils.hooks import RemovableHandle
 
 @dataclass(frozen=True)
 class FreeUFactors:
-    """`--freeu B1,B2,S1,S2`: backbone factors b1, b2 and skip factors s1, s2 (reference §B.7)."""
+    """`--freeu B1,B2,S1,S2`: backbone factors b1, b2 and skip factors s1, s2 (method §2.7)."""
 
     b1: float
     b2: float
@@ -67,7 +67,7 @@ class FreeUSite:
 
 
 def backbone_scale(h: torch.Tensor, b: float) -> torch.Tensor:
-    """Multiply the first half of h's channels by 1 + (b − 1)·m̂ (reference §B.7, structure-aware scaling)."""
+    """Multiply the first half of h's channels by 1 + (b − 1)·m̂ (method §2.7, structure-aware scaling)."""
     mean = h.mean(dim=1, keepdim=True)
     flat = mean.flatten(1)
     low = flat.min(dim=1).values.view(-1, 1, 1, 1)
@@ -81,7 +81,7 @@ def backbone_scale(h: torch.Tensor, b: float) -> torch.Tensor:
 
 
 def fourier_filter(x: torch.Tensor, scale: float, half_width: int = 1) -> torch.Tensor:
-    """Scale the centred low-frequency square of half-width `half_width` by `scale` (reference §B.7).
+    """Scale the centred low-frequency square of half-width `half_width` by `scale` (method §2.7).
 
     Centred 2-D FFT, the square [c − w, c + w) on both axes (2×2 for w = 1) multiplied by `scale`, inverse FFT,
     real part. Computed in float32 (torch's half-precision FFT needs power-of-two sizes), returned in x's dtype.
@@ -133,7 +133,7 @@ def filter_own_skip(skip: torch.Tensor, residual: torch.Tensor | None, scale: fl
 
 
 class _FreeUPreHook:
-    """Forward pre-hook of one resnet: split its input into h and skip, apply §B.7, concatenate again."""
+    """Forward pre-hook of one resnet: split its input into h and skip, apply method §2.7, concatenate again."""
 
     def __init__(
         self, backbone_channels: int, b: float, s: float, skip_index: int, call: _CallResiduals | None = None

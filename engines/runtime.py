@@ -6,7 +6,7 @@ The contract is export-friendly: every input is a tensor of fixed rank, there is
 tensor values, and optional behaviour (cross-frame attention per layer, loose mode, the anchor pass) is a
 *value* of an input (`ReferenceStates.mask`), never a different graph.
 
-Shapes (B = 2 for the batched classifier-free guidance, uncond first then cond, Part 1 decision 5;
+Shapes (B = 2 for the batched classifier-free guidance, uncond first then cond, docs/decisions.md 5;
 H, W = image size, h = H/8, w = W/8 = latent size; L = number of up-block self-attention layers, 9 for SD1.5):
 
 - text encoder:  token_ids int64 (B, 77)                                   -> embeddings (B, 77, 768)
@@ -23,7 +23,7 @@ H, W = image size, h = H/8, w = W/8 = latent size; L = number of up-block self-a
                  reference: ReferenceStates
                  -> (noise (B, 4, h, w), own_states: tuple of L tensors (B, N_l, C_l))
 
-Cross-frame attention (reference Part 2 §B.1): for up-block self-attention layer l with N_l tokens and C_l
+Cross-frame attention (docs/method.md §2.1): for up-block self-attention layer l with N_l tokens and C_l
 channels, `reference.states[l]` is (B, 2·N_l, C_l): the stored self-attention *inputs* (after the block's
 norm) of the anchor (tokens 0..N_l-1) and of the previous keyframe (tokens N_l..2N_l-1) at the same step, per
 CFG branch. `reference.mask[l]` (float) selects the keys/values of that layer:
@@ -112,9 +112,9 @@ class ReferenceStates:
 
 
 def cross_frame_mask(layers: Sequence[SelfAttentionLayer], mode: CrossFrameMode) -> torch.Tensor:
-    """The per-layer mask for a cross-frame mode (Part 1 decision 6).
+    """The per-layer mask for a cross-frame mode (docs/decisions.md 6).
 
-    "loose" skips the layers with the most channels (the three 1280-channel layers of SD1.5, §B.1), "off"
+    "loose" skips the layers with the most channels (the three 1280-channel layers of SD1.5, method §2.1), "off"
     skips all of them.
     """
     if mode == "off":
@@ -216,7 +216,7 @@ class UNet(Protocol):
 
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """The training noise schedule (SD1.5: scaled_linear 0.00085..0.012, 1000 steps, reference §A.1/§A.2)."""
+    """The training noise schedule (SD1.5: scaled_linear 0.00085..0.012, 1000 steps, method §1)."""
 
     num_train_timesteps: int = 1000
     beta_start: float = 0.00085

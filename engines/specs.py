@@ -235,7 +235,7 @@ H8, W8 = Dim("height", 8), Dim("width", 8)
 
 
 IMAGE = (BATCH, 3, Dim("height"), Dim("width"))
-# Batch: 2 is classifier-free guidance (uncond + cond, reference Part 1 decision 5); 1 serves single passes.
+# Batch: 2 is classifier-free guidance (uncond + cond, docs/decisions.md 5); 1 serves single passes.
 CFG_BATCH = BatchRange(1, 2, 2)
 IMAGE_BATCH = BatchRange(1, 1, 2)
 
@@ -327,7 +327,7 @@ def unet_spec(unet_config: Mapping, layers: tuple, hidden_size: int) -> NetworkS
 
     `layers` are the up-block self-attention layers (`engines.runtime.up_self_attention_layers`: objects
     with `.channels` and `.stride`). Reference states hold [anchor; previous] tokens (2·N_l), own states N_l
-    (reference Part 2 §B.1); `reference_mask` (L,) switches each layer between cross-frame and plain
+    (docs/method.md §2.1); `reference_mask` (L,) switches each layer between cross-frame and plain
     self-attention by value, so one graph serves anchor, loose, full and off.
     """
     down_names, mid_name = residual_names(unet_config)

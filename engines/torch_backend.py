@@ -181,7 +181,7 @@ def torch_networks(
     device = resolve_device(device) if isinstance(device, str) else device
     dtype = resolve_dtype(dtype, device) if isinstance(dtype, str) else dtype
     unet = _place(bundle.unet, device, dtype)
-    # FreeU (reference §B.7) keyed on the backbone channel count, as pre-hooks; replaces any FreeU a previous
+    # FreeU (docs/method.md §2.7) keyed on the backbone channel count, as pre-hooks; replaces any FreeU a previous
     # call installed on this bundle's UNet, so the UNet does exactly what this call asks.
     set_freeu(unet, None if freeu is None else FreeUFactors.from_tuple(freeu))
     vae = _place(bundle.vae, device, dtype)

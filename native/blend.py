@@ -147,8 +147,8 @@ def blend_pair(
     """Blend the propagation from the previous keyframe (`forward`) with the one from the next (`backward`).
 
     `weight_forward` is w_a of docs/method.md §4.2: 0 at the forward keyframe's side, 1 at the backward
-    keyframe's side (it multiplies the forward error). `carried_mask` is the previous frame's mask warped into this frame by the
-    caller, or None for the first frame of a gap."""
+    keyframe's side (it multiplies the forward error). `carried_mask` is the previous frame's mask warped
+    into this frame by the caller, or None for the first frame of a gap."""
     a, b = forward.image, backward.image
     for name, img in (("forward", a), ("backward", b)):
         if not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:

@@ -1,4 +1,4 @@
-"""Temporal-aware blending of forward and backward propagations (rerender.native.blend, reference §D.4)."""
+"""Temporal-aware blending of forward and backward propagations (rerender.native.blend, docs/method.md §4.2)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_selection_follows_the_errors_and_the_carried_mask_is_or_ed_in():
     res = blend_pair(result(a, err_a), result(b, err_b), 0.5, carried)
     assert res.mask[:, :10].all()
     assert not res.mask[:15, 10:].any()
-    assert res.mask[15:, 15:].all()  # once backward, stays backward (§D.4)
+    assert res.mask[15:, 15:].all()  # once backward, stays backward (method §4.2)
 
 
 def test_histogram_blend_keeps_mean_and_std_of_the_min_error_image():
@@ -74,7 +74,7 @@ def test_poisson_fusion_of_identical_propagations_returns_them():
     a = smooth_rgb(30, 34, 7)
     err = np.full((30, 34), 50.0)
     res = blend_pair(result(a, err), result(a.copy(), err), 0.5, None, BlendParams(poisson=True))
-    # The blend works in 8-bit Lab (§D.4), so compare with a's own Lab round trip.
+    # The blend works in 8-bit Lab (method §4.2), so compare with a's own Lab round trip.
     a_lab8 = cv2.cvtColor(cv2.cvtColor(a, cv2.COLOR_RGB2Lab), cv2.COLOR_Lab2RGB)
     assert np.abs(res.image.astype(int) - a_lab8.astype(int)).max() <= 2
 

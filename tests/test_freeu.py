@@ -1,4 +1,4 @@
-"""FreeU as pre-hooks (engines/freeu.py) against reference Part 2 §B.7, on tiny random-weight UNets (CPU)."""
+"""FreeU as pre-hooks (engines/freeu.py) against docs/method.md §2.7, on tiny random-weight UNets (CPU)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def _run(unet, inputs) -> torch.Tensor:
     return unet(sample, timestep, encoder_hidden_states=text, return_dict=False)[0]
 
 
-# --- golden reference: the §B.7 formulas written out literally, independent of engines/freeu.py ------------
+# --- golden reference: the method §2.7 formulas written out literally, independent of engines/freeu.py ------------
 
 
 def _golden_backbone(h: torch.Tensor, b: float) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """The constrained sampler against a reference implementation (diffusers) and the reference formulas
-(rerender-reference.md Part 2 §A, §B), with tiny random-weight SD1.5-shaped models on the CPU."""
+(docs/method.md §1, §2), with tiny random-weight SD1.5-shaped models on the CPU."""
 
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ def test_window_arithmetic_for_20_steps_matches_the_reference_table():
     table = [0.0082, 0.0140, 0.0231, 0.0365, 0.0557, 0.0819, 0.1163, 0.1598, 0.2128, 0.2750]
     table += [0.3456, 0.4229, 0.5048, 0.5888, 0.6722, 0.7521, 0.8264, 0.8930, 0.9505, 0.9983]
     np.testing.assert_allclose(schedule.alpha_bar, table, atol=6e-5)
-    assert schedule.alpha_bar_prev[-1] == pytest.approx(0.9991, abs=2e-4)  # ᾱ_0, not 1 (§A.2)
+    assert schedule.alpha_bar_prev[-1] == pytest.approx(0.9991, abs=2e-4)  # ᾱ_0, not 1 (method §1)
     assert window_steps(20, 0.0, 1.0) == tuple(range(20))  # cross-frame attention
     assert window_steps(20, 0.0, 0.1) == (0, 1, 2)  # shape-aware fusion
     assert window_steps(20, 0.5, 0.8, strict=True) == (11, 12, 13, 14, 15)  # pixel-aware, strict
@@ -280,7 +280,7 @@ def test_adain_gives_the_anchor_statistics():
 
 
 def test_pixel_aware_update_matches_the_reference_formula():
-    # §B.3 worked example: w = 0.5, inner 0.9 -> r = max(0.5, √0.75 · 0.9) = 0.7794 inside, r = 1 − w = 0.5 at
+    # method §2.3 worked example: w = 0.5, inner 0.9 -> r = max(0.5, √0.75 · 0.9) = 0.7794 inside, r = 1 − w = 0.5 at
     # a mask boundary (R = 0); where w = 0 nothing changes.
     x = torch.tensor([[[[1.0, 2.0, 3.0]]]])
     direction = torch.tensor([[[[0.4, -0.2, 0.5]]]])
@@ -328,7 +328,7 @@ def _side_by_side_guide(anchor_image: torch.Tensor) -> FlowGuide:
 
 
 def test_keyframe_cost_and_state_updates(networks):
-    settings = SamplerSettings(steps=20, strength=0.75)  # Part 1 decision 7 defaults
+    settings = SamplerSettings(steps=20, strength=0.75)  # docs/decisions.md 7 defaults
     state = AnchorState()
     anchor_frame, frame = _frame(6), _frame(6, shift=3)
     anchor = render_anchor(networks, settings, _cond(networks, anchor_frame), state, seed=0)

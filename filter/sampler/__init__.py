@@ -1,1 +1,1 @@
-"""The constrained keyframe sampler (reference Part 2 §A/§B): a plain function of the networks it is given."""
+"""The constrained keyframe sampler (docs/method.md §1–§2): a plain function of the networks it is given."""

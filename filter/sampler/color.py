@@ -1,4 +1,4 @@
-"""Colour correction of the SDEdit source (reference Part 2 §B.6, `--color-correct`).
+"""Colour correction of the SDEdit source (`--color-correct`, the authors' `color_preserve = False`).
 
 The input keyframe is histogram-matched per Lab channel to the anchor's stylised output, converted back to
 RGB, then recombined with a luminosity blend: luminosity from the original frame, hue and saturation from

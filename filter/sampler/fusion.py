@@ -1,4 +1,4 @@
-"""The latent- and pixel-space constraint formulas of Rerender A Video (reference Part 2 §B.2–§B.5).
+"""The latent- and pixel-space constraint formulas of Rerender A Video (docs/method.md §2.2–§2.6).
 
 Pure tensor functions: no networks, no state. Images are (1, 3, H, W) in [-1, 1]; latents (1, 4, h, w);
 occlusion maps (1, 1, H, W) with 1 = occluded; flows (1, 2, H, W) in pixels, (dx, dy), backward (for each
@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-BLUR_KERNEL = 9  # §B.2/§B.3: Gaussian 9×9, σ = 18, after a 9×9 max-pool dilation
+BLUR_KERNEL = 9  # method §2.2/§2.3: Gaussian 9×9, σ = 18, after a 9×9 max-pool dilation
 BLUR_SIGMA = 18.0
 DILATION = 9
 LATENT_FACTOR = 8
@@ -33,7 +33,7 @@ def gaussian_blur(x: torch.Tensor, kernel: int = BLUR_KERNEL, sigma: float = BLU
 
 
 def soft_mask(occluded: torch.Tensor) -> torch.Tensor:
-    """bm = clamp(G(maxpool9(occ)) + occ, 0, 1): a soft dilation of an occlusion map (§B.2, §B.3 step 1)."""
+    """bm = clamp(G(maxpool9(occ)) + occ, 0, 1): a soft dilation of an occlusion map (method §2.2, §2.3 step 1)."""
     dilated = F.max_pool2d(occluded, DILATION, stride=1, padding=DILATION // 2)
     return (gaussian_blur(dilated) + occluded).clamp(0.0, 1.0)
 
@@ -43,19 +43,19 @@ def latent_max_pool(x: torch.Tensor) -> torch.Tensor:
 
 
 def shape_fusion_mask(occluded_anchor: torch.Tensor) -> torch.Tensor:
-    """§B.2: M = 1 − maxpool8(bm_0) at latent size; 1 far from occlusions, 0 on occluded blocks."""
+    """method §2.2: M = 1 − maxpool8(bm_0) at latent size; 1 far from occlusions, 0 on occluded blocks."""
     return 1.0 - latent_max_pool(soft_mask(occluded_anchor))
 
 
 def pixel_fusion_mask(occluded_previous: torch.Tensor, occluded_anchor: torch.Tensor) -> torch.Tensor:
-    """§B.3 step 4: Mp = 1 − maxpool8(1 − V), V = 1 − soft_mask(pixels both warps miss)."""
+    """method §2.3 step 4: Mp = 1 − maxpool8(1 − V), V = 1 − soft_mask(pixels both warps miss)."""
     both = 1.0 - ((1.0 - occluded_previous) + (1.0 - occluded_anchor)).clamp(0.0, 1.0)
     valid = 1.0 - soft_mask(both)
     return 1.0 - latent_max_pool(1.0 - valid)
 
 
 def noise_rescale(mask: torch.Tensor) -> torch.Tensor:
-    """§B.3 step 6 (smooth boundary): R = 1 where both 3×3 finite-difference gradients of Mp are 0, else 0."""
+    """method §2.3 step 6 (smooth boundary): R = 1 where both 3×3 finite-difference gradients of Mp are 0, else 0."""
     kx = torch.tensor([[-1.0, 0.0, 1.0]] * 3, dtype=mask.dtype, device=mask.device)
     padded = F.pad(mask, (1, 1, 1, 1), mode="replicate")
     gx = F.conv2d(padded, kx.view(1, 1, 3, 3))
@@ -79,13 +79,13 @@ def _sample_grid(flow: torch.Tensor) -> torch.Tensor:
 
 
 def warp(image: torch.Tensor, flow: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
-    """Backward warp: sample `image` at p + flow(p) (align_corners=True, zeros outside; reference §C)."""
+    """Backward warp: sample `image` at p + flow(p) (align_corners=True, zeros outside; method §3)."""
     grid = _sample_grid(flow.to(image.dtype))
     return F.grid_sample(image, grid, mode=mode, padding_mode="zeros", align_corners=True)
 
 
 def latent_flow(flow: torch.Tensor) -> torch.Tensor:
-    """§B.2: bilinear downsample by 1/8 of the pixel flow, divided by 8 (latent pixels)."""
+    """method §2.2: bilinear downsample by 1/8 of the pixel flow, divided by 8 (latent pixels)."""
     _, _, h, w = flow.shape
     small = F.interpolate(
         flow, size=(h // LATENT_FACTOR, w // LATENT_FACTOR), mode="bilinear", align_corners=False
@@ -97,14 +97,14 @@ def latent_flow(flow: torch.Tensor) -> torch.Tensor:
 
 
 def channel_stats(x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """§B.5: per-channel mean and std over H×W of the anchor's x̂0 (unbiased variance + 1e-5, square-rooted)."""
+    """method §2.6: per-channel mean and std over H×W of the anchor's x̂0 (unbiased variance + 1e-5, square-rooted)."""
     mean = x0.mean(dim=(2, 3), keepdim=True)
     std = (x0.var(dim=(2, 3), keepdim=True, unbiased=True) + ADAIN_EPS).sqrt()
     return mean, std
 
 
 def adain(x0: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """§B.5: x̂0 ← InstanceNorm(x̂0)·std_anchor + mean_anchor (InstanceNorm: biased variance, eps 1e-5)."""
+    """method §2.6: x̂0 ← InstanceNorm(x̂0)·std_anchor + mean_anchor (InstanceNorm: biased variance, eps 1e-5)."""
     normalised = F.instance_norm(x0, eps=ADAIN_EPS)
     return normalised * std + mean
 
@@ -112,7 +112,7 @@ def adain(x0: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tens
 def shape_fusion(
     x0: torch.Tensor, anchor_x0: torch.Tensor, flow_lat: torch.Tensor, mask: torch.Tensor
 ) -> torch.Tensor:
-    """§B.2: x̂0 ← M · warp_nearest(x̂0_anchor, flow/8) + (1 − M) · x̂0."""
+    """method §2.2: x̂0 ← M · warp_nearest(x̂0_anchor, flow/8) + (1 − M) · x̂0."""
     return mask * warp(anchor_x0, flow_lat, mode="nearest") + (1.0 - mask) * x0
 
 
@@ -123,7 +123,7 @@ def composite(
     warped_anchor: torch.Tensor,
     soft_anchor: torch.Tensor,
 ) -> torch.Tensor:
-    """§B.3 step 3: anchor warp over previous-keyframe warp over the fresh (pass-1) generation."""
+    """method §2.3 step 3: anchor warp over previous-keyframe warp over the fresh (pass-1) generation."""
     blended = (1.0 - soft_previous) * warped_previous + soft_previous * direct
     return (1.0 - soft_anchor) * warped_anchor + soft_anchor * blended
 
@@ -131,7 +131,7 @@ def composite(
 def fidelity_target(
     z: torch.Tensor, z_rec: torch.Tensor, image: torch.Tensor, corrected_image: torch.Tensor, threshold: float
 ) -> torch.Tensor:
-    """§B.4: x_trg = z + (1 − Mε)·(z − z_rec), λ = 1.
+    """method §2.4: x_trg = z + (1 − Mε)·(z − z_rec), λ = 1.
 
     Mε marks latent pixels near where the compensated decode D(z') strays from the target image by more than
     `threshold` (mean over RGB in [-1, 1]): bilinear ↓8, > 0, then a 3×3 max-pool dilation.
@@ -150,7 +150,7 @@ def pixel_fusion_step(
     inner_strength: float,
     rescale: torch.Tensor | None,
 ) -> torch.Tensor:
-    """§B.3 update at the start of a step: x ← w·x_ref + (1 − w)·(x − dir) + r·dir.
+    """method §2.3 update at the start of a step: x ← w·x_ref + (1 − w)·(x − dir) + r·dir.
 
     r = max(1 − w, √(1 − w²)·inner_strength), and with smooth boundaries r ← (1 − w)(1 − R) + r·R.
     `direction` is the previous step's √(1 − ᾱ_t)·ε̂, so x − dir = √ᾱ_t·x̂0.

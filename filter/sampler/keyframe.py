@@ -1,11 +1,11 @@
 """The constrained keyframe sampler: DDIM (eta 0) with SDEdit start, batched CFG and the hierarchical
-cross-frame constraints (reference Part 2 §A, §B; Part 1 decisions 3–7).
+cross-frame constraints (docs/method.md §1, §2; docs/decisions.md 3–7).
 
 A plain function of the networks it is given (runtime.py contract; style.md practice 1): `render_anchor`
 and `render_keyframe` take the `Networks`, the per-keyframe inputs and the per-anchor `AnchorState`, and
 return the image plus the number of UNet+ControlNet image-evaluations they spent.
 
-Keyframe = two passes (docs/method.md §2.5). Pass 1 supplies the *direct* image of the pixel-fusion
+Keyframe = two passes (method §2.5). Pass 1 supplies the *direct* image of the pixel-fusion
 composite; pass 2 renders the keyframe with pixel-aware fusion. Both take identical steps (same seed, same
 constraints, same stored states) until the first pixel-fusion step, so that shared prefix runs once and both
 passes continue from a copy of its state (docs/decisions.md 13): pass 1 from the branch gives the authors'
@@ -39,7 +39,7 @@ DIRECT_IMAGES: tuple[str, ...] = ("pass1", "branch-x0")
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """Sampler parameters; defaults = Part 1 decision 7 (windows are fractions of the full schedule)."""
+    """Sampler parameters; defaults = docs/decisions.md 7 (windows are fractions of the full schedule)."""
 
     steps: int = 20
     strength: float = 0.75
@@ -69,7 +69,7 @@ class AnchorState:
 
     first[i] / previous[i]: per step index, the stored self-attention inputs of the cross-frame layers
     (tuple over layers, each (2, N_l, C_l), per CFG branch); anchor_x0[i]: the anchor's x̂0 in the shape-fusion
-    window (§B.2); adain[i]: the anchor's x̂0 channel mean/std in the AdaIN window (§B.5).
+    window (method §2.2); adain[i]: the anchor's x̂0 channel mean/std in the AdaIN window (method §2.6).
     """
 
     first: dict[int, tuple[torch.Tensor, ...]] = field(default_factory=dict)
@@ -128,7 +128,7 @@ Role = Literal["anchor", "first", "second"]
 
 
 def encode_text(networks: Networks, prompt: str, negative_prompt: str) -> torch.Tensor:
-    """(2, 77, D): [negative; positive], the batched-CFG order (Part 1 decision 5)."""
+    """(2, 77, D): [negative; positive], the batched-CFG order (docs/decisions.md 5)."""
     ids = networks.tokenize([negative_prompt, prompt]).to(networks.device)
     return networks.text_encoder(ids).to(networks.dtype)
 
@@ -255,7 +255,7 @@ def run_steps(
     for i in range(begin.step, stop):
         alpha, alpha_prev = schedule.alpha_bar[i], schedule.alpha_bar_prev[i]
         if pixel is not None and in_window(i, steps, *settings.pixel_fusion, strict=True):
-            # §B.3: pull the running latent toward the fused, fidelity-encoded target before the UNet call.
+            # method §2.3: pull the running latent toward the fused, fidelity-encoded target before the UNet call.
             x_ref = fusion.q_sample(pixel.target, alpha, _randn(x.shape, generator, x))
             x = fusion.pixel_fusion_step(
                 x, direction, x_ref, pixel.weight, settings.inner_strength, pixel.rescale
@@ -271,7 +271,7 @@ def run_steps(
             kept = references.keep(own)
             if kept:
                 state.first[i] = kept
-                state.previous[i] = kept  # §B.1: before the first update, previous is the anchor
+                state.previous[i] = kept  # method §2.1: before the first update, previous is the anchor
         elif update_previous:
             kept = references.keep(own)
             if kept:
@@ -331,14 +331,14 @@ def _generator(seed: int) -> torch.Generator:
 def render_anchor(
     networks: Networks, settings: SamplerSettings, cond: Conditioning, state: AnchorState, seed: int
 ) -> KeyframeResult:
-    """The anchor: one unconstrained pass that records the states, x̂0 and AdaIN statistics (§B, initfirst)."""
+    """The anchor: one unconstrained pass that records the states, x̂0 and AdaIN statistics (method §2)."""
     schedule = ddim_schedule(networks.schedule, settings.steps)
     x, _, evaluations = run_pass(networks, schedule, settings, cond, state, _generator(seed), "anchor")
     return KeyframeResult(decode(networks, x), evaluations, 1)
 
 
 def fidelity_encode(networks: Networks, image: torch.Tensor, threshold: float) -> torch.Tensor:
-    """§B.4: z = E(B); z_rec = E(D(z)); z′ = z + (z − z_rec); x_trg = z + (1 − Mε)(z − z_rec)."""
+    """method §2.4: z = E(B); z_rec = E(D(z)); z′ = z + (z − z_rec); x_trg = z + (1 − Mε)(z − z_rec)."""
     z = encode_mean(networks, image)
     z_rec = encode_mean(networks, decode(networks, z))
     corrected = decode(networks, z + (z - z_rec))
@@ -348,7 +348,7 @@ def fidelity_encode(networks: Networks, image: torch.Tensor, threshold: float) -
 def pixel_guide(
     networks: Networks, settings: SamplerSettings, guide: FlowGuide, direct: torch.Tensor
 ) -> PixelGuide:
-    """§B.3 steps 1–7: composite, fidelity encoding, eroded mask Mp, smooth-boundary map R."""
+    """method §2.3 steps 1–7: composite, fidelity encoding, eroded mask Mp, smooth-boundary map R."""
     warped_anchor = fusion.warp(guide.anchor_output, guide.flow_to_anchor)
     warped_previous = fusion.warp(guide.previous_output, guide.flow_to_previous)
     soft_anchor = fusion.soft_mask(guide.occluded_anchor)
@@ -361,7 +361,7 @@ def pixel_guide(
 
 
 def composite_uses_direct(guide: FlowGuide) -> bool:
-    """Whether the pixel-fusion composite shows the direct image anywhere (§B.3 step 3).
+    """Whether the pixel-fusion composite shows the direct image anywhere (method §2.3 step 3).
 
     The direct image enters with weight bm_0 · bm_pre; where one of the two warps sees every pixel that weight
     is 0 everywhere, the composite (and so pass 2) does not depend on pass 1, and no pass 1 runs."""
@@ -378,7 +378,7 @@ def render_keyframe(
     seed: int,
     update_previous: bool = True,
 ) -> KeyframeResult:
-    """A keyframe after the anchor: pass 1 and pass 2 with pixel-aware fusion (§B.9), sharing their prefix.
+    """A keyframe after the anchor: pass 1 and pass 2 with pixel-aware fusion (method §2.5), sharing their prefix.
 
     The shared prefix runs with pass 2's state update (`update_previous`): it writes the previous-keyframe
     states of the prefix's steps only, which pass 1 never reads again after the branch."""

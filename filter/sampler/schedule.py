@@ -1,7 +1,7 @@
-"""DDIM (eta 0) schedule with the SDEdit truncation and the constraint windows (reference §A.2, §B.8).
+"""DDIM (eta 0) schedule with the SDEdit truncation and the constraint windows (docs/method.md §1, §2).
 
 Step index i counts the *full* schedule of S steps (t_i = 951 − 50 i for S = 20 with SD1.5's settings);
-SDEdit with strength s runs only the last round(S·s) steps (Part 1 decision 3), starting at `entry`.
+SDEdit with strength s runs only the last round(S·s) steps (docs/decisions.md 3), starting at `entry`.
 Windows stay fractions of the full schedule, so a window before the entry step is simply never reached.
 """
 
@@ -53,7 +53,8 @@ def ddim_schedule(config: ScheduleConfig, steps: int) -> DdimSchedule:
 
 
 def in_window(step: int, steps: int, start: float, end: float, strict: bool = False) -> bool:
-    """§B.8: inclusive S·a ≤ i ≤ S·b (cross-frame, shape fusion, AdaIN); strict S·a < i < S·b (pixel fusion)."""
+    """Step windows (method §2): inclusive S·a ≤ i ≤ S·b (cross-frame, shape fusion, AdaIN); strict
+    S·a < i < S·b (pixel fusion)."""
     low, high = steps * start, steps * end
     if strict:
         return low + _EPS < step < high - _EPS
