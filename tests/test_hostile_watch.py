@@ -246,7 +246,7 @@ def _catch(sink: list[BaseException], call) -> None:
 # -- playlists ------------------------------------------------------------------------------------------------
 
 
-def test_an_hls_playlist_dropped_in_inbox_can_not_pull_in_a_file_outside_it(folders, tmp_path):
+def test_a_playlist_dropped_in_inbox_can_not_pull_in_a_file_outside_it(folders, tmp_path):
     inbox, outbox = folders
     (tmp_path / "outside").mkdir()
     secret = write_clip(tmp_path / "outside" / "secret.ts", frames=9, audio=False)
@@ -258,18 +258,25 @@ def test_an_hls_playlist_dropped_in_inbox_can_not_pull_in_a_file_outside_it(fold
     (inbox / "forced.mp4.toml").write_text('input-format = "hls"\n')
     (inbox / "probed.mp4").write_text(playlist)  # no sidecar: whatever the demuxer probing decides
     (inbox / "list.m3u8").write_text(playlist)  # not a clip name: left alone
-    with av.open(str(inbox / "forced.mp4"), format="hls") as payload:  # the payload works when forced
+    # FFmpeg's concat demuxer is chosen by content and reads the names it lists relative to the list:
+    # through a link dropped next to it, or by absolute path.
+    os.symlink(secret, inbox / "link.ts")
+    (inbox / "concat.mp4").write_text("ffconcat version 1.0\nfile link.ts\n")
+    (inbox / "absolute.mp4").write_text(f"ffconcat version 1.0\nfile {secret}\n")
+    with av.open(str(inbox / "forced.mp4"), format="hls") as payload:  # the payloads work when read by path
+        assert sum(1 for _ in payload.decode(video=0)) == 9
+    with av.open(str(inbox / "concat.mp4")) as payload:
         assert sum(1 for _ in payload.decode(video=0)) == 9
 
     daemon = once(inbox, outbox)
     reasons = _reasons(daemon)
-    assert sorted(reasons) == ["forced.mp4", "probed.mp4"]
+    assert sorted(reasons) == ["absolute.mp4", "concat.mp4", "forced.mp4", "link.ts", "probed.mp4"]
     assert reasons["forced.mp4"] == (
         f"the sidecar {inbox / 'forced.mp4.toml'} sets 'input-format', which only the folder's --preset may "
         "set (it would choose how the dropped file is read (a playlist could pull in other files)); remove it"
     )
     assert daemon.of("done") == []
-    assert visible_files(outbox) == ["failed/forced.mp4.error.txt", "failed/probed.mp4.error.txt"]
+    assert visible_files(outbox) == sorted(f"failed/{clip}.error.txt" for clip in reasons)
     _assert_reported(outbox, reasons)
 
 

@@ -338,6 +338,8 @@ def test_with_a_pickle_preset_a_sidecar_can_not_choose_the_checkpoint(tmp_path):
     _touch(clip.with_name("a.mov.toml"), b'model = "/tmp/evil.ckpt"\n')
     error = source.for_clip(clip).error
     assert error is not None and "allows pickle checkpoints" in error
+    _touch(clip.with_name("a.mov.toml"), b'flow = "dis:fast"\n')  # a checkpoint key that names no file
+    assert source.for_clip(clip).error is None
 
 
 def test_relative_paths_are_relative_to_the_preset_and_in_a_sidecar_to_the_model_dirs(tmp_path):

@@ -261,6 +261,11 @@ def _absolute(split: PathSplit, value: Any, folder: Path) -> Any:
     return parts[0] + str(folder / parts[1]) + parts[2]
 
 
+def _names_a_file(key: str, value: Any) -> bool:
+    split = PATH_SPLITS[key]
+    return any(not isinstance(item, str) or split(item) is not None for item in _items(value))
+
+
 def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
@@ -361,7 +366,7 @@ class SettingsSource:
             if raw is None:
                 return self._checked(values, sources, None)
             table = parse_table(raw, label, sidecar=True, is_flag=self._flags.has)
-            chosen = sorted(CHECKPOINT_KEYS & set(table))
+            chosen = sorted(key for key in CHECKPOINT_KEYS & set(table) if _names_a_file(key, table[key]))
             if values.get("allow_pickle") and chosen:
                 raise UsageError(
                     f"{label} sets {chosen[0].replace('_', '-')!r} while the preset allows pickle checkpoints; "
