@@ -70,6 +70,7 @@ def test_run_with_a_diffusers_folder_and_controlnet(files):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     _check_output(files, out)
+    assert "no --controlnet" not in result.stderr
 
 
 def test_run_with_a_single_file_checkpoint_and_a_lora(files):
@@ -81,6 +82,31 @@ def test_run_with_a_single_file_checkpoint_and_a_lora(files):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     _check_output(files, out)
+    # Without a ControlNet the keyframes follow the text only: said once, on stderr.
+    warnings = [line for line in result.stderr.splitlines() if "no --controlnet" in line]
+    assert len(warnings) == 1 and "drift from the input's structure" in warnings[0]
+
+
+def test_two_controlnets_each_with_its_own_hint(files):
+    from rerender.filter.renderers.diffusion import DiffusionRenderer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cn = str(files["controlnet"])
+        options = DiffusionOptions(
+            model=str(files["folder"]),
+            controlnets=((cn, 0.7), (cn, 0.4)),
+            control=("canny", "canny:10,20"),
+            steps=4,
+        )
+        renderer = DiffusionRenderer.from_options(options, (64, 64))
+        assert [c.name for c in renderer.controls] == ["canny:50,100", "canny:10,20"]
+        assert [s for _, s in renderer.networks.controlnets] == [0.7, 0.4]
+        frame = (np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)
+        assert renderer.render(frame, KeyframeContext(0, True, None, None)).shape == (64, 64, 3)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize(
@@ -89,6 +115,8 @@ def test_run_with_a_single_file_checkpoint_and_a_lora(files):
         (["--strength", "1.5"], "--strength must be in"),
         (["--pixel-fusion", "0.8,0.5"], "--pixel-fusion expects"),
         (["--control", "sketch"], "--control expects"),
+        (["--control", "hed:weights.pth"], "needs a ControlNet"),
+        (["--steps", "1000"], "--steps must be"),
     ],
 )
 def test_impossible_values_are_one_sentence(files, flags, message):
