@@ -90,3 +90,20 @@ def test_every_cuda_source_compiles_for_three_architectures_without_spills(nvcc,
                     f"{cu.name} kernel {kernel} spills {spilled} bytes on {arch} (limit {SPILL_LIMIT_BYTES}): "
                     f"{info}"
                 )
+
+
+def test_driver_api_declarations_match_cuda_h(tmp_path):
+    # The extension loads libcuda.so.1 at run time with its own declarations; compiled against the toolkit's
+    # cuda.h they must be the same types, signatures and constants (static_asserts in the source).
+    import shutil
+
+    cuda_h = Path("/usr/local/cuda/include/cuda.h")
+    compiler = shutil.which("g++") or shutil.which("c++")
+    if not cuda_h.is_file() or compiler is None:
+        pytest.skip("no CUDA toolkit header (/usr/local/cuda/include/cuda.h) or no C++ compiler here")
+    run = subprocess.run(
+        [compiler, "-std=c++17", "-fopenmp", "-fsyntax-only", "-DRR_CHECK_AGAINST_CUDA_H",
+         f"-I{cuda_h.parent}", f"-I{NATIVE / 'csrc'}", str(NATIVE / "csrc" / "synth_kernels_exec.cpp")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-4000:]

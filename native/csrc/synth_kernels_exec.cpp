@@ -345,7 +345,25 @@ class HostLauncher {
 
 // -- CUDA driver API, loaded at run time -----------------------------------------------------------------
 // The few entry points used, declared with the driver API's stable C ABI (cuda.h), so building the
-// extension needs no CUDA toolkit.
+// extension needs no CUDA toolkit. Compiled with RR_CHECK_AGAINST_CUDA_H (tests/test_cuda_compile.py), the
+// same declarations are checked against cuda.h itself: types, every signature and the constants.
+#ifdef RR_CHECK_AGAINST_CUDA_H
+}  // namespace
+}  // namespace rr
+#include <cuda.h>
+
+#include <type_traits>
+namespace rr {
+namespace {
+using CUresult = ::CUresult;
+using CUdevice = ::CUdevice;
+using CUdeviceptr = ::CUdeviceptr;
+using CUcontext = ::CUcontext;
+using CUmodule = ::CUmodule;
+using CUfunction = ::CUfunction;
+using CUstream = ::CUstream;
+using CUattribute = ::CUdevice_attribute;
+#else
 using CUresult = int;
 using CUdevice = int;
 using CUdeviceptr = unsigned long long;
@@ -353,6 +371,8 @@ using CUcontext = struct CUctx_st*;
 using CUmodule = struct CUmod_st*;
 using CUfunction = struct CUfunc_st*;
 using CUstream = struct CUstream_st*;
+using CUattribute = int;
+#endif
 constexpr unsigned int kStreamNonBlocking = 0x1;
 constexpr int kAttrComputeMajor = 75, kAttrComputeMinor = 76;
 
@@ -363,7 +383,7 @@ struct DriverApi {
     CUresult (*cuDeviceGetCount)(int*);
     CUresult (*cuDeviceGet)(CUdevice*, int);
     CUresult (*cuDeviceGetName)(char*, int, CUdevice);
-    CUresult (*cuDeviceGetAttribute)(int*, int, CUdevice);
+    CUresult (*cuDeviceGetAttribute)(int*, CUattribute, CUdevice);
     CUresult (*cuDevicePrimaryCtxRetain)(CUcontext*, CUdevice);
     CUresult (*cuDevicePrimaryCtxRelease)(CUdevice);
     CUresult (*cuCtxPushCurrent)(CUcontext);
@@ -432,6 +452,39 @@ struct DriverApi {
                (text ? text : "unknown");
     }
 };
+
+#ifdef RR_CHECK_AGAINST_CUDA_H
+#define RR_SAME(member, symbol) \
+    static_assert(std::is_same_v<decltype(DriverApi::member), decltype(&::symbol)>, #symbol " differs from cuda.h");
+RR_SAME(cuInit, cuInit)
+RR_SAME(cuDeviceGetCount, cuDeviceGetCount)
+RR_SAME(cuDeviceGet, cuDeviceGet)
+RR_SAME(cuDeviceGetName, cuDeviceGetName)
+RR_SAME(cuDeviceGetAttribute, cuDeviceGetAttribute)
+RR_SAME(cuDevicePrimaryCtxRetain, cuDevicePrimaryCtxRetain)
+RR_SAME(cuDevicePrimaryCtxRelease, cuDevicePrimaryCtxRelease_v2)
+RR_SAME(cuCtxPushCurrent, cuCtxPushCurrent_v2)
+RR_SAME(cuCtxPopCurrent, cuCtxPopCurrent_v2)
+RR_SAME(cuModuleLoadData, cuModuleLoadData)
+RR_SAME(cuModuleUnload, cuModuleUnload)
+RR_SAME(cuModuleGetFunction, cuModuleGetFunction)
+RR_SAME(cuLaunchKernel, cuLaunchKernel)
+RR_SAME(cuMemAlloc, cuMemAlloc_v2)
+RR_SAME(cuMemFree, cuMemFree_v2)
+RR_SAME(cuMemcpyHtoDAsync, cuMemcpyHtoDAsync_v2)
+RR_SAME(cuMemcpyDtoHAsync, cuMemcpyDtoHAsync_v2)
+RR_SAME(cuMemcpyDtoDAsync, cuMemcpyDtoDAsync_v2)
+RR_SAME(cuMemsetD8Async, cuMemsetD8Async)
+RR_SAME(cuStreamCreate, cuStreamCreate)
+RR_SAME(cuStreamDestroy, cuStreamDestroy_v2)
+RR_SAME(cuStreamSynchronize, cuStreamSynchronize)
+RR_SAME(cuGetErrorName, cuGetErrorName)
+RR_SAME(cuGetErrorString, cuGetErrorString)
+static_assert(kStreamNonBlocking == CU_STREAM_NON_BLOCKING, "stream flag");
+static_assert(kAttrComputeMajor == CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR, "attribute id");
+static_assert(kAttrComputeMinor == CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR, "attribute id");
+#undef RR_SAME
+#endif
 
 // Loaded once per process, on first use (the library handle is never closed: the driver stays mapped).
 const DriverApi& driver() {
@@ -546,8 +599,8 @@ std::vector<CudaDeviceInfo> cuda_devices() {
         char name[256] = {0};
         api.cuDeviceGetName(name, sizeof(name) - 1, d);
         info.name = name;
-        api.cuDeviceGetAttribute(&info.major, kAttrComputeMajor, d);
-        api.cuDeviceGetAttribute(&info.minor, kAttrComputeMinor, d);
+        api.cuDeviceGetAttribute(&info.major, (CUattribute)kAttrComputeMajor, d);
+        api.cuDeviceGetAttribute(&info.minor, (CUattribute)kAttrComputeMinor, d);
         out.push_back(info);
     }
     return out;
