@@ -113,12 +113,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--prompt", default="", help="text that describes the target style (default: empty)")
     g.add_argument(
-        "--negative-prompt", default=NEGATIVE_PROMPT, help="what to steer away from (default: %(default)r)"
+        "--negative-prompt", default=NEGATIVE_PROMPT, help="what to steer away from (default: '%(default)s')"
     )
     g.add_argument(
         "--added-prompt",
         default=ADDED_PROMPT,
-        help="appended to the prompt after ', ' (default: %(default)r; '' for none)",
+        help="appended to the prompt after ', ' (default: '%(default)s'; '' for none)",
     )
     g.add_argument(
         "--lora",
@@ -215,7 +215,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fidelity-threshold",
         type=float,
         default=0.25,
-        help=f"fidelity-oriented encoding threshold, mean absolute error in [0, {MAX_FIDELITY_THRESHOLD:g}] "
+        help="fidelity-oriented encoding: pixels whose RGB-mean reconstruction error (images in [-1, 1]) "
+        f"exceeds it are not compensated; in [0, {MAX_FIDELITY_THRESHOLD:g}] "
         "(default: %(default)s)",
     )
     g.add_argument(
