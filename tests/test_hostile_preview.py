@@ -265,6 +265,34 @@ def test_half_open_connections_are_timed_out(server):
     still_answers(server)
 
 
+def test_a_trickled_body_does_not_hold_the_connection(server):
+    """A GET that announces a huge body, gets its answer, then trickles the body a byte at a time: every
+    byte would restart a plain keep-alive timer; the connection is closed all the same."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=WAIT_S) as sock:
+        sock.sendall(b"GET /status HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 1000000\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(65536)
+            assert chunk
+            head += chunk
+        assert status_code(head) == 200
+        sock.settimeout(1.0)
+        closed = False
+        for _ in range(WAIT_S):  # a byte a second until the server closes the connection
+            try:
+                sock.sendall(b"x")
+                if sock.recv(65536) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+        assert closed, "the server kept a trickling connection open"
+    still_answers(server)
+
+
 def _server_connections(pid: int, port: int) -> int:
     return sum(
         1

@@ -5,7 +5,7 @@ on its h11 protocol, both maintained HTTP stacks, instead of our own on `http.se
 bounds the request head (h11), decodes chunked bodies, times out idle keep-alive connections and shuts down
 gracefully; Starlette's streaming response stops the MJPEG generator when the client disconnects. What the
 page itself bounds is here: the request body (size, time to arrive, JSON nesting), the number of open
-streams and connections, and the time a client may take to send a request head (`RequestHeadDeadline`,
+streams and connections, and the time a client may take to send a request head (`RequestDeadline`,
 which uvicorn does not time out on its own). The README explains the choice.
 
 Routes are an exact table (no path parameters, nothing read from disk by request path), so `/../etc/passwd`
@@ -74,51 +74,57 @@ class Limits:
     shutdown_s: int = 5  # how long a stop waits for requests in flight
 
 
-class RequestHeadDeadline(H11Protocol):
+class RequestDeadline(H11Protocol):
     """uvicorn's h11 protocol with a deadline for each request head.
 
-    uvicorn closes a keep-alive connection that stays idle after a response, but a client that connects and
-    sends nothing, or half a request line, or headers without their end, holds its connection (and a slot of
-    `max_connections`) for as long as it likes. Here a connection that has not sent a complete request head
-    within `head_timeout_s` of connecting (or of its previous response) gets a 408 and is closed. The head
-    timer is armed at the points uvicorn's own keep-alive timer uses (`connection_made`,
-    `on_response_complete`) and the state is read from h11, which uvicorn uses to parse the request."""
+    uvicorn closes a keep-alive connection that stays silent after a response, but a client that connects
+    and sends nothing, or half a request line, or headers without their end, or trickles the unread body of
+    a request already answered, holds its connection (and a slot of `max_connections`) for as long as it
+    likes: any byte received cancels uvicorn's timer. Here a connection gets `head_timeout_s` from connecting
+    (or from its previous response) to hand the application a new request; otherwise it is closed, with a
+    408 when it was in the middle of a request head. A request the application has is bounded by the
+    application (body deadline) or is a stream that ends when its viewer leaves. The timer is armed where
+    uvicorn arms its own keep-alive timer (`connection_made`, `on_response_complete`)."""
 
     head_timeout_s = Limits.head_timeout_s
-    _head_timer: asyncio.TimerHandle | None = None
+    _deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_timer()
+        self._arm()
 
     def data_received(self, data: bytes) -> None:
+        cycle = self.cycle
         super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:
-            self._cancel_head_timer()  # the head is in; the application bounds the body
+        if self.cycle is not cycle:  # a new request head arrived: the application has it
+            self._disarm()
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-            self._arm_head_timer()
+        if not self.transport.is_closing():
+            self._arm()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._cancel_head_timer()
+        self._disarm()
         super().connection_lost(exc)
 
-    def _arm_head_timer(self) -> None:
-        self._cancel_head_timer()
-        self._head_timer = asyncio.get_running_loop().call_later(self.head_timeout_s, self._head_timed_out)
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = asyncio.get_running_loop().call_later(self.head_timeout_s, self._expired)
 
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
 
-    def _head_timed_out(self) -> None:
-        self._head_timer = None
-        if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
-            self.transport.write(REQUEST_TIMEOUT)
-            self.transport.close()
+    def _expired(self) -> None:
+        self._deadline = None
+        in_flight = self.cycle is not None and not self.cycle.response_complete
+        if in_flight or self.transport.is_closing():
+            return
+        if self.conn.our_state is h11.IDLE and self.conn.their_state is h11.IDLE:
+            self.transport.write(REQUEST_TIMEOUT)  # between requests: the client may read an answer
+        self.transport.close()
 
 
 def load_assets() -> dict[str, tuple[bytes, str]]:
@@ -350,7 +356,7 @@ class PreviewServer:
     ) -> None:
         self.socket = listen(*address)
         self.app = PreviewApp(session, check_host=check_host, limits=limits)
-        protocol = type("PreviewProtocol", (RequestHeadDeadline,), {"head_timeout_s": limits.head_timeout_s})
+        protocol = type("PreviewProtocol", (RequestDeadline,), {"head_timeout_s": limits.head_timeout_s})
         config = uvicorn.Config(
             self.app,
             http=protocol,
