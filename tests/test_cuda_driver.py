@@ -81,3 +81,74 @@ def test_host_kernels_follow_the_seed_and_the_init_nnf():
         executor="kernels-host",
     )
     assert (c[2] == 20).all()  # with no iterations the (clamped) initial NNF is the result
+
+
+# --- the CUDA entry points: errors here, behaviour on a GPU -------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "device, index", [("cuda:0", 0), ("cuda:3", 3), (2, 2)]
+)  # None/"cuda" ask torch for its current device (GPU tests)
+def test_device_names_resolve_to_indices(device, index):
+    from rerender.native.cuda_backend import resolve_device
+
+    assert resolve_device(device) == index
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda:-1", "cuda:x", "gpu0", -1, True, 1.5])
+def test_bad_device_names_are_refused_with_a_sentence(device):
+    from rerender.native.cuda_backend import resolve_device
+
+    with pytest.raises(ValueError, match="cuda|CUDA"):
+        resolve_device(device)
+
+
+def test_without_a_cuda_driver_the_module_says_so():
+    import ctypes.util
+
+    from rerender.native import _synth
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        pytest.skip("a CUDA driver is installed here")
+    except OSError:
+        pass
+    with pytest.raises(RuntimeError, match="libcuda.so.1 cannot be loaded"):
+        _synth.cuda_devices()
+    with pytest.raises(RuntimeError, match="libcuda.so.1 cannot be loaded"):
+        _synth.CudaSynth(0, b"not a module")
+
+
+@pytest.mark.gpu
+def test_cuda_chains_have_their_own_streams_and_reuse_their_buffers():
+    import threading
+
+    from rerender.native import synthesize
+
+    style, key, targets = chain(3, 96, 128, frames=3)
+    params = SynthParams(search_vote_iters=3, patchmatch_iters=2)
+    results: dict[str, list] = {}
+
+    def run_chain(name):
+        results[name] = [synthesize(style, [Guide(key, t, 2.0)], params, backend="cuda") for t in targets]
+
+    threads = [threading.Thread(target=run_chain, args=(n,)) for n in ("forward", "backward")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    fwd, bwd = results["forward"], results["backward"]
+    assert fwd[0].stats["stream"] != bwd[0].stats["stream"]  # one stream per chain, no shared lock
+    assert len({r.stats["stream"] for r in fwd}) == 1  # the chain keeps its stream ...
+    assert len({r.stats["pooled_bytes"] for r in fwd}) == 1  # ... and its buffers, frame after frame
+    for a, b in zip(fwd, bwd, strict=True):  # deterministic: same inputs, same result, whatever ran beside
+        assert (a.nnf == b.nnf).all() and (a.image == b.image).all()
+
+
+@pytest.mark.gpu
+def test_cuda_device_out_of_range_is_a_sentence():
+    from rerender.native import synthesize
+
+    style, key, targets = chain(3, 32, 32, frames=1)
+    with pytest.raises(ValueError, match="does not exist"):
+        synthesize(style, [Guide(key, targets[0])], SynthParams(), backend="cuda", device="cuda:99")
