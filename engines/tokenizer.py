@@ -71,7 +71,9 @@ def _load_fast(folder: Path):
     # (where the plain `CLIPTokenizer` is the slow, file-only class) and 5.x (where both names are one class).
     from transformers import CLIPTokenizerFast
 
-    return CLIPTokenizerFast.from_pretrained(str(folder), local_files_only=True, model_max_length=MAX_LENGTH)
+    return CLIPTokenizerFast.from_pretrained(
+        str(folder), local_files_only=True, model_max_length=MAX_LENGTH, clean_up_tokenization_spaces=False
+    )
 
 
 def clip_tokenizer():

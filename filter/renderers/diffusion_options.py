@@ -317,9 +317,11 @@ def _int_range(flag: str, value: int, low: int, high: int) -> int:
     return value
 
 
-def _controls(specs: list[str] | None, controlnets: int) -> tuple[str, ...]:
+def _controls(specs: list[str] | str | None, controlnets: int) -> tuple[str, ...]:
     if not specs:
         return ()
+    if isinstance(specs, str):  # a namespace built by hand with the flag's single form
+        specs = [specs]
     for spec in specs:
         if spec.partition(":")[0] not in CONTROL_KINDS:
             raise UsageError(
