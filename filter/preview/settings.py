@@ -113,8 +113,9 @@ def check_page_options(
 ) -> None:
     """Refuse page settings that steer the server off its input and its own files.
 
-    `argv` is what the page's settings stand for (with the output the server would use); it is parsed by the
-    real run parser, so every spelling argparse accepts is seen as the option it sets. Options outside
+    `argv` is what the page's settings stand for, with a stand-in output before the page's own flags (an -o
+    among them comes later and wins); it is parsed by the real run parser, so every spelling argparse
+    accepts is seen as the option it sets. Options outside
     PAGE_OPTIONS must keep the command line's value (`fixed`) or drop back to their default (`defaults`,
     e.g. the page clears --model to use the classic renderer); UsageError otherwise."""
     chosen = vars(parser.parse_args(argv))
