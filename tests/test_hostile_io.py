@@ -353,8 +353,9 @@ def test_bad_output_locations_are_one_sentence_before_any_frame(tmp_path):
     parser.add_argument("-i", "--input")
     parser.add_argument("-o", "--output")
     add_io_arguments(parser)
-    with pytest.raises(UsageError, match="is a folder"):
-        sink_options_from_args(parser.parse_args(["-i", str(clip), "-o", str(folder)]))
+    for output, message in cases:  # found while the flags are parsed, before the input is even opened
+        with pytest.raises(UsageError, match=message):
+            sink_options_from_args(parser.parse_args(["-i", str(clip), "-o", str(output)]))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["existing", clip.name]
 
 

@@ -73,8 +73,8 @@ def check_output(
     Returns how the output will be written: "pipe" (`-`), "stream" (an existing FIFO, character device or
     socket, written straight) or "file" (temp-and-rename). `input_path` (a file) is compared by identity
     (device and inode, so `./a.mp4`, `$PWD/a.mp4`, a symlink and a hard link all match), never by string.
-    `folder_checks=False` checks only what the path itself is (for option parsing, where the output may be a
-    stand-in); the folder (exists, writable, free space, name length) is checked when the Sink opens.
+    `folder_checks=False` leaves out what depends on the moment (a writable folder, free space), for option
+    parsing, where the output may be a stand-in; the Sink checks everything again when it opens.
     """
     text = os.fspath(path)
     if text == "-":
@@ -105,11 +105,11 @@ def check_output(
             return "stream"
         if os.path.realpath(final).startswith("/proc/"):
             return "stream"  # /dev/stdout or /proc/self/fd/N redirected to a file: the shell's file, as is
-    if not folder_checks:
-        return "file"
     folder = file_target(final).parent
     if not folder.is_dir():
         raise UsageError(f"output folder {folder} does not exist; create it or choose another path")
+    if not folder_checks:
+        return "file"
     if not os.access(folder, os.W_OK | os.X_OK):
         raise UsageError(f"cannot create files in {folder} (permission denied); choose another output folder")
     try:
