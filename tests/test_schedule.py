@@ -16,6 +16,7 @@ from rerender.filter.schedule import (
     ScheduleOptions,
     colour_histogram,
     histogram_distance,
+    keyframes_after,
 )
 
 
@@ -156,3 +157,20 @@ def test_bit_depth_conversions():
     deep = np.array([[[0, 257, 65535]]], np.uint16)
     assert to_uint8(deep).tolist() == [[[0, 1, 255]]]
     assert to_depth(to_uint8(deep), np.uint16).tolist() == deep.tolist()
+
+
+@pytest.mark.parametrize("total", [1, 2, 9, 10, 11, 25, 37])
+@pytest.mark.parametrize("k", [1, 4, 10])
+def test_keyframes_after_foresees_the_uniform_schedule(total, k):
+    """Progress plans with `keyframes_after`: before the first frame and after every keyframe it counts
+    exactly the keyframes the uniform schedule then places (K apart, and the last frame)."""
+    options = ScheduleOptions(interval=k, scene_cuts=False)
+    schedule = KeyframeSchedule(options)
+    keys = [i for i in range(total) if schedule.decide(None) is not Decision.PROPAGATE]
+    if keys[-1] != total - 1:
+        keys.append(total - 1)  # the flush makes the last frame a keyframe
+    assert keyframes_after(total, options, None) == len(keys)
+    for n, key in enumerate(keys):
+        assert keyframes_after(total, options, key) == len(keys) - n - 1
+    fixed = frozenset({0, 5, 40})  # the frames renderer's files; 40 is past the end of a short video
+    assert keyframes_after(total, options, None, fixed) == len([i for i in fixed if i < total])
