@@ -141,14 +141,10 @@ class Sink:
             # The MOV muxer otherwise doubles a coarse time base until it reaches 10000 (1/25 -> 1/12800);
             # the times would survive but not the input's time_base and pts ticks.
             container_options["video_track_timescale"] = str(tb.denominator)
+        # Muxers that open further files (segment, hls, tee) may then only use local files and pipes.
+        container_options["protocol_whitelist"] = "file,pipe"
         try:
-            return av.open(
-                target,
-                "w",
-                format=fmt,
-                container_options=container_options,
-                options={"protocol_whitelist": "file,pipe"},
-            )
+            return av.open(target, "w", format=fmt, container_options=container_options)
         except (av.error.FFmpegError, OSError, ValueError) as exc:
             self._remove_temp()
             raise UsageError(f"cannot write {self._name()} as {fmt} ({_reason(exc)})") from None

@@ -153,7 +153,7 @@ class Source:
         else:
             options["protocol_whitelist"] = "file,pipe"
         try:
-            container = av.open(target, "r", format=format, options=options)
+            container = av.open(target, "r", format=format, container_options=options)
         except PermissionError:
             raise InputError(f"{self._name}: permission denied; make the file readable") from None
         except av.error.ArgumentError as exc:
