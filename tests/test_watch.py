@@ -387,3 +387,26 @@ def test_a_bad_sidecar_value_fails_its_clip_with_the_run_commands_message(tmp_pa
     ]:
         _touch(clip.with_name("a.mov.toml"), text)
         assert expected in (source.for_clip(clip).error or "")
+
+
+def test_boolean_flags_with_a_no_form_map_both_ways(tmp_path):
+    source = _settings(tmp_path, None)
+    clip = _touch(tmp_path / "in" / "a.mov")
+    expected = {"poisson = false": False, "poisson = true": True, "no-poisson = true": False}
+    expected["no-poisson = false"] = True
+    for text, poisson in expected.items():
+        _touch(clip.with_name("a.mov.toml"), f"{text}\n".encode())
+        settings = source.for_clip(clip)
+        assert settings.error is None, settings.error
+        options = source.options(settings, ["-i", str(clip), "-o", str(tmp_path / "o.mov")])
+        assert options.filter.propagation.poisson is poisson, text
+
+
+def test_a_sidecar_vae_must_be_inside_the_model_dirs_too(tmp_path):
+    vae = _touch(tmp_path / "models" / "vae.safetensors")
+    source = _settings(tmp_path, 'model-dirs = ["models"]\n')
+    clip = _touch(tmp_path / "in" / "a.mov")
+    _touch(clip.with_name("a.mov.toml"), b'vae = "vae.safetensors"\n')
+    assert source.for_clip(clip).values["vae"] == str(vae)
+    _touch(clip.with_name("a.mov.toml"), f'vae = "{clip}"\n'.encode())
+    assert "inside the preset's model-dirs" in (source.for_clip(clip).error or "")

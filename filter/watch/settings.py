@@ -94,6 +94,7 @@ SIDECAR_KEYS: dict[str, SidecarRule] = {
             "keyframe_interval keyframes no_scene_cuts renderer keyframes_first_index "
             "classic_style classic_sigma_s classic_sigma_r size fit propagate_at "
             "threads synth_backend patch_size search_vote_iters patchmatch_iters pyramid_levels poisson "
+            "no_poisson direct_image "
             "blend_weights prompt negative_prompt added_prompt strength steps cfg_scale seed vary_noise "
             "cross_frame shape_fusion pixel_fusion adain mask_strength inner_strength fidelity_threshold "
             "color_correct freeu dtype first_pass_stop no_smooth_boundary backend"
@@ -103,6 +104,7 @@ SIDECAR_KEYS: dict[str, SidecarRule] = {
     "format": SidecarRule(choices=frozenset(MUXER_SUFFIX)),
     "model": _MODEL,
     "model_config": _MODEL,
+    "vae": _MODEL,
     "keyframes_dir": _MODEL,
     "engines": _MODEL,
     "lora": SidecarRule(split=_path_scale),
@@ -123,7 +125,9 @@ PRESET_ONLY_REASONS = {
 # Settings whose value is (or contains) a file or folder path: relative ones in the preset are relative to it.
 PATH_SPLITS: dict[str, PathSplit] = {k: rule.split for k, rule in SIDECAR_KEYS.items() if rule.split}
 # Keys that choose a checkpoint to unpickle when the preset allows pickles: a sidecar may not set them then.
-CHECKPOINT_KEYS = frozenset({"model", "model_config", "lora", "controlnet", "flow", "control", "engines"})
+CHECKPOINT_KEYS = frozenset(
+    {"model", "model_config", "vae", "lora", "controlnet", "flow", "control", "engines"}
+)
 
 
 @dataclass(frozen=True)
@@ -220,7 +224,11 @@ class FlagTable:
             if not isinstance(value, bool):
                 raise UsageError(f"{where} sets {option[2:]!r} to {value!r}; expected true or false")
             if isinstance(action, argparse.BooleanOptionalAction):
-                return [option] if value else ["--no-" + option[2:]]
+                positive = next(s for s in action.option_strings if not s.startswith("--no-"))
+                negative = "--no-" + positive[2:]
+                if option == negative:  # `no-poisson = true` is `--no-poisson`, `= false` is `--poisson`
+                    positive, negative = negative, positive
+                return [positive] if value else [negative]
             return [option] if value else []
         if isinstance(value, bool):
             raise UsageError(f"{where} sets {option[2:]!r} to {str(value).lower()}; expected a value")
