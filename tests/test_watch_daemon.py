@@ -384,7 +384,11 @@ def test_two_daemons_on_one_folder_never_take_the_same_clip(folders):
     [
         ([], "expected INBOX and --out OUTBOX"),
         (["{inbox}", "--out", "{inbox}/out"], "neither inside the other"),
-        (["{inbox}", "--out", "{outbox}", "--jobs", "0"], "--jobs must be 1 or more"),
+        (["{inbox}", "--out", "{outbox}", "--jobs", "0"], "--jobs must be from 1 to 64"),
+        (["{inbox}", "--out", "{outbox}", "--jobs", "100000"], "--jobs must be from 1 to 64"),
+        (["{inbox}", "--out", "{outbox}", "--poll", "nan"], "--poll must be from 0.05 to 3600 seconds"),
+        (["{inbox}", "--out", "{outbox}", "--stale-lock", "-1"], "--stale-lock must be from 6 to 86400"),
+        (["{inbox}", "--out", "{outbox}", "--max-attempts", "0"], "--max-attempts must be from 1 to 1000"),
         (["{inbox}", "--out", "{outbox}", "--preset", "{inbox}/none.toml"], "does not exist"),
         (["--status", "{outbox}"], "no ledger in"),
         (["{inbox}", "--out", "{outbox}", "--bogus"], "unrecognized arguments"),

@@ -19,6 +19,10 @@ from .ledger import Ledger
 from .output import HIDDEN_FOLDER, Layout
 from .report import Reporter, format_status
 
+# Upper bounds of the numeric options: each job is a process with its own copy of the model.
+MAX_JOBS = 64
+MAX_ATTEMPTS = 1000
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # one line through the CLI's error path, not argparse's exit
@@ -106,13 +110,18 @@ def parse_options(argv: list[str]) -> WatchOptions | StatusRequest:
         raise UsageError(
             "expected INBOX and --out OUTBOX, e.g. `rerender watch ~/Renders --out ~/Rerendered`"
         )
-    for name, value, low in (("--poll", args.poll, 0.05), ("--stable", args.stable, 0.0)):
-        if not value >= low:
-            raise UsageError(f"{name} must be at least {low} seconds, got {value}")
-    if args.jobs < 1:
-        raise UsageError(f"--jobs must be 1 or more, got {args.jobs}")
-    if args.max_attempts < 1:
-        raise UsageError(f"--max-attempts must be 1 or more, got {args.max_attempts}")
+    for name, value, low, high in (
+        ("--poll", args.poll, 0.05, 3600.0),
+        ("--stable", args.stable, 0.0, 86400.0),
+        # Locks are refreshed every poll: a shorter timeout would take live daemons' clips over.
+        ("--stale-lock", args.stale_lock, max(3 * args.poll, 1.0), 86400.0),
+    ):
+        if not low <= value <= high:  # also refuses nan
+            raise UsageError(f"{name} must be from {low:g} to {high:g} seconds, got {value}")
+    if not 1 <= args.jobs <= MAX_JOBS:
+        raise UsageError(f"--jobs must be from 1 to {MAX_JOBS} (clips rendered at once), got {args.jobs}")
+    if not 1 <= args.max_attempts <= MAX_ATTEMPTS:
+        raise UsageError(f"--max-attempts must be from 1 to {MAX_ATTEMPTS}, got {args.max_attempts}")
     inbox = _folder(args.inbox, "INBOX", create=False)
     outbox = _folder(args.out, "OUTBOX", create=True)
     if inbox == outbox or inbox in outbox.parents or outbox in inbox.parents:
