@@ -577,7 +577,9 @@ def run_job(
                 folder = Path(stack.enter_context(temp))
                 lavfi_path, known_count = _materialize_lavfi(source_path, folder)
                 source_path = str(lavfi_path)
-            src = stack.enter_context(open_source(source_path, format=options.input_format))
+            # The I/O layer's warnings (interlacing, dropped streams) become the job's warning events, so
+            # every reporter prints them (quiet included) and JSON readers get them as events.
+            src = stack.enter_context(open_source(source_path, format=options.input_format, on_warning=warn))
             info = src.info
             f = options.filter
             geometry = ProcessingGeometry.for_input(info.height, info.width, f.size, f.fit, upscale=f.upscale)
@@ -683,7 +685,9 @@ def run_job(
             )
             stack.callback(filt.close)
             sink = (
-                stack.enter_context(open_sink(options.output, src, options.sink)) if stage == "full" else None
+                stack.enter_context(open_sink(options.output, src, options.sink, on_warning=warn))
+                if stage == "full"
+                else None
             )
             done = 0
             loop_started = clock()

@@ -343,3 +343,19 @@ def test_quiet_still_prints_the_frame_loss_warning(tmp_path):
         warnings = [line for line in lines if line.startswith("rerender run: warning: ")]
         assert len(warnings) == 1 and "3 corrupt video packet(s)" in warnings[0], lines
         assert lines == warnings  # nothing else: quiet silences progress only
+
+
+def test_dropped_stream_warnings_reach_every_reporter(tmp_path):
+    from media import extra_streams_clip
+
+    clip = extra_streams_clip(tmp_path)  # a second video stream and a cover picture besides the video
+    out = tmp_path / "out.mkv"
+    base = [*CLI, "-i", str(clip), "-o", str(out), "-K", "3", *FAST]
+    quiet = subprocess.run([*base, "-q"], capture_output=True, timeout=120)
+    lines = quiet.stderr.decode().splitlines()
+    assert quiet.returncode == 0, lines
+    assert len(lines) == 2 and all(line.startswith("rerender run: warning: dropping ") for line in lines)
+    as_json = subprocess.run([*base, "--progress", "json"], capture_output=True, timeout=120)
+    events = [json.loads(line) for line in as_json.stderr.decode().splitlines()]  # every line is JSON
+    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    assert warnings == [line.removeprefix("rerender run: warning: ") for line in lines]
