@@ -221,7 +221,7 @@ def test_fifo_output_is_written_straight_and_survives(tmp_path, name, fmt):
 def test_character_device_output_is_written_straight_and_the_node_survives(tmp_path):
     if os.geteuid() != 0:
         pytest.skip("making a device node needs root")
-    node = tmp_path / "null.nut"
+    node = tmp_path / "null"  # no extension: NUT, as for standard output
     try:
         os.mknod(node, stat.S_IFCHR | 0o600, os.makedev(1, 3))  # the numbers of /dev/null
     except PermissionError:

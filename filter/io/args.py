@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
-from pathlib import Path
 
 from ..errors import InputError, UsageError
-from .formats import DEFAULT_PIPE_FORMAT, default_codec
+from .formats import default_codec
 from .options import DEFAULT_CRF, check_encoder_settings
 from .paths import check_output
-from .sink import SinkOptions, guess_muxer
+from .sink import SinkOptions, output_muxer
 from .source import Source
 
 
@@ -92,10 +91,10 @@ def sink_options_from_args(args: argparse.Namespace) -> SinkOptions:
     if output is not None:
         # Found now, before any frame is decoded or rendered (the Sink checks again when it opens).
         source = getattr(args, "input", None)
-        check_output(output, source if source and os.path.exists(source) else None, folder_checks=False)
-        codec = options.codec or default_codec(
-            options.format or (DEFAULT_PIPE_FORMAT if output == "-" else guess_muxer(Path(output)))
+        kind = check_output(
+            output, source if source and os.path.exists(source) else None, folder_checks=False
         )
+        codec = options.codec or default_codec(options.format or output_muxer(output, kind))
         check_encoder_settings(codec, dict(pairs), options.crf, crf_given=args.crf is not None)
     elif args.crf is not None and not 0 <= args.crf <= 63:
         raise UsageError(

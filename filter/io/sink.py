@@ -122,7 +122,7 @@ class Sink:
             target = "pipe:1"
         elif self.kind == "stream":
             # A FIFO or a device: written in place and, like a pipe, not seekable.
-            fmt = fmt or guess_muxer(Path(self.path))
+            fmt = fmt or output_muxer(self.path, self.kind)
             if fmt in FRAGMENTABLE_MP4_MUXERS:
                 container_options["movflags"] = FRAGMENTED_MP4_FLAGS
             target = "file:" + os.path.abspath(self.path)
@@ -389,6 +389,14 @@ class Sink:
 
     def _name(self) -> str:
         return "standard output" if self.is_pipe else self.path
+
+
+def output_muxer(path: str, kind: paths.OutputKind) -> str:
+    """The muxer when -f does not name one: NUT for standard output and for a FIFO or device without an
+    extension (`-o /dev/null`), else from the file extension."""
+    if kind == "pipe" or (kind == "stream" and not Path(path).suffix):
+        return DEFAULT_PIPE_FORMAT
+    return guess_muxer(Path(path))
 
 
 def guess_muxer(path: Path) -> str:
