@@ -1,10 +1,13 @@
 """Processing geometry: the size keyframes are rendered (and, by default, propagated) at.
 
-rerender-reference.md Part 1 decision 10: the output has the input's size; keyframes are rendered at a
-processing size whose short side is 512 by default and whose sides are multiples of 64 (the SD1.5 latent
-grid is 1/8 of the image and the UNet halves it three times). The aspect ratio is kept by padding or by
-cropping, never by stretching: the official code rounds each side to the nearest multiple of 64, which
-changes the aspect a little (Part 2 §A.6); we do not.
+docs/decisions.md, decision 10: the output has the input's size; keyframes are rendered at a processing
+size whose sides are multiples of 64 (the SD1.5 latent grid is 1/8 of the image and the UNet halves it
+three times). The aspect ratio is kept by padding or by cropping, never by stretching: the official code
+rounds each side to the nearest multiple of 64, which changes the aspect a little; we do not.
+
+The short side is `short_side` (`--size`). With `upscale=False` (what `rerender run` uses unless --size is
+given) an input whose short side is smaller keeps its own pixels: it is only padded or cropped to the
+multiples of 64, never scaled up, so a small input costs what its own size costs.
 
 - `fit="pad"` (default): the scaled frame sits in the middle of the canvas, the margins mirror its edges
   (mirrored content keeps flow and guides natural there); the margins are cut away on the way back.
@@ -33,7 +36,7 @@ def _resize(image: np.ndarray, width: int, height: int) -> np.ndarray:
     h, w = image.shape[:2]
     if (h, w) == (height, width):
         return image
-    # Part 2 §A.6: INTER_AREA when shrinking, Lanczos4 when enlarging.
+    # INTER_AREA when shrinking, Lanczos4 when enlarging (as the official code resizes).
     interpolation = cv2.INTER_AREA if width * height < w * h else cv2.INTER_LANCZOS4
     return cv2.resize(image, (width, height), interpolation=interpolation)
 
