@@ -1,6 +1,6 @@
 """The streaming filter graph: frames in, the same frames out, stylized, strictly in input order.
 
-architecture.md (Data flow) and style.md practice 9: `push(frame)` feeds a frame, `push(None)` flushes,
+`push(frame)` feeds a frame, `push(None)` flushes,
 `pull()` returns the next output frame and raises `BlockingIOError` while none is ready and `EOFError`
 after the last one (PyAV's filter-graph semantics). The CLI, the preview server and the watch-folder
 daemon all drive this one object.
@@ -8,7 +8,7 @@ daemon all drive this one object.
 Per pushed frame: convert to 8 bit and to the propagation space; estimate the flow pair with the previous
 frame (both directions: it serves the scene-cut detector, the adaptive schedule, both propagation chains
 and the blend); let the schedule decide. A keyframe is rendered at the processing size
-(rerender-reference.md Part 1 decision 10) and closes the gap behind it: the frames since the previous
+(docs/decisions.md, decision 10) and closes the gap behind it: the frames since the previous
 keyframe are propagated from both sides (`propagation.propagate_gap`) and become ready, then the keyframe
 itself. A scene cut closes the gap at the frame before the cut (which becomes a keyframe) and makes the cut
 frame a new anchor: no propagation crosses it (decision 2). At the flush the last frame is a keyframe.

@@ -1,11 +1,11 @@
 """Keyframe schedule: uniform every K frames, adaptive to motion, or fixed by the user's files; scene cuts.
 
-rerender-reference.md Part 1 decision 2: keyframes are 0, K, 2K, ... and always the last frame (known at
+docs/decisions.md, decision 2: keyframes are 0, K, 2K, ... and always the last frame (known at
 the end of the stream); a scene cut makes its first frame a keyframe and a new anchor, and nothing is
 propagated across it. The schedule is streaming: it decides for each frame as it arrives, from the motion
 measured between that frame and the one before (`Motion`), and never looks further ahead.
 
-Adaptive keyframes (issue 4: the paper names uniform sampling as a limitation): propagation degrades with
+Adaptive keyframes (the paper names uniform keyframe sampling as a limitation): propagation degrades with
 the amount of new content (occlusions) and with large motion, so each frame has a cost
 `occluded fraction + mean flow / (MOTION_SCALE * short side)`, and keyframes are placed so that the cost
 between two keyframes is about K times the mean per-frame cost of the scene so far (`AdaptivePlanner`,
