@@ -12,7 +12,8 @@ One run (no network; about 8 minutes at most on one H100-class GPU; every step h
   4. propagation       s/frame at 512x512 with the paper and fast presets, CUDA beside the CPU figure
   5. tensorrt_tiny     the tiny test model exported to TensorRT fp16: parity against torch, keyframe time
                        (ControlNet + UNet steps and a decode) with torch and with TensorRT
-  6. tensorrt_sd15     the same for a reduced-size SD1.5 architecture (random weights) at 512x512
+  6. tensorrt_sd15     the same for a reduced-size SD1.5 (its structure with a fifth of the channels, random
+                       weights; bench/backends.py's reduced model) at 512x512
 
 Every result goes into one JSON file (written after each step, so a cut-off run keeps what it measured). A
 failing step is reported at once with its traceback; the run goes on with the next step (one GPU session
@@ -43,7 +44,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))  # propagation.py: clips, guides and the propagation chain
-sys.path.insert(1, str(ROOT / "tests"))  # tiny_models.py: the random-weight test model
+sys.path.insert(1, str(ROOT / "tests"))  # tiny_models.py (through bench/backends.py): random-weight models
 
 PARITY_SIZE = (512, 960)
 PROPAGATION_SIZE = 512
@@ -337,41 +338,18 @@ def propagation_plan(ctx: Context) -> dict:
 
 
 # --- 5./6. TensorRT ----------------------------------------------------------------------------------------
-def sd15_reduced_folder(directory: Path) -> tuple[Path, Path]:
-    """SD1.5's UNet/ControlNet layout and widths (320-640-1280-1280, 768-wide text) with one layer per block,
-    a two-layer text encoder and a narrow VAE, random weights: the real architecture's kernels, small files."""
-    import tiny_models
-    import torch
-    from diffusers import AutoencoderKL, ControlNetModel, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+def tiny_bundle():
+    """The random-weight tiny test model (tests/tiny_models.py), as bench/backends.py builds it."""
+    from backends import _bundle, _tiny_configs
 
-    blocks = dict(
-        block_out_channels=[320, 640, 1280, 1280], layers_per_block=1, cross_attention_dim=768,
-        attention_head_dim=8,
-        down_block_types=["CrossAttnDownBlock2D"] * 3 + ["DownBlock2D"],
-    )  # fmt: skip
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        in_channels=4, out_channels=4, sample_size=64,
-        up_block_types=["UpBlock2D"] + ["CrossAttnUpBlock2D"] * 3, **blocks,
-    ).eval()  # fmt: skip
-    controlnet = ControlNetModel(in_channels=4, **blocks).eval()
-    vae = AutoencoderKL(**{**tiny_models.VAE_CONFIG, "block_out_channels": [32, 32, 64, 64]}).eval()
-    text = CLIPTextModel(
-        CLIPTextConfig(**{**tiny_models.TEXT_ENCODER_CONFIG, "hidden_size": 768, "intermediate_size": 1024,
-                          "num_attention_heads": 12, "projection_dim": 768})
-    ).eval()  # fmt: skip
-    parts = tiny_models.TinyComponents(unet, vae, text, controlnet)
-    model = tiny_models.write_diffusers_folder(directory / "model", parts)
-    return model, tiny_models.write_controlnet_folder(directory / "controlnet", parts)
+    return _bundle(*_tiny_configs())
 
 
-def tiny_folder(directory: Path) -> tuple[Path, Path]:
-    import tiny_models
+def sd15_reduced_bundle():
+    """SD1.5's structure with a fifth of its channels, random weights (bench/backends.py's reduced model)."""
+    from backends import _bundle, _reduced_configs
 
-    parts = tiny_models.build_components()
-    model = tiny_models.write_diffusers_folder(directory / "model", parts)
-    return model, tiny_models.write_controlnet_folder(directory / "controlnet", parts)
+    return _bundle(*_reduced_configs())
 
 
 def keyframe_seconds(networks, steps: int, inputs) -> float:
@@ -389,9 +367,8 @@ def keyframe_seconds(networks, steps: int, inputs) -> float:
     return time.perf_counter() - t0
 
 
-def tensorrt_check(ctx: Context, make_folders, size: tuple[int, int], name: str) -> dict:
+def tensorrt_check(ctx: Context, make_bundle, size: tuple[int, int], name: str) -> dict:
     import torch
-    from rerender.engines.loading import load_bundle
     from rerender.engines.runtime import ReferenceStates, cross_frame_mask
     from rerender.engines.specs import SizeRange
     from rerender.engines.tensorrt_backend import load_tensorrt_networks
@@ -400,19 +377,16 @@ def tensorrt_check(ctx: Context, make_folders, size: tuple[int, int], name: str)
 
     device = torch.device(ctx.device)
     root = ctx.scratch / name
-    model, controlnet = make_folders(root)
-    bundle = load_bundle(str(model), controlnets=((str(controlnet), 0.7),))
+    bundle = make_bundle()
     t0 = time.perf_counter()
     manifest, _ = export_bundle(
-        bundle, root / "export", ExportPlan(SizeRange(size, size, size), "fp16"), model=str(model),
-        controlnets=(str(controlnet),), progress=lambda _: None,
+        bundle, root / "export", ExportPlan(SizeRange(size, size, size), "fp16"), model=f"random-{name}",
+        controlnets=("random-controlnet",), progress=lambda _: None,
     )  # fmt: skip
     build_engines(root / "export", manifest, device=device, progress=lambda _: None)
     build_s = time.perf_counter() - t0
     trt, session = load_tensorrt_networks(root / "export", (0.7,), device)
-    ref = torch_networks(
-        load_bundle(str(model), controlnets=((str(controlnet), 0.7),)), device, torch.float16
-    )
+    ref = torch_networks(make_bundle(), device, torch.float16)  # the same seed: the same weights
     try:
         g = torch.Generator().manual_seed(0)
         h, w = size[0] // 8, size[1] // 8
@@ -458,15 +432,17 @@ def tensorrt_check(ctx: Context, make_folders, size: tuple[int, int], name: str)
     return out
 
 
-def tensorrt_plan(ctx: Context, make_folders, size: tuple[int, int], name: str) -> dict:
+def tensorrt_plan(ctx: Context, make_bundle, size: tuple[int, int], name: str) -> dict:
     import importlib.util
 
-    folders = "build the model folders" if name == "tensorrt_tiny" else "build the reduced SD1.5 folders"
+    bundle = make_bundle()  # built here too: the dry run proves the model can be made
     return {
         "size": list(size),
+        "unet_parameters": sum(p.numel() for p in bundle.unet.parameters()),
+        "controlnet_parameters": sum(p.numel() for m, _ in bundle.controlnets for p in m.parameters()),
         "tensorrt_installed": importlib.util.find_spec("tensorrt") is not None,
-        "would": f"{folders}, export fp16 ONNX, build engines, compare one UNet step, time "
-        f"{KEYFRAME_STEPS} ControlNet+UNet steps and a decode",
+        "would": f"export fp16 ONNX, build engines, compare one ControlNet+UNet step with torch fp16, time "
+        f"{KEYFRAME_STEPS} ControlNet+UNet steps and a decode with each",
     }
 
 
@@ -483,12 +459,12 @@ STEPS = [
     Step("propagation", 120, ["s/frame at 512x512, paper and fast presets, CUDA and CPU"],
          propagation, propagation_plan),
     Step("tensorrt_tiny", 90, ["tiny model fp16 engines: UNet parity vs torch, keyframe seconds torch vs TRT"],
-         lambda ctx: tensorrt_check(ctx, tiny_folder, (128, 128), "tensorrt_tiny"),
-         lambda ctx: tensorrt_plan(ctx, tiny_folder, (128, 128), "tensorrt_tiny")),
+         lambda ctx: tensorrt_check(ctx, tiny_bundle, (128, 128), "tensorrt_tiny"),
+         lambda ctx: tensorrt_plan(ctx, tiny_bundle, (128, 128), "tensorrt_tiny")),
     Step("tensorrt_sd15", 150,
          ["reduced SD1.5 fp16 engines at 512x512: UNet parity vs torch, keyframe seconds torch vs TRT"],
-         lambda ctx: tensorrt_check(ctx, sd15_reduced_folder, (512, 512), "tensorrt_sd15"),
-         lambda ctx: tensorrt_plan(ctx, sd15_reduced_folder, (512, 512), "tensorrt_sd15")),
+         lambda ctx: tensorrt_check(ctx, sd15_reduced_bundle, (512, 512), "tensorrt_sd15"),
+         lambda ctx: tensorrt_plan(ctx, sd15_reduced_bundle, (512, 512), "tensorrt_sd15")),
 ]  # fmt: skip
 
 
