@@ -2,8 +2,9 @@
 allocation the kernel kills, an exception — can take the daemon or the other running jobs with it. The
 job's outcome comes back as a failure of that clip with a one-line reason.
 
-The daemon starts `python -m rerender.filter.watch.worker REQUEST` (REQUEST: JSON with the `rerender run`
-argv, the keyframe cache and the two pipe descriptors). The worker reads nothing but that: the job's
+The daemon starts `python -m rerender.filter.watch.worker` and writes the request to its standard input
+(JSON with the `rerender run` argv, the keyframe cache and the two pipe descriptors; not on the command
+line, where every user's `ps` would show the prompts). The worker reads nothing but that: the job's
 events come back as JSON lines on one pipe (never pickles: the daemon does not load objects from a process
 that reads dropped files); the other pipe carries the daemon's cancel (one byte) and, by its end of file,
 the daemon's death, on which the worker exits at once (its successor recovers the clip). The clip's open
@@ -71,8 +72,8 @@ def run_in_worker(
     }
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rerender.filter.watch.worker", json.dumps(request)],
-            stdin=subprocess.DEVNULL,
+            [sys.executable, "-m", "rerender.filter.watch.worker"],
+            stdin=subprocess.PIPE,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             pass_fds=(events_w, control_r, *pass_fds),
@@ -84,6 +85,10 @@ def run_in_worker(
         raise
     os.close(events_w)
     os.close(control_r)
+    with contextlib.suppress(OSError):  # a worker that died at once is reported below
+        proc.stdin.write(json.dumps(request).encode())
+    with contextlib.suppress(OSError):
+        proc.stdin.close()
     stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_LINES)
     reader = threading.Thread(target=_collect, args=(proc.stderr, stderr_tail), daemon=True)
     reader.start()
@@ -206,8 +211,8 @@ def _watch_control(fd: int, cancel: threading.Event) -> None:
     os._exit(_GONE_STATUS)  # the daemon is gone: leave the clip to its successor's recovery
 
 
-def main(argv: list[str]) -> int:
-    request = json.loads(argv[0])
+def main() -> int:
+    request = json.loads(sys.stdin.buffer.read())
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with(int(request["parent"]))
     faulthandler.enable()  # a crash in native code prints the Python stack to stderr, into the report
@@ -244,4 +249,4 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())
