@@ -410,3 +410,18 @@ def test_a_sidecar_vae_must_be_inside_the_model_dirs_too(tmp_path):
     assert source.for_clip(clip).values["vae"] == str(vae)
     _touch(clip.with_name("a.mov.toml"), f'vae = "{clip}"\n'.encode())
     assert "inside the preset's model-dirs" in (source.for_clip(clip).error or "")
+
+
+def test_odd_sidecar_values_fail_their_clip_with_one_line(tmp_path):
+    _touch(tmp_path / "models" / "m.safetensors")
+    source = _settings(tmp_path, 'model-dirs = ["models"]\n')
+    clip = _touch(tmp_path / "in" / "a.mov")
+    for text, expected in [
+        (b"x = " + b"[" * 5000 + b"]" * 5000 + b"\n", "could not be read (RecursionError)"),
+        (b'format = ["matroska"]\n', "expected one of: avi"),
+        (b"model = 5\n", "expected a path in quotes"),
+        (b"lora = [5]\n", "expected a path in quotes"),
+    ]:
+        _touch(clip.with_name("a.mov.toml"), text)
+        error = source.for_clip(clip).error
+        assert error is not None and expected in error and "\n" not in error, (text[:20], error)

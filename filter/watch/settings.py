@@ -386,12 +386,16 @@ class SettingsSource:
         except RerenderError as exc:
             bad = {"sidecar-error": hashlib.sha256(raw or b"").hexdigest(), **values}
             return ClipSettings(values, sources, digest_of(bad), error=str(exc))
+        except Exception as exc:  # noqa: BLE001 - e.g. RecursionError from deeply nested TOML arrays
+            bad = {"sidecar-error": hashlib.sha256(raw or b"").hexdigest(), **values}
+            reason = f"{label} could not be read ({type(exc).__name__}); expected `flag = value` lines"
+            return ClipSettings(values, sources, digest_of(bad), error=reason)
         return self._checked(values, sources, label)
 
     def _sidecar_value(self, key: str, value: Any, label: str) -> Any:
         rule = SIDECAR_KEYS[key]
         flag = key.replace("_", "-")
-        if rule.choices is not None and value not in rule.choices:
+        if rule.choices is not None and (not isinstance(value, str) or value not in rule.choices):
             raise UsageError(
                 f"{label} sets {flag!r} to {value!r}; expected one of: {', '.join(sorted(rule.choices))}"
             )
@@ -401,9 +405,11 @@ class SettingsSource:
         return resolved if isinstance(value, list) else resolved[0]
 
     def _model_path(self, split: PathSplit, item: Any, flag: str, label: str) -> Any:
-        parts = split(item) if isinstance(item, str) else None
+        if not isinstance(item, str):
+            raise UsageError(f"{label} sets {flag!r} to {item!r}; expected a path in quotes")
+        parts = split(item)
         if parts is None:
-            return item  # not a string (the parser refuses it) or a value that names no file
+            return item  # a value that names no file
         head, path, tail = parts
         if not self.model_dirs:
             raise UsageError(
