@@ -20,8 +20,8 @@ def add_io_arguments(parser: argparse.ArgumentParser) -> None:
         "-f",
         "--format",
         metavar="FMT",
-        help="output container (muxer) name; default: from the file extension, nut for '-' (mp4/mov to a "
-        "pipe, FIFO or device are written fragmented)",
+        help="output container (muxer) name; default: from the file extension, nut for '-' and for a FIFO "
+        "or device without one (mp4/mov to a pipe, FIFO or device are written fragmented)",
     )
     group.add_argument(
         "--input-format",
