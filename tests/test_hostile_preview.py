@@ -118,6 +118,18 @@ def test_page_flags_cannot_steer_the_server(server, extra, option):
     assert option in message, message
 
 
+def test_the_allow_list_names_run_options():
+    """Every option the page may change is one `rerender run` has (a renamed option is caught here, not
+    silently fixed by the command line)."""
+    from rerender.filter.job import build_run_parser
+    from rerender.filter.preview.settings import PAGE_OPTIONS, PAGE_VALUES
+
+    dests = set(vars(build_run_parser().parse_args(["-i", "in.mp4", "-o", "out.mp4"])))
+    assert PAGE_OPTIONS <= dests, sorted(PAGE_OPTIONS - dests)
+    assert set(PAGE_VALUES) <= PAGE_OPTIONS
+    assert not {"input", "output", "format", "input_format", "allow_pickle", "model", "lora"} & PAGE_OPTIONS
+
+
 @pytest.mark.parametrize(
     "extra", ["--inp=/etc/passwd", "--mod /tmp/x.pkl", "@/etc/passwd", "-- -i /etc/passwd", "'unclosed"]
 )
