@@ -109,6 +109,8 @@ def status_code(response: bytes) -> int:
         ("--control hed:/tmp/x.pth", "--control"),
         ("--control depth:/tmp/x.pth", "--control"),
         ("--control video:/tmp/x.mp4", "--control"),
+        ("--control canny --control hed:/tmp/x.pth", "--control"),
+        ("--vae /tmp/x.pkl", "--vae"),
         ("--progress json", "--progress"),
         ("-q", "--quiet"),
     ],

@@ -30,10 +30,10 @@ DIFFUSION_FLAGS = (
 # The run options the page may change, by their parsed name (argparse `dest`), whatever spelling set them
 # (`-K5`, `--keyframe-interval=5`, an abbreviation argparse accepts). None of them names a file or a folder
 # or decides what the server reads and how it writes. Every option not listed here (the input and output,
-# the container, the input demuxer, encoder options, --model, --lora, --controlnet, --model-config,
-# --keyframes-dir, --engines, --allow-pickle, and any option added to `rerender run` later) keeps the value
-# the `rerender preview` command line gave it, or its default: the page cannot point the server at other
-# files or let it run code from them.
+# the container, the input demuxer, encoder options, --model, --vae, --lora, --controlnet, --model-config,
+# --keyframes-dir, --engines, --allow-pickle, and any option added to `rerender run` later) keeps the
+# value the `rerender preview` command line gave it, or its default: the page cannot point the server at
+# other files or let it run code from them.
 PAGE_OPTIONS = frozenset(
     {
         # keyframes and propagation
@@ -78,7 +78,7 @@ PAGE_OPTIONS = frozenset(
         "freeu",
         "device",
         "dtype",
-        "first_pass_stop",
+        "direct_image",
         "no_smooth_boundary",
         "backend",
         # the encode of "Render to file"
@@ -96,8 +96,8 @@ PAGE_VALUES = {
         "the page may choose dis, dis:fast or dis:ultrafast; an estimator with a weights file "
         "(raft:WEIGHTS) is given on the `rerender preview` command line",
     ),
-    "control": (
-        lambda value: str(value).partition(":")[0] == "canny",
+    "control": (  # repeatable (one per ControlNet): a list
+        lambda value: all(str(spec).partition(":")[0] == "canny" for spec in value or ()),
         "the page may choose canny or canny:LOW,HIGH; a control that reads a file (hed:, depth:, video:) "
         "is given on the `rerender preview` command line",
     ),
@@ -126,7 +126,8 @@ def check_page_options(
         if dest in PAGE_OPTIONS:
             allowed = PAGE_VALUES.get(dest)
             if allowed is not None and not allowed[0](value):
-                raise UsageError(f"{_flag_name(dest)} {value}: {allowed[1]}")
+                shown = " ".join(map(str, value)) if isinstance(value, list) else value
+                raise UsageError(f"{_flag_name(dest)} {shown}: {allowed[1]}")
             continue
         if dest not in ("input", "output") and value == default_values.get(dest):
             continue
