@@ -1,7 +1,7 @@
-"""Propagation benchmark of rerender.native (issue 3): speed and fidelity of guided patch synthesis.
+"""Propagation benchmark of rerender.native: speed and fidelity of guided patch synthesis.
 
 For each clip: keyframe = cv2.stylization(frame k, sigma_s=60, sigma_r=0.45); it is propagated along frames
-k+1 .. k+N with the paper's four guides (rerender-reference.md §D.2: colour 6, Laplacian edge 0.5, temporal
+k+1 .. k+N with the paper's four guides (Rerender-A-Video, Yang et al. 2023: colour 6, Laplacian edge 0.5, temporal
 0.5, positional 2; OpenCV DIS flow instead of GMFlow, forward-backward occlusion alpha 0.01 beta 0.5, Telea
 inpainting r = 30). Fidelity = PSNR and MAE against cv2.stylization applied to each target frame directly.
 Configurations are run side by side on the same frames, so their ratios are comparable even on a busy machine.
@@ -208,7 +208,7 @@ def main() -> int:
         mid = mae[max(0, n // 2 - 1)]
         print(f"| {clip} | {name} | {wall:.2f} | {cpu:.2f} | {mean_p:.2f} | {mid:.2f} / {mae[-1]:.2f} |")
     print(
-        "reference EbSynth CPU build (ebsynth.md; 2 cores, 512x512): 12x6 36-42 s/frame, 6x4 13.6-16.9 s/frame;"
+        "reference EbSynth CPU build (README; 2 cores, 512x512): 12x6 36-42 s/frame, 6x4 13.6-16.9 s/frame;"
     )
     print("its MAE f5 / f10: v1 2.89 / 2.86, v2 2.23 / 2.80, v3 3.89 / 5.08")
     return 0

@@ -1,4 +1,4 @@
-"""The TensorRT backend: engines with an explicit lifecycle, I/O as torch CUDA tensors (issue 6 item 4).
+"""The TensorRT backend: engines with an explicit lifecycle, I/O as torch CUDA tensors.
 
 Lifecycle (style.md practice 8, after NVIDIA's demo `engine.py`):
     engine = TensorRTEngine(spec, path)

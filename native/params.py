@@ -1,5 +1,5 @@
-"""Options and results of guided patch synthesis (ebsynth.md §A10; the defaults are the paper pipeline's,
-rerender-reference.md §D.3)."""
+"""Options and results of guided patch synthesis (EbSynth, Jamriška et al. 2019; the defaults are the
+Rerender-A-Video pipeline's, Yang et al. 2023)."""
 
 from __future__ import annotations
 
@@ -63,7 +63,7 @@ class Guide:
 
 @dataclass(frozen=True)
 class SynthParams:
-    """Synthesis options (ebsynth.md §A10). `pyramid_levels=None` uses the maximum the sizes allow (§A2);
+    """Synthesis options. `pyramid_levels=None` uses the maximum the sizes allow (§A2);
     `stop_threshold`: pixels whose estimate changed less than this since the last vote are not searched again
     (§A8); `threads=None` uses every core OpenMP sees."""
 
@@ -127,7 +127,7 @@ class SynthResult:
     )  # CPU: wall seconds per phase and level, active pixels per iteration
 
 
-# The paper pipeline's settings (rerender-reference.md §D.3), and our preset for video propagation when each frame
+# The Rerender-A-Video pipeline's settings (Yang et al. 2023), and our preset for video propagation when each frame
 # starts from the previous frame's NNF carried along the optical flow (`init_nnf`): two pyramid levels and 4 x 2
 # iterations reach the paper settings' fidelity there (bench/propagation.py, README "Native synthesizer").
 PRESETS: dict[str, SynthParams] = {

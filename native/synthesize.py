@@ -1,4 +1,4 @@
-"""`synthesize`: guided patch synthesis of a style exemplar onto a target (the EbSynth algorithm, ebsynth.md).
+"""`synthesize`: guided patch synthesis of a style exemplar onto a target (the EbSynth algorithm, Jamriška et al. 2019).
 
 Validates inputs into one sentence per problem, splits the style and guide weights over channels (§A4),
 resolves the pyramid depth (§A2) and hands the arrays to a backend: the one search-vote schedule
@@ -103,7 +103,7 @@ def synthesize(
     init_nnf: np.ndarray | None = None,
     device: str | int | None = None,
 ) -> SynthResult:
-    """Synthesize the target-sized image whose patches come from `style`, guided by `guides` (ebsynth.md §A).
+    """Synthesize the target-sized image whose patches come from `style`, guided by `guides` (EbSynth).
 
     `device` ("cuda", "cuda:N" or N; None: torch's current device) picks the GPU of the CUDA backend. The GIL
     is released while the backend runs, so two calls can run in two threads at once (on CUDA each thread

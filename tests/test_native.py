@@ -1,4 +1,4 @@
-"""Guided patch synthesis (rerender.native, issue 3): behaviour of the CPU backend on small synthetic images."""
+"""Guided patch synthesis (rerender.native): behaviour of the CPU backend on small synthetic images."""
 
 from __future__ import annotations
 

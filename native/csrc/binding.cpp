@@ -185,7 +185,7 @@ static py::tuple cuda_run(rr::CudaSynth& self, U8 style, U8 source_guide, U8 tar
 }
 
 PYBIND11_MODULE(_synth, m) {
-    m.doc() = "Guided patch synthesis (ebsynth.md): the CPU executor, the kernels on the host, and CUDA.";
+    m.doc() = "Guided patch synthesis (EbSynth): the CPU executor, the kernels on the host, and CUDA.";
     m.def("synthesize", &synthesize, py::arg("style"), py::arg("source_guide"), py::arg("target_guide"),
           py::arg("style_weights"), py::arg("guide_weights"), py::arg("patch_size"), py::arg("levels"),
           py::arg("search_vote_iters"), py::arg("patchmatch_iters"), py::arg("uniformity"),

@@ -1,4 +1,4 @@
-// Image pyramid and NNF resampling shared by the CPU backend (ebsynth.md §A2, §A3 step 1).
+// Image pyramid and NNF resampling shared by the CPU backend (coarse-to-fine EbSynth, Jamriška et al. 2019).
 #pragma once
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-// Per-pixel logic of guided patch synthesis (ebsynth.md §A4-§A6), written once and compiled twice:
+// Per-pixel logic of guided patch synthesis (EbSynth: Jamriška et al. 2019, after StyLit: Fišer et al. 2016), written once and compiled twice:
 // by the C++ CPU backend (synth_cpu.cpp) and by nvcc for the CUDA kernels (native/cuda/synth_kernels.cu).
 // Every function here reads only frozen inputs and writes only the pixel it is called for, so a pass over
 // the target is a Jacobi step: its result does not depend on the order or the number of threads.
@@ -135,7 +135,7 @@ RR_HD Match current_match(const SynthView& v, const int* nnf, const float* err, 
     return m;
 }
 
-// One Jacobi propagation step with jump distance k (ebsynth.md §A8, jump flood 4-2-1): the pixel tries the
+// One Jacobi propagation step with jump distance k (jump flood 4-2-1): the pixel tries the
 // matches of its four neighbours at distance k, shifted back by k. Reads nnf_in/err_in, returns the best.
 RR_HD Match propagate_pixel(const SynthView& v, const int* nnf_in, const float* err_in, int tx, int ty, int k) {
     Match best = current_match(v, nnf_in, err_in, tx, ty);

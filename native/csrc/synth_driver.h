@@ -1,4 +1,4 @@
-// The search-vote schedule of guided patch synthesis (ebsynth.md §A2-§A3, §A8), written once for every
+// The search-vote schedule of guided patch synthesis (EbSynth, Jamriška et al. 2019), written once for every
 // executor: the CPU/OpenMP executor (synth_cpu.cpp) and the kernel executor (synth_kernels.h) that runs the
 // kernels of native/cuda/synth_kernels.cu on a CUDA device or, compiled as host code, on the CPU in CI.
 //
@@ -15,7 +15,7 @@ namespace rr {
 
 struct SynthConfig {
     int patch_size = 5;
-    int levels = 1;  // already resolved and clamped by the caller (ebsynth.md §A2)
+    int levels = 1;  // already resolved and clamped by the caller
     int search_vote_iters = 12;
     int patchmatch_iters = 6;
     float uniformity = 3500.0f;

@@ -181,7 +181,7 @@ __global__ void to_float(const int* in, float* out, int w, int h) {
     out[i] = (float)in[i];
 }
 
-// Pyramid level (ebsynth.md §A2): 2x2 box average with rounding of the next finer level, as pyramid.h.
+// Pyramid level: 2x2 box average with rounding of the next finer level, as pyramid.h.
 __global__ void halve(const unsigned char* in, int iw, unsigned char* out, int w, int h, int c) {
     PIXEL_XY(w, h)
     for (int k = 0; k < c; ++k) {
