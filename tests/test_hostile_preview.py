@@ -160,6 +160,10 @@ def test_form_fields_cannot_name_files_or_allow_pickle(server, tmp_path):
             assert "--model" in message or "--allow-pickle" in message, message
     time.sleep(1)
     assert not marker.exists()
+    # The page marks the field it may only keep or clear.
+    code, _, payload = server.request("GET", "/settings")
+    fixed = {f["flag"]: f["fixed"] for f in json.loads(payload)["fields"]}
+    assert fixed["--model"] is True and fixed["-K"] is False
 
 
 def test_page_may_still_change_its_own_settings(server):

@@ -21,6 +21,7 @@ function buildForm(settings) {
     const label = document.createElement("label");
     label.textContent = f.label;
     label.title = f.help || "";
+    if (f.fixed) label.title += " (set on the rerender preview command line: keep it or clear it)";
     let input;
     if (f.choices) {
       input = document.createElement("select");

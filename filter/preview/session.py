@@ -108,7 +108,14 @@ class PreviewSession:
         return {
             "input": self.input_path.name,
             "fields": [
-                {"flag": f.flag, "label": f.label, "help": f.help, "default": f.default, "choices": f.choices}
+                {
+                    "flag": f.flag,
+                    "label": f.label,
+                    "help": f.help,
+                    "default": f.default,
+                    "choices": f.choices,
+                    "fixed": f.fixed,
+                }
                 for f in self.fields
             ],
             "values": self.initial_values,

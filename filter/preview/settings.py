@@ -158,6 +158,7 @@ class Field:
     help: str
     default: str
     choices: tuple[str, ...] | None
+    fixed: bool = False  # not in PAGE_OPTIONS: the page may keep the command line's value or clear it
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,7 @@ def form_fields(parser: argparse.ArgumentParser) -> list[Field]:
                 help=(action.help or "").replace("%(default)s", str(default)),
                 default="" if default is None or default is argparse.SUPPRESS else str(default),
                 choices=tuple(str(c) for c in action.choices) if action.choices else None,
+                fixed=action.dest not in PAGE_OPTIONS,
             )
         )
     return fields
