@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -315,15 +314,13 @@ def test_fast_mode_caps_previews_only_and_job_errors_reach_the_page(clip, outdir
         return server.run_and_wait(path, body, 60, "the diffusion run to fail")
 
     def effective(st: dict) -> tuple[int, int]:
-        """(processing size, sampler steps) of the command the run was started with."""
-        from rerender.filter.job import parse_run_options
-
-        options = parse_run_options(shlex.split(st["command"].removeprefix("rerender run ")))
-        return options.filter.size, options.diffusion.steps
+        """(processing size cap, sampler steps) the run was started with."""
+        return st["effective"]["size"], st["effective"]["steps"]
 
     try:
         st = run("/run", {"stage": "first-keyframe", "fast": True})
         assert effective(st) == (64, 8)  # the server's --fast-size 64 and the default --fast-steps 8
+        assert st["fast_caps"] == "fast preview: processing size capped at 64, steps capped at 8"
         assert st["state"] == "error" and str(missing) in st["message"]
         assert "internal error" not in st["message"]
         st = run("/run", {"stage": "first-keyframe", "fast": False})
@@ -375,6 +372,22 @@ def test_a_diffusion_model_stays_loaded_from_run_to_run(clip, tmp_path):
     finally:
         srv.stop()
     assert "Traceback" not in srv.stderr
+
+
+def test_fast_mode_never_scales_a_small_input_up(clip, tmp_path):
+    """Fast mode caps the processing size without asking for upscaling: the 160x96 clip is smaller than
+    the default fast size (256), so its keyframe is rendered at the clip's own size (96, padded to 128)."""
+    srv = Server(["-i", str(clip), "-K", str(K), "--search-vote-iters", "2", "--patchmatch-iters", "2"])
+    try:
+        body = {"stage": "first-keyframe", "fast": True, "values": {}, "extra": ""}
+        st = srv.run_and_wait("/run", body, 120, "the first keyframe")
+        assert st["state"] == "done", st["message"]
+        assert st["effective"]["size"] == 256 and not st["effective"]["upscale"]
+        code, _, jpeg = srv.request("GET", "/keyframe.jpg")
+        keyframe = cv2.imdecode(np.frombuffer(jpeg, np.uint8), cv2.IMREAD_COLOR)
+        assert code == 200 and keyframe is not None and min(keyframe.shape[:2]) == 128
+    finally:
+        srv.stop()
 
 
 # -- command line ---------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from .settings import (
     FastPreview,
     PageSettings,
     check_page_options,
-    fast_argv,
+    fast_note,
+    fast_options,
     form_fields,
     page_argv,
     split_run_argv,
@@ -171,24 +172,25 @@ class PreviewSession:
         check_argv = [*argv, "-o", self._check_output]
         # The user's own values are validated first (before fast mode appends its caps, which would hide a
         # bad --size or --steps): the page shows the message `rerender run` prints for them.
-        checked = self._job.parse_run_options(check_argv)
+        self._job.parse_run_options(check_argv)
         if kind == "render":
             stage, output = "full", render_path(self.input_path, self.output_dir)
         else:
             output = self.workdir / "preview.mkv"  # a by-product: Matroska takes any input's streams
-            if fast:
-                steps = checked.diffusion.steps if checked.diffusion is not None else None
-                argv = fast_argv(argv, self.fast, size=checked.filter.size, steps=steps)
         run_argv = self._output_argv(argv, output)
         options = self._job.parse_run_options(run_argv)
+        note = ""
+        if fast and kind == "preview":  # fast mode is the same options with smaller caps, never argv edits
+            note = fast_note(options, self.fast)
+            options = fast_options(options, self.fast)
         # Keyframes rendered by an earlier stage with the same settings are reused by the later stages.
-        key = hashlib.sha256(shlex.join(run_argv[:-2]).encode()).hexdigest()[:16]
+        key = hashlib.sha256((shlex.join(run_argv[:-2]) + note).encode()).hexdigest()[:16]
         cache = self.workdir / "keyframes" / key
         with self._start_lock:
             self.stop()
-            return self._launch(kind, stage, fast, run_argv, options, cache, output)
+            return self._launch(kind, stage, fast, run_argv, options, cache, output, note)
 
-    def _launch(self, kind, stage, fast, run_argv, options, cache, output) -> dict:
+    def _launch(self, kind, stage, fast, run_argv, options, cache, output, note="") -> dict:
         with self._lock:
             self._run_id += 1
             cancel = threading.Event()
@@ -201,6 +203,14 @@ class PreviewSession:
                 "state": "running",
                 "message": "",
                 "command": "rerender run " + shlex.join(run_argv),
+                "fast_caps": note,  # what fast mode capped ("" when nothing)
+                # The size cap and steps the run uses (fast mode included): the processing size is the
+                # input's own short side when that is smaller, unless --size asked for upscaling.
+                "effective": {
+                    "size": options.filter.size,
+                    "upscale": options.filter.upscale,
+                    "steps": options.diffusion.steps if options.diffusion is not None else None,
+                },
                 "total": None,
                 "done": 0,
                 "fps": None,

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import argparse
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:
+    from ..job import RunOptions
 
 # The flags the page shows as their own fields, in this order, when the run parser has them; every other
 # run flag stays in the free-text "more flags" field. `*style*`/`*classic*` flags (the classic renderer's
@@ -287,13 +291,22 @@ def page_argv(input_path: str, settings: PageSettings, fields: list[Field]) -> l
     return argv + extra
 
 
-def fast_argv(argv: list[str], fast: FastPreview, *, size: int, steps: int | None) -> list[str]:
-    """The preview's argv in fast mode: the processing size capped at `fast.size` and, for the diffusion
-    renderer, the sampler steps at `fast.steps`. `size` and `steps` are the values `argv` parses to (None:
-    not the diffusion renderer); argparse keeps a flag's last value, so the caps are appended."""
-    out = list(argv)
-    if size > fast.size:
-        out += ["--size", str(fast.size)]
-    if steps is not None and steps > fast.steps:
-        out += ["--steps", str(fast.steps)]
-    return out
+def fast_options(options: RunOptions, fast: FastPreview) -> RunOptions:
+    """The preview's options in fast mode: the processing size capped at `fast.size` (never raised, and an
+    input smaller than that keeps its own size: the cap does not ask for upscaling) and, for the diffusion
+    renderer, the sampler steps capped at `fast.steps`."""
+    filter_options = replace(options.filter, size=min(options.filter.size, fast.size))
+    diffusion = options.diffusion
+    if diffusion is not None:
+        diffusion = replace(diffusion, steps=min(diffusion.steps, fast.steps))
+    return replace(options, filter=filter_options, diffusion=diffusion)
+
+
+def fast_note(options: RunOptions, fast: FastPreview) -> str:
+    """What fast mode changed, for the page's command line (empty when nothing was capped)."""
+    capped = []
+    if options.filter.size > fast.size:
+        capped.append(f"processing size capped at {fast.size}")
+    if options.diffusion is not None and options.diffusion.steps > fast.steps:
+        capped.append(f"steps capped at {fast.steps}")
+    return "fast preview: " + ", ".join(capped) if capped else ""
