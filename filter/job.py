@@ -414,6 +414,7 @@ def make_renderer(
     processing_size: tuple[int, int],
     renderers: RendererCache | None = None,
     short_side: int | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> KeyframeRenderer:
     """The keyframe renderer the options name; `processing_size` is (height, width) and `short_side` the
     input's short side scaled to it (`ProcessingGeometry.short_side`; default: the --size option). With
@@ -436,8 +437,8 @@ def make_renderer(
     model = None
     if renderers is not None:
         key = module.model_key(options.diffusion, processing_size)
-        model = renderers.get(key, lambda: module.load_model(options.diffusion, processing_size))
-    return module.DiffusionRenderer.from_options(options.diffusion, processing_size, model)
+        model = renderers.get(key, lambda: module.load_model(options.diffusion, processing_size, on_note))
+    return module.DiffusionRenderer.from_options(options.diffusion, processing_size, model, on_note)
 
 
 def _resolve_synth_backend(f: FilterOptions) -> FilterOptions:
@@ -561,6 +562,9 @@ def run_job(
         warnings.append(message)
         emit({"event": "warning", "message": message})
 
+    def note(message: str) -> None:  # information a user should see once (e.g. which backend runs)
+        emit({"event": "note", "message": message})
+
     def timed(stage_name: str, seconds: float) -> None:
         timings[stage_name] = timings.get(stage_name, 0.0) + seconds
 
@@ -584,7 +588,10 @@ def run_job(
             f = options.filter
             geometry = ProcessingGeometry.for_input(info.height, info.width, f.size, f.fit, upscale=f.upscale)
             canvas = geometry.canvas
-            renderer = make_renderer(options, canvas, renderers, geometry.short_side)
+            if options.renderer == "diffusion" and options.diffusion is not None:
+                for sentence in options.diffusion.notes():
+                    warn(sentence)
+            renderer = make_renderer(options, canvas, renderers, geometry.short_side, note)
             if stage == "keyframes":
                 f = replace(f, propagate=False)
             f = _resolve_synth_backend(f)

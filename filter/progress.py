@@ -218,6 +218,8 @@ class BarProgress:
             self._bar.refresh()
         elif kind == "warning":
             self._write(f"rerender run: warning: {event.get('message')}")
+        elif kind == "note":
+            self._write(f"rerender run: {event.get('message')}")
         elif kind in ("done", "error"):
             self.close()
 

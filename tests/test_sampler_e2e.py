@@ -3,6 +3,7 @@ renderer's per-anchor state through the `KeyframeRenderer` interface."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -39,11 +40,11 @@ def files(tmp_path_factory):
     }
 
 
-def _run(*args: str) -> subprocess.CompletedProcess:
+def _run(*args: str, progress: str = "none") -> subprocess.CompletedProcess:
     # Offline and one thread per process (a shared 2-core machine); the tiny model needs no more.
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", TRANSFORMERS_OFFLINE="1")
     return subprocess.run(
-        [RERENDER, "run", *args, "--progress", "none"], capture_output=True, text=True, env=env, timeout=600
+        [RERENDER, "run", *args, "--progress", progress], capture_output=True, text=True, env=env, timeout=600
     )
 
 
@@ -85,6 +86,22 @@ def test_run_with_a_single_file_checkpoint_and_a_lora(files):
     # Without a ControlNet the keyframes follow the text only: said once, on stderr.
     warnings = [line for line in result.stderr.splitlines() if "no --controlnet" in line]
     assert len(warnings) == 1 and "drift from the input's structure" in warnings[0]
+
+
+def test_json_progress_keeps_stderr_pure_json_with_the_controlnet_warning(files):
+    """The no-ControlNet sentence and the backend note are events, so --progress json stays parseable."""
+    out = files["root"] / "json.mp4"
+    result = _run(
+        "-i", str(files["clip"]), "-o", str(out), "--model", str(files["folder"]), "--prompt", "a cat",
+        "--size", "64", "-K", "3", "--steps", "4", "--backend", "torch", progress="json",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert all(line.startswith("{") for line in lines), result.stderr[-2000:]
+    events = [json.loads(line) for line in lines]
+    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    assert len(warnings) == 1 and "no --controlnet" in warnings[0]
+    assert any(e["event"] == "note" for e in events)  # --backend torch: which backend serves the run
 
 
 def test_two_controlnets_each_with_its_own_hint(files):

@@ -11,6 +11,7 @@ state, so the preview's `RendererCache` (filter/job.py) hands one to run after r
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -137,7 +138,9 @@ class LoadedModel:
             self.selection.session = None
 
 
-def load_model(opts: DiffusionOptions, processing_size: tuple[int, int]) -> LoadedModel:
+def load_model(
+    opts: DiffusionOptions, processing_size: tuple[int, int], on_note: Callable[[str], None] | None = None
+) -> LoadedModel:
     """Load the model, LoRAs and ControlNets the options name on the backend they choose."""
     from ...engines.loading import load_bundle
     from ...engines.select import Request, select_networks
@@ -159,16 +162,13 @@ def load_model(opts: DiffusionOptions, processing_size: tuple[int, int]) -> Load
         )
         return torch_networks(bundle, device, dtype, opts.freeu)
 
-    for note in opts.notes():
-        print(f"rerender: warning: {note}", file=sys.stderr)
-
     # The backend is chosen once here (engines/select.py); the sampler never branches on it.
     request = Request(
         opts.model, opts.loras, opts.controlnets, (height, width), opts.device, opts.freeu is not None
     )
     selection = select_networks(opts.backend, request, opts.engines, load_torch)
     if opts.engines is not None or opts.backend != "auto":  # without --engines only torch can serve
-        print(f"rerender: {selection.describe()}", file=sys.stderr)
+        (on_note or _print_note)(selection.describe())
     networks = selection.networks
     controls = _make_controls(opts, networks.device) if _control_is_stateless(opts.control_specs()) else None
     return LoadedModel(networks, selection, controls)
@@ -179,6 +179,10 @@ class KeyframeStats:
     index: int
     evaluations: int
     passes: int
+
+
+def _print_note(message: str) -> None:
+    print(f"rerender: {message}", file=sys.stderr)
 
 
 class DiffusionRenderer:
@@ -201,13 +205,17 @@ class DiffusionRenderer:
 
     @classmethod
     def from_options(
-        cls, opts: DiffusionOptions, processing_size: tuple[int, int], model: LoadedModel | None = None
+        cls,
+        opts: DiffusionOptions,
+        processing_size: tuple[int, int],
+        model: LoadedModel | None = None,
+        on_note: Callable[[str], None] | None = None,
     ) -> DiffusionRenderer:
         """A renderer for one run. `model` is networks loaded earlier by `load_model` with the same
         `model_key` (the preview's `RendererCache`); without it the model is loaded now. Everything per run
         (text embeddings, anchor state, flow estimator, a control video's reader) is built fresh here."""
         _check_size(processing_size)
-        model = model if model is not None else load_model(opts, processing_size)
+        model = model if model is not None else load_model(opts, processing_size, on_note)
         settings = SamplerSettings(
             steps=opts.steps,
             strength=opts.strength,
