@@ -17,7 +17,7 @@ consecutive frames and between keyframes K apart, and how many of those flagged 
 `OcclusionRule`).
 
 Part B (`--part pipeline`): the whole pipeline (classic renderer, both chains and the blend) at K = 10 for
-each occlusion rule: PSNR of all frames against the classic stylization applied to every frame, and the warp
+each variant of the defaults (`--variants`: another occlusion rule, Poisson fusion off or on, frame weights): PSNR of all frames against the classic stylization applied to every frame, and the warp
 error of the output (as bench/filter.py). Quality numbers are deterministic; seconds are single runs.
 
     python bench/hard_motion.py --part occlusion
@@ -49,6 +49,21 @@ RULES = {
     "fb (authors)": OcclusionRule(),
     "fb + photometric 3": OcclusionRule(photometric=3.0),
     "fb + photometric 6": OcclusionRule(photometric=6.0),
+}
+
+
+def _propagation(options: FilterOptions, **changes) -> FilterOptions:
+    return replace(options, propagation=replace(options.propagation, **changes))
+
+
+# Part B's variants: each changes the defaults in one way (the first is the defaults themselves).
+VARIANTS: dict[str, Callable[[FilterOptions], FilterOptions]] = {
+    "defaults": lambda o: o,
+    "photometric 3": lambda o: replace(o, occlusion=RULES["fb + photometric 3"]),
+    "photometric 6": lambda o: replace(o, occlusion=RULES["fb + photometric 6"]),
+    "no poisson": lambda o: _propagation(o, poisson=False),
+    "poisson": lambda o: _propagation(o, poisson=True),
+    "frame weights": lambda o: _propagation(o, blend_weights="frames"),
 }
 
 
@@ -186,7 +201,11 @@ def main() -> int:
     p.add_argument("--size", type=int, default=256, help="short side of the sequences (and processing)")
     p.add_argument("--length", type=int, default=31)
     p.add_argument("-K", type=int, default=10)
-    p.add_argument("--rules", default=",".join(RULES), help="occlusion rules for part B")
+    p.add_argument(
+        "--variants",
+        default="defaults,photometric 3,no poisson",
+        help=f"part B, among: {', '.join(VARIANTS)}",
+    )
     p.add_argument("--search-vote-iters", type=int, default=12)
     p.add_argument("--patchmatch-iters", type=int, default=6)
     args = p.parse_args()
@@ -203,7 +222,10 @@ def main() -> int:
             f"bench/hard_motion.py: unknown sequences {unknown}; expected {list(SEQUENCES)}", file=sys.stderr
         )
         return 2
-    rules = {name: RULES[name] for name in args.rules.split(",") if name in RULES}
+    variants = [v for v in args.variants.split(",") if v]
+    if any(v not in VARIANTS for v in variants):
+        print(f"bench/hard_motion.py: --variants among {list(VARIANTS)}; got {variants}", file=sys.stderr)
+        return 2
     synth = SynthParams(search_vote_iters=args.search_vote_iters, patchmatch_iters=args.patchmatch_iters)
     if args.part in ("occlusion", "both"):
         print("\n| clip | sequence | pairs | rule | occluded | FB-flagged pixels within 3 levels |")
@@ -226,14 +248,14 @@ def main() -> int:
                     schedule=ScheduleOptions(interval=args.K),
                 )
                 reference = run_filter(images, replace(base, schedule=ScheduleOptions(interval=1)))
-                for rule_name, rule in rules.items():
+                for variant in variants:
                     started = time.perf_counter()
-                    outputs = run_filter(images, replace(base, occlusion=rule))
+                    outputs = run_filter(images, VARIANTS[variant](base))
                     seconds = time.perf_counter() - started
                     fidelity, consistency = quality(outputs, reference, images)
-                    pipeline_rows.append((short, name, rule_name, fidelity, consistency, seconds))
+                    pipeline_rows.append((short, name, variant, fidelity, consistency, seconds))
                     print(
-                        f"  {short} {name} {rule_name}: {fidelity:.2f} dB, warp {consistency:.2f}, {seconds:.0f} s",
+                        f"  {short} {name} {variant}: {fidelity:.2f} dB, warp {consistency:.2f}, {seconds:.0f} s",
                         file=sys.stderr,
                     )
     if pipeline_rows:
