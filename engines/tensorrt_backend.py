@@ -28,7 +28,7 @@ import torch
 
 from .onnx_backend import BackendUnavailable, ExportManifest, assemble_networks, load_tokenize
 from .runtime import Networks
-from .specs import NetworkSpec, SizeRange
+from .specs import NetworkSpec
 
 
 def tensorrt_unavailable_reason() -> str | None:
@@ -413,14 +413,3 @@ def load_tensorrt_networks(
     dtype = torch.float16 if manifest.precision == "fp16" else torch.float32
     networks = assemble_networks(manifest, engines, load_tokenize(directory), scales, device, dtype)
     return networks, TensorRTSession(engines, memory)
-
-
-def profile_fits(manifest: ExportManifest, height: int, width: int) -> str | None:
-    """None when an image size fits the exported profile, else the sentence that says why not."""
-    sizes = SizeRange(manifest.min_size, manifest.opt_size, manifest.max_size)
-    if sizes.contains(height, width):
-        return None
-    return (
-        f"engine profile {sizes.min[0]}x{sizes.min[1]}..{sizes.max[0]}x{sizes.max[1]}, got {height}x{width}; "
-        "re-export with --min-size/--max-size covering it"
-    )

@@ -1,9 +1,9 @@
 """`rerender info`: what is installed and usable on this machine, and for every missing piece, why.
 
 Each probe returns one `Component` and never raises: a failing import or a missing driver becomes a
-status and a one-sentence reason (issue 2, item 3). Versions come from package metadata where a version is
-all we need, so slow imports (diffusers, transformers) are not paid; torch, onnxruntime, tensorrt and
-pycuda are imported because only importing them tells whether they work.
+status and a one-sentence reason. Versions come from package metadata where a version is all we need, so
+slow imports (diffusers, transformers) are not paid; torch, onnxruntime and tensorrt are imported because
+only importing them tells whether they work; the CUDA driver library is loaded with ctypes.
 
 To add a section (e.g. a listing of built engines for `--engines DIR`), add a function returning
 `Component`s and call it from `collect()`; the text and JSON outputs pick it up unchanged.
@@ -12,6 +12,7 @@ To add a section (e.g. a listing of built engines for `--engines DIR`), add a fu
 from __future__ import annotations
 
 import argparse
+import ctypes
 import importlib
 import importlib.metadata
 import importlib.util
@@ -161,17 +162,20 @@ def probe_tensorrt() -> Component:
     return Component("tensorrt", "ok", getattr(trt, "__version__", None))
 
 
-def probe_pycuda() -> Component:
-    if _version("pycuda") is None and importlib.util.find_spec("pycuda") is None:
-        return _not_installed("pycuda", GPU_EXTRA)
-    driver, err = _import_error("pycuda.driver")
-    if driver is None:
-        return Component("pycuda", "error", _version("pycuda"), reason=f"cannot be imported: {err}")
+def probe_cuda_driver() -> Component:
+    """The NVIDIA driver's CUDA library, which the CUDA synthesizer drives directly (loaded at run time)."""
     try:
-        driver.init()  # not pycuda.autoinit: that would also create a context
-    except Exception as exc:  # noqa: BLE001
-        return Component("pycuda", "unavailable", _version("pycuda"), reason=f"cuInit failed ({exc})")
-    return Component("pycuda", "ok", _version("pycuda"), details={"devices": driver.Device.count()})
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return Component(
+            "cuda-driver", "missing", reason="libcuda.so.1 cannot be loaded: no NVIDIA driver on this machine"
+        )
+    version = ctypes.c_int(0)
+    status = lib.cuDriverGetVersion(ctypes.byref(version))
+    if status != 0:
+        return Component("cuda-driver", "error", reason=f"cuDriverGetVersion failed with CUDA error {status}")
+    text = f"{version.value // 1000}.{version.value % 1000 // 10}"
+    return Component("cuda-driver", "ok", text, details={"cuda_version": text})
 
 
 def probe_av() -> Component:
@@ -240,7 +244,7 @@ def collect() -> list[Component]:
         probe_metadata_only("transformers", "transformers", BASE_INSTALL)(),
         probe_onnxruntime(),
         probe_tensorrt(),
-        probe_pycuda(),
+        probe_cuda_driver(),
         probe_av(),
         probe_opencv(),
         probe_nvcc(),

@@ -320,6 +320,8 @@ def parse_run_options(argv: list[str]) -> RunOptions:
         propagation = PropagationOptions(
             synth=synth,
             backend=args.synth_backend,
+            # --device cuda:N (diffusion renderer) puts the CUDA synthesizer on the same GPU as the UNet.
+            device=args.device if args.device.startswith("cuda") else None,
             poisson=args.poisson,
             blend_weights=args.blend_weights,
         )

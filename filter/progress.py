@@ -230,7 +230,8 @@ class BarProgress:
 
 
 class QuietProgress:
-    """No progress at all; warnings still go to stderr, one line each."""
+    """No progress at all; warnings and one-time notes (which backend serves the run) still go to stderr,
+    one line each."""
 
     def __init__(self, stream: TextIO | None = None):
         self.stream = stream or sys.stderr
@@ -238,6 +239,8 @@ class QuietProgress:
     def __call__(self, event: dict) -> None:
         if event.get("event") == "warning":
             print(f"rerender run: warning: {event.get('message')}", file=self.stream, flush=True)
+        elif event.get("event") == "note":
+            print(f"rerender run: {event.get('message')}", file=self.stream, flush=True)
 
     def close(self) -> None:
         pass

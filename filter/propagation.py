@@ -55,6 +55,7 @@ class PropagationOptions:
     synth: SynthParams = field(default_factory=SynthParams)
     weights: GuideWeights = field(default_factory=GuideWeights)
     backend: Literal["auto", "cpu", "cuda"] = "auto"
+    device: str | None = None  # the GPU of the CUDA backend ("cuda:N"); None: torch's current device
     inpaint_radius: int = 30
     carry_nnf: bool = True
     parallel_chains: bool = True
@@ -198,7 +199,9 @@ class PropagationChain:
         ]
         self.timings.add("guides", time.perf_counter() - started)
         started = time.perf_counter()
-        result = synthesize(self.key.stylized, guides, self._params, backend=o.backend, init_nnf=init_nnf)
+        result = synthesize(
+            self.key.stylized, guides, self._params, backend=o.backend, init_nnf=init_nnf, device=o.device
+        )
         self.timings.add("synthesis", time.perf_counter() - started)
         self._previous_output = result.image
         self._previous_positional = positional

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import shutil
 
 
@@ -20,6 +21,12 @@ def cuda_unavailable_reason() -> str | None:
         return (
             "the compiled module rerender.native._synth, which holds the CUDA executor, cannot be imported."
         )
+    # The driver library first: without it there is no GPU, and this answer costs no torch import (seconds
+    # on a CPU-only machine, paid before the first frame of every run with --synth-backend auto).
+    try:
+        ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return "the CUDA driver library libcuda.so.1 cannot be loaded (no NVIDIA driver here)."
     try:
         import torch
     except ImportError:

@@ -17,7 +17,7 @@ EXPECTED = {
     "diffusers",
     "onnxruntime",
     "tensorrt",
-    "pycuda",
+    "cuda-driver",
     "av",
     "opencv",
     "nvcc",
@@ -91,9 +91,7 @@ def test_text_report_is_one_line_per_component():
 
 
 def test_missing_packages_become_reasons_not_crashes():
-    result = run_info(
-        "--json", block=("torch", "onnxruntime", "cv2", "tensorrt", "pycuda", "rerender.native")
-    )
+    result = run_info("--json", block=("torch", "onnxruntime", "cv2", "tensorrt", "rerender.native"))
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
     report = json.loads(result.stdout)

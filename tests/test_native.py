@@ -349,3 +349,24 @@ def test_cuda_matches_cpu_quality_on_textures():
     cpu = synthesize(style, guides, QUICK, backend="cpu")
     gpu = synthesize(style, guides, QUICK, backend="cuda")
     assert abs(float(gpu.error.mean()) - float(cpu.error.mean())) < 0.05 * float(cpu.error.mean())
+
+
+def test_cuda_probe_without_a_driver_does_not_import_torch():
+    """Without libcuda (no NVIDIA driver) the CUDA backend is refused from the driver check alone: the probe
+    runs before the first frame of every `--synth-backend auto` run and importing torch costs seconds."""
+    import ctypes
+    import subprocess
+    import sys
+
+    try:
+        ctypes.CDLL("libcuda.so.1")
+        pytest.skip("an NVIDIA driver is installed here: the probe goes on to ask torch")
+    except OSError:
+        pass
+    code = (
+        "import sys; from rerender.native.backends import cuda_unavailable_reason as r; "
+        "print(r()); print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    reason, imported = out.strip().splitlines()
+    assert "libcuda.so.1" in reason and imported == "False"

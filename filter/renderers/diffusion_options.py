@@ -232,7 +232,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"factors S in [{FREEU_SKIP_RANGE[0]:g}, {FREEU_SKIP_RANGE[1]:g}], e.g. 1.1,1.2,1.0,0.2 (default: off)",
     )
     g.add_argument(
-        "--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s: CUDA if present)"
+        "--device",
+        default="auto",
+        help="auto | cpu | cuda | cuda:N: the GPU of the UNet and of the CUDA synthesizer (default: %(default)s: CUDA if present)",
     )
     g.add_argument(
         "--dtype",
