@@ -1,4 +1,4 @@
-"""Benchmark of the streaming filter on the shared clips (issue 4, Benchmark).
+"""Benchmark of the streaming filter on the shared clips.
 
 For each clip (its first `--frames` frames, re-encoded losslessly to NUT once so every run reads the same
 input):

@@ -89,13 +89,13 @@ def stylize(rgb: np.ndarray) -> np.ndarray:
 
 
 def edge(rgb: np.ndarray) -> np.ndarray:
-    """§D.2: 3x3 Laplacian (4 at the centre, -1 at the 4-neighbours) per channel, saturated to uint8."""
+    """docs/method.md §4: 3x3 Laplacian (4 at the centre, -1 at the 4-neighbours) per channel, saturated to uint8."""
     k = np.array([[0, -1, 0], [-1, 4, -1], [0, -1, 0]], np.float32)
     return cv2.filter2D(rgb, -1, k)
 
 
 def positional(h: int, w: int) -> np.ndarray:
-    """§D.2: R = row / (H-1) * 255, G = col / (W-1) * 255, B = 0."""
+    """docs/method.md §4: R = row / (H-1) * 255, G = col / (W-1) * 255, B = 0."""
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
     return np.dstack([ys / (h - 1) * 255, xs / (w - 1) * 255, np.zeros_like(xs)]).round().astype(np.uint8)
 

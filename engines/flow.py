@@ -1,12 +1,12 @@
 """Optical flow for propagation: a pluggable estimator, forward-backward occlusion, warping.
 
-rerender-reference.md Part 1 decision 8: OpenCV DIS by default (no weights, CPU); other estimators (RAFT
+docs/decisions.md 8: OpenCV DIS by default (no weights, CPU); other estimators (RAFT
 with user weights) plug in through the `FlowEstimator` protocol from their own module, registered in
 `ESTIMATOR_MODULES` and created by `make_flow_estimator("name[:arg]")`.
 
 Convention used everywhere in rerender: `estimate(image, reference)` returns, for every pixel p of
 `image`, the offset f(p) = (dx, dy) such that image(p) ~ reference(p + f(p)). This is the "backward flow"
-of Part 2 §C when `image` is the current frame: it warps the reference (or anything aligned with it) into
+of docs/method.md §3 when `image` is the current frame: it warps the reference (or anything aligned with it) into
 the current frame by sampling it at p + f(p).
 """
 
@@ -22,7 +22,7 @@ import numpy as np
 
 from ..filter.errors import UsageError
 
-# Part 2 §C: the forward-backward check of UnFlow with the official constants.
+# docs/method.md §3: the forward-backward check of UnFlow with the authors' constants.
 OCCLUSION_ALPHA = 0.01
 OCCLUSION_BETA = 0.5
 

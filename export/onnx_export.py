@@ -1,4 +1,4 @@
-"""Spec-driven ONNX export of one network (issue 6 item 2).
+"""Spec-driven ONNX export of one network.
 
 Exporter: torch's TorchScript-based exporter (`torch.onnx.export(..., dynamo=False)`), opset 17, with
 `dynamic_axes` from the network's I/O spec. In torch 2.13 `torch.onnx.export` defaults to the dynamo

@@ -1,4 +1,4 @@
-"""TensorRT engine build from an exported ONNX graph (issue 6 item 4).
+"""TensorRT engine build from an exported ONNX graph.
 
 - One optimisation profile per engine, from the network's I/O spec and the size range it was exported for
   (`NetworkSpec.profile`): dynamic height/width within [min, max], batch 1..2 (CFG batch 2).

@@ -253,7 +253,7 @@ def collect() -> list[Component]:
     return rows
 
 
-# --- engines in a directory (`--engines DIR`; added by the export helper, issue 6) --------------------
+# --- engines in a directory (`--engines DIR`; added by the export helper) --------------------
 
 
 def probe_engines(directory: str) -> list[Component]:

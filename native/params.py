@@ -40,8 +40,8 @@ def _check_uint8_image(name: str, a: object) -> np.ndarray:
 
 @dataclass(frozen=True, eq=False)
 class Guide:
-    """One guide pair (§A1): `source` has the style's size, `target` the output's; same channel count.
-    `weight` is the guide's total weight, split equally over its channels (§A4)."""
+    """One guide pair (synthesis.md §1): `source` has the style's size, `target` the output's; same channel count.
+    `weight` is the guide's total weight, split equally over its channels (synthesis.md §4)."""
 
     source: np.ndarray
     target: np.ndarray
@@ -63,9 +63,9 @@ class Guide:
 
 @dataclass(frozen=True)
 class SynthParams:
-    """Synthesis options. `pyramid_levels=None` uses the maximum the sizes allow (§A2);
+    """Synthesis options. `pyramid_levels=None` uses the maximum the sizes allow (synthesis.md §2);
     `stop_threshold`: pixels whose estimate changed less than this since the last vote are not searched again
-    (§A8); `threads=None` uses every core OpenMP sees."""
+    (synthesis.md §8); `threads=None` uses every core OpenMP sees."""
 
     patch_size: int = 5
     pyramid_levels: int | None = None
@@ -116,7 +116,7 @@ class SynthParams:
 @dataclass(frozen=True, eq=False)
 class SynthResult:
     """`image` uint8 [Ht, Wt, C]; `error` float32 [Ht, Wt], the patch error E of each target pixel's match at
-    the finest level (§A4, without the uniformity term); `nnf` int32 [Ht, Wt, 2], (x, y) into the style."""
+    the finest level (synthesis.md §4, without the uniformity term); `nnf` int32 [Ht, Wt, 2], (x, y) into the style."""
 
     image: np.ndarray
     error: np.ndarray

@@ -1,7 +1,7 @@
 """`synthesize`: guided patch synthesis of a style exemplar onto a target (the EbSynth algorithm, Jamriška et al. 2019).
 
-Validates inputs into one sentence per problem, splits the style and guide weights over channels (§A4),
-resolves the pyramid depth (§A2) and hands the arrays to a backend: the one search-vote schedule
+Validates inputs into one sentence per problem, splits the style and guide weights over channels (synthesis.md §4),
+resolves the pyramid depth (synthesis.md §2) and hands the arrays to a backend: the one search-vote schedule
 (native/csrc/synth_driver.h) run by the CPU executor or by the CUDA kernel executor."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ Backend = Literal["auto", "cpu", "cuda"]
 
 
 def max_pyramid_levels(style_hw: tuple[int, int], target_hw: tuple[int, int], patch_size: int) -> int:
-    """1 + the largest k such that the smaller side of min(style, target) halved k times is >= 2p + 1 (§A2)."""
+    """1 + the largest k such that the smaller side of min(style, target) halved k times is >= 2p + 1 (synthesis.md §2)."""
     side = min(style_hw[0], style_hw[1], target_hw[0], target_hw[1])
     k = 0
     while (side >> (k + 1)) >= 2 * patch_size + 1:
@@ -125,7 +125,7 @@ def _prepare(style, guides, params: SynthParams, init_nnf) -> tuple:
     ns = style.shape[2]
     source = np.ascontiguousarray(np.concatenate([g.source for g in guides], axis=2))
     target = np.ascontiguousarray(np.concatenate([g.target for g in guides], axis=2))
-    # §A4: style weight split equally over the style's channels, each guide's weight over its channels.
+    # synthesis.md §4: style weight split equally over the style's channels, each guide's weight over its channels.
     style_w = np.full(ns, params.style_weight / ns, np.float32)
     guide_w = np.concatenate(
         [np.full(g.source.shape[2], g.weight / g.source.shape[2], np.float32) for g in guides]

@@ -1,7 +1,7 @@
 """Synthetic test clips written with PyAV: a moving texture plus an audio tone, a few frames each.
 
 Every function writes one small file into `folder` and returns its path, so tests never depend on media
-they did not make (issue 2, item 6). Import from a test as `from media import normal_clip` (pytest puts
+they did not make. Import from a test as `from media import normal_clip` (pytest puts
 `tests/` on `sys.path`). Sizes and lengths are parameters; the defaults keep each clip well under 100 ms
 to write.
 
@@ -215,7 +215,7 @@ def corrupt_clip(
     """Intra-only H.264 in Matroska whose video packets `frames//2 .. +broken` have zeroed payloads.
 
     The container framing stays intact, so demuxing goes on; the decoder rejects the damaged packets
-    ("Invalid NAL unit size") and the frames before and after them decode (issue 2: corrupt packets in
+    ("Invalid NAL unit size") and the frames before and after them decode (corrupt packets in
     the middle of a stream). Exactly `broken` frames are lost.
     """
     kwargs.setdefault("encoder_options", {"preset": "ultrafast", "g": "1"})

@@ -1,4 +1,4 @@
-"""Video I/O, file to file: what the Sink writes keeps what the Source read (issue 2, item 4).
+"""Video I/O, file to file: what the Sink writes keeps what the Source read.
 
 Every clip is made by tests/media.py; outputs are read back with plain PyAV (tests/io_probe.py).
 """

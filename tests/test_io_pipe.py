@@ -1,7 +1,7 @@
 """Video I/O over real pipes: a subprocess reads `-` (its stdin) and writes `-` (its stdout).
 
 tests/io_pipe_copy.py drives Source and Sink exactly like a filter with nothing in it, so everything the
-output holds went through stdin, the Source, the Sink and stdout (issue 2, Tests: pipe -> pipe).
+output holds went through stdin, the Source, the Sink and stdout.
 """
 
 from __future__ import annotations

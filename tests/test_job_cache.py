@@ -146,7 +146,18 @@ def _wait_for(session: PreviewSession, run_id: int) -> dict:
 
 
 def test_the_preview_session_loads_the_model_once_for_the_ladder(files, tmp_path: Path):
-    argv = ["--model", str(files["folder"]), "--size", "64", "--steps", "3", "-K", "2"]
+    argv = [
+        "-i",
+        str(files["clip"]),
+        "--model",
+        str(files["folder"]),
+        "--size",
+        "64",
+        "--steps",
+        "3",
+        "-K",
+        "2",
+    ]
     session = PreviewSession(files["clip"], argv, workdir=tmp_path, output_dir=tmp_path)
     try:
         settings = PageSettings(session.initial_values, session.initial_extra)

@@ -1,4 +1,4 @@
-"""`rerender watch` as a real process on real folders (issue 7 "Tests"): clips dropped (one written slowly in
+"""`rerender watch` as a real process on real folders: clips dropped (one written slowly in
 chunks, one corrupt, one not a video) come out exactly once and complete; kill -9 at random moments and
 restarts leave every clip done exactly once with no partial file ever visible in OUTBOX; SIGTERM abandons
 cleanly and the next start resumes from the checkpointed keyframes; sidecars cannot escape OUTBOX; two

@@ -96,7 +96,7 @@ TEXT_ENCODER_CONFIG = {
     "hidden_act": "quick_gelu",
 }
 
-# SD1.5's scheduler settings (reference §A.2); a DDIMScheduler built from them gives t = 951 - 50 i for S = 20.
+# SD1.5's scheduler settings (docs/method.md §1); a DDIMScheduler built from them gives t = 951 - 50 i for S = 20.
 SCHEDULER_CONFIG = {
     "_class_name": "DDIMScheduler",
     "num_train_timesteps": 1000,

@@ -106,7 +106,7 @@ def sink_options_from_args(args: argparse.Namespace) -> SinkOptions:
 def check_dropped(source: Source, strict: bool) -> str | None:
     """After the last frame: the warning to print about frames lost to corrupt packets, or None.
 
-    With `strict` the loss is an InputError instead (issue 2: exit 0 with a warning unless --strict).
+    With `strict` the loss is an InputError instead (exit 0 with a warning unless --strict).
     """
     dropped = source.dropped
     if not dropped:

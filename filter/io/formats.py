@@ -119,7 +119,7 @@ def default_pix_fmt(supported: list[str] | None, bit_depth: int, width: int, hei
     """yuv420p (yuv420p10le for deeper input when the encoder has it); 4:4:4 when the size is odd.
 
     4:2:0 halves the chroma planes, so an odd width or height cannot be kept (x264 refuses it); 4:4:4 keeps
-    the exact size instead of padding or cropping (issue 2: the output keeps the input's size).
+    the exact size instead of padding or cropping (the output keeps the input's size: docs/decisions.md 10).
     """
     odd = width % 2 or height % 2
     chroma = "yuv444p" if odd else "yuv420p"

@@ -1,6 +1,6 @@
 """Sink of the graph: encode the output frames with PyAV and remux the input's other streams untouched.
 
-What the output keeps from the input (issue 2, item 4): frame count, every pts (VFR included) and the
+What the output keeps from the input (README, *Video I/O*): frame count, every pts (VFR included) and the
 time_base, size, sample aspect ratio, rotation (display matrix; stream metadata in NUT, which has no
 display matrix), colour range/matrix/transfer/primaries. Audio, subtitle and data packets are copied
 byte for byte (no re-encode) and interleaved by time with the video packets.

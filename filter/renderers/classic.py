@@ -1,6 +1,6 @@
 """The `classic` keyframe renderer: OpenCV non-photorealistic rendering, no weights needed.
 
-The embedded default when no model is given (issue 4): the whole filter then runs on a fresh machine. Looks:
+The embedded default when no model is given: the whole filter then runs on a fresh machine. Looks:
 - `stylization`: cv2.stylization (edge-preserving smoothing with darkened edges, a watercolour look);
 - `pencil` / `pencil-color`: cv2.pencilSketch (grey or coloured pencil);
 - `cartoon`: edge-preserving smoothing, colour quantisation and dark adaptive-threshold outlines;

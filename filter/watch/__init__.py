@@ -1,4 +1,4 @@
-"""`rerender watch`: a watch-folder daemon for video editors (issue 7). `main(argv)` is the CLI entry."""
+"""`rerender watch`: a watch-folder daemon for video editors. `main(argv)` is the CLI entry."""
 
 from .cli import main
 

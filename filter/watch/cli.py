@@ -1,4 +1,4 @@
-"""`rerender watch`: the command line of the watch-folder daemon (issue 7)."""
+"""`rerender watch`: the command line of the watch-folder daemon (README, *For video editors: watch folders*)."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ process watched by a thread (at most `--jobs` at once; worker.py), rename the re
 recover from crashes. Settings and the dropped file are checked before a job starts; whatever one job does
 ends as that clip's failure, never the daemon's.
 
-Crash safety rests on three orderings (issue 7 items 4, 5):
+Crash safety rests on three orderings:
   * the ledger says `running` before anything is written, and the clip's lock is taken before that, so a
     `running` row whose lock we can take belongs to a dead process and is re-queued (its partial output
     deleted, its keyframe checkpoints kept for the resume);

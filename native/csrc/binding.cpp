@@ -85,7 +85,7 @@ static void parse(Call& c, int patch_size, int levels, int search_vote_iters, in
     if (levels < 1 || levels > rr::kMaxLevels)
         throw std::invalid_argument("pyramid levels must be 1 to " + std::to_string(rr::kMaxLevels) + ", got " +
                                     std::to_string(levels) + ".");
-    // Every level must still hold a patch: the coarsest one is the full size halved levels - 1 times (§A2).
+    // Every level must still hold a patch: the coarsest one is the full size halved levels - 1 times (synthesis.md §2).
     if ((std::min(in.sw, in.sh) >> (levels - 1)) < patch_size || (std::min(in.tw, in.th) >> (levels - 1)) < 1)
         throw std::invalid_argument("too many pyramid levels for these sizes: the coarsest level would be smaller "
                                     "than one patch.");

@@ -11,8 +11,8 @@ struct Image8 {
     int w = 0, h = 0, c = 0;
 };
 
-// Level sizes are floor(base * 2^-k) per axis (§A2). We build each level by 2x2 box averaging the next finer
-// one (floor(floor(W/2^k)/2) == floor(W/2^(k+1)), so the sizes agree with §A2): the reference point-samples
+// Level sizes are floor(base * 2^-k) per axis (synthesis.md §2). We build each level by 2x2 box averaging the next finer
+// one (floor(floor(W/2^k)/2) == floor(W/2^(k+1)), so the sizes agree with synthesis.md §2): the reference point-samples
 // the full-resolution image, which aliases fine texture in the guides; averaging keeps coarse matching honest.
 inline Image8 halve(const Image8& a) {
     Image8 b;

@@ -20,7 +20,7 @@
 namespace rr {
 
 // Channel data are stored interleaved per pixel as float, already multiplied by sqrt(channel weight), so the
-// weighted SSD of §A4 is a plain sum of squares over p*np contiguous floats per patch row (vectorises).
+// weighted SSD of synthesis.md §4 is a plain sum of squares over p*np contiguous floats per patch row (vectorises).
 // np is the channel count padded to a multiple of 4 with zero channels.
 struct SynthView {
     const float* src;  // [sh][sw][np] source: style channels then source guides
@@ -29,7 +29,7 @@ struct SynthView {
     int sw, sh, tw, th;
     int np;            // padded channels per pixel
     int p, r;          // patch size and radius (p = 2r + 1)
-    float occ_scale;   // lambda / (p^2 * omega*), so the uniformity cost is occ_scale * occ[s] (§A5)
+    float occ_scale;   // lambda / (p^2 * omega*), so the uniformity cost is occ_scale * occ[s] (synthesis.md §5)
 };
 
 struct Match {
@@ -59,7 +59,7 @@ RR_HD float occ_cost(const SynthView& v, int sx, int sy) {
     return v.occ ? v.occ_scale * v.occ[sy * v.sw + sx] : 0.0f;
 }
 
-// Weighted patch SSD between the target patch at (tx, ty) and the source patch at (sx, sy) (§A4). The source
+// Weighted patch SSD between the target patch at (tx, ty) and the source patch at (sx, sy) (synthesis.md §4). The source
 // patch is always inside the source (matches are kept r pixels from its border); target patches that cross
 // the target border read clamped coordinates. Stops after any patch row once the partial sum reaches
 // `bound` and returns that partial sum (the caller only needs to know it is not below the bound).
@@ -106,7 +106,7 @@ RR_HD bool in_valid_source(const SynthView& v, int sx, int sy) {
     return sx >= v.r && sy >= v.r && sx < v.sw - v.r && sy < v.sh - v.r;
 }
 
-// Candidate acceptance of §A5: the new source patch wins iff E_new + lambda*occ_new < E_cur + lambda*occ_cur.
+// Candidate acceptance of synthesis.md §5: the new source patch wins iff E_new + lambda*occ_new < E_cur + lambda*occ_cur.
 // The uniformity cost is O(1) (a precomputed map) and is evaluated *before* the SSD, so the SSD's early exit
 // uses the tightest bound; candidates whose occupancy alone loses are rejected without touching pixels.
 RR_HD bool try_candidate(const SynthView& v, int tx, int ty, int sx, int sy, Match& best) {
@@ -152,7 +152,7 @@ RR_HD Match propagate_pixel(const SynthView& v, const int* nnf_in, const float* 
     return best;
 }
 
-// Random search (§A7/§A8): one uniform sample per radius r = 1, 2, 4, ... < max(sw, sh), each in the square
+// Random search (synthesis.md §7): one uniform sample per radius r = 1, 2, 4, ... < max(sw, sh), each in the square
 // around the current best (which earlier radii may have moved), clipped to the valid source area.
 RR_HD Match random_search_pixel(const SynthView& v, Match best, int tx, int ty, unsigned int seed,
                                 unsigned int pass) {
@@ -170,7 +170,7 @@ RR_HD Match random_search_pixel(const SynthView& v, Match best, int tx, int ty, 
     return best;
 }
 
-// Voting (§A6): the target pixel is the mean of the source pixels that the overlapping patches predict for it.
+// Voting (synthesis.md §6): the target pixel is the mean of the source pixels that the overlapping patches predict for it.
 // Plain: unweighted; weighted: each patch counts 1 / (1 + E / (p^2 * ns)). Out-of-range patches are skipped.
 // Writes the rounded uint8 estimate and its weighted float copy into the target channels.
 RR_HD void vote_pixel(const unsigned char* style, int sw, int ns, const int* nnf, const float* err, int tw,
@@ -215,7 +215,7 @@ RR_HD bool improved_significantly(const int* nnf, const int* nnf_before, const f
 }
 constexpr int kConvergenceRadius = 2;
 
-// Stop-threshold test (§A8): did any style channel of this pixel change by >= threshold since the last vote?
+// Stop-threshold test (synthesis.md §8): did any style channel of this pixel change by >= threshold since the last vote?
 RR_HD bool style_changed(const unsigned char* a, const unsigned char* b, int ns, int threshold, size_t i) {
     for (int c = 0; c < ns; ++c) {
         const int d = (int)a[i * ns + c] - (int)b[i * ns + c];

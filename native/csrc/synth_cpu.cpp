@@ -5,7 +5,7 @@
 //   decision reads only frozen inputs, so the thread count does not change the result;
 // * the occupancy (uniformity) sum over a p x p patch is a precomputed map (O(1) per candidate, checked before
 //   the SSD so the SSD's early exit uses the tightest bound), kept exact in integers and updated per pass;
-// * the stop-threshold mask of the CUDA reference (§A8) is used on CPU as well;
+// * the stop-threshold mask of the CUDA reference (synthesis.md §8) is used on CPU as well;
 // * channels are interleaved floats pre-multiplied by sqrt(weight) so a patch row is one contiguous dot.
 #include "synth_cpu.h"
 
@@ -32,7 +32,7 @@ void parallel_rows(int h, int threads, F&& f) {
     for (int y = 0; y < h; ++y) f(y);
 }
 
-// Occupancy map Ω and the sum of Ω over each p x p source patch (§A5), kept as exact integers:
+// Occupancy map Ω and the sum of Ω over each p x p source patch (synthesis.md §5), kept as exact integers:
 // occ[s] = sum over matched source positions m of (p - |dx|)(p - |dy|) with (dx, dy) = s - m, |dx|, |dy| < p,
 // i.e. the box filter applied twice to the match histogram. Rebuilt in O(|S|) or updated per changed match.
 class Occupancy {
@@ -220,7 +220,7 @@ class CpuExec {
             }
     }
 
-    // NNF upsampling (§A3 step 1): the child takes its parent's match x2 plus its own parity.
+    // NNF upsampling (synthesis.md §3 step 1): the child takes its parent's match x2 plus its own parity.
     void upsample_nnf(int r) {
         std::vector<int32_t> nnf(2 * (size_t)tw_ * th_);
         for (int y = 0; y < th_; ++y)
@@ -243,7 +243,7 @@ class CpuExec {
 
     void reset_active() { std::fill(active_.begin(), active_.end(), 1); }
 
-    // Voting (§A6). A plain vote of a pixel depends only on the matches within the patch radius, so after the
+    // Voting (synthesis.md §6). A plain vote of a pixel depends only on the matches within the patch radius, so after the
     // first vote of a level only pixels near a changed match are re-voted (the others would get the same value).
     void vote(int p, bool weighted, bool first) {
         Timer t(stats_.vote);
@@ -268,7 +268,7 @@ class CpuExec {
         nnf_at_vote_ = nnf_;
     }
 
-    // After a vote: the stop-threshold mask (§A8: pixels whose estimate changed by >= threshold, dilated by the
+    // After a vote: the stop-threshold mask (synthesis.md §8: pixels whose estimate changed by >= threshold, dilated by the
     // patch radius) and the pixels whose patch error must be recomputed (estimate changed at all in the patch).
     void update_masks(int r, bool stop_mask) {
         parallel_rows(th_, 1, [&](int y) {

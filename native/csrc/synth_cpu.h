@@ -15,7 +15,7 @@ struct SynthInputs {
     const uint8_t* source_guide;  // [sh][sw][ng]
     const uint8_t* target_guide;  // [th][tw][ng]
     int sw, sh, tw, th, ns, ng;
-    const float* style_weights;  // [ns] per-channel weights (already split, §A4)
+    const float* style_weights;  // [ns] per-channel weights (already split, synthesis.md §4)
     const float* guide_weights;  // [ng]
     const int32_t* init_nnf;     // [th][tw][2] or null
 };

@@ -60,12 +60,12 @@ void solve_level(Exec& ex, const SynthConfig& cfg, bool has_init, int level, int
     const int r = p / 2;
     ex.clamp_nnf(r);  // the 3x3 pass inherits matches of the larger patch
     ex.reset_active();
-    // Uniformity (§A5): lambda * (occupancy sum / p^2) / omega*, omega* = |T| / |S| * p^2.
+    // Uniformity (synthesis.md §5): lambda * (occupancy sum / p^2) / omega*, omega* = |T| / |S| * p^2.
     const float n = (float)ex.level_pixels();
     const float omega = n / (float)ex.source_pixels() * (float)p * (float)p;
     const float occ_scale = uniformity / ((float)p * (float)p * omega);
     const bool occupancy = uniformity > 0.0f;
-    ex.vote(p, false, true);  // §A3 step 2: initial vote (errors not known yet, so plain)
+    ex.vote(p, false, true);  // synthesis.md §3 step 2: initial vote (errors not known yet, so plain)
     const int sv_iters = cfg.search_vote_iters, pm_iters = cfg.patchmatch_iters;
     for (int sv = 0; sv < sv_iters; ++sv) {
         ex.begin_iteration(p, occupancy, occ_scale);
@@ -88,7 +88,7 @@ void solve_level(Exec& ex, const SynthConfig& cfg, bool has_init, int level, int
     if (sv_iters == 0) ex.final_error(p);
 }
 
-// Coarse to fine over the pyramid (§A3); the 3x3 pass of §A3 step 5 runs at the finest level as level L.
+// Coarse to fine over the pyramid (synthesis.md §3); the 3x3 pass of synthesis.md §3 step 5 runs at the finest level as level L.
 template <class Exec>
 void run_schedule(Exec& ex, const SynthConfig& cfg, bool has_init) {
     const int L = cfg.levels;

@@ -108,7 +108,7 @@ class KernelExec {
         hist_ = buf<int>(kHist, S);
         hist_tmp_ = buf<int>(kHistTmp, S);
         occ_ = buf<float>(kOcc, S);
-        // Pyramids on the device (§A2): upload the full-resolution images once, halve level by level.
+        // Pyramids on the device (synthesis.md §2): upload the full-resolution images once, halve level by level.
         const int L = cfg.levels;
         for (int l = 0; l < L; ++l) {
             const int k = L - 1 - l;
@@ -267,7 +267,7 @@ class KernelExec {
         RR_LAUNCH(dilate, tw_, th_, rows_, out, tw_, th_, r, 0);
     }
 
-    // Occupancy (§A5) of the current NNF, rebuilt in exact integers after every pass.
+    // Occupancy (synthesis.md §5) of the current NNF, rebuilt in exact integers after every pass.
     void rebuild_occupancy() {
         dev_.memset(hist_, 0, (size_t)sw_ * sh_ * sizeof(int));
         RR_LAUNCH(match_histogram, tw_, th_, nnf_, tw_, th_, sw_, hist_);

@@ -55,7 +55,7 @@ __device__ __forceinline__ void keep(const int* nnf_in, const float* err_in, int
 
 RR_KERNELS_BEGIN
 
-// Random NNF of the coarsest level (§A3 step 1), same hash stream as the CPU backend.
+// Random NNF of the coarsest level (synthesis.md §3 step 1), same hash stream as the CPU backend.
 __global__ void random_nnf(int* nnf, int tw, int th, int sw, int sh, int r, unsigned int seed) {
     PIXEL_XY(tw, th)
     const unsigned int h = rr::pixel_stream(seed, 0xFFFFFFFFu, x, y);
@@ -63,7 +63,7 @@ __global__ void random_nnf(int* nnf, int tw, int th, int sw, int sh, int r, unsi
     nnf[2 * i + 1] = r + (int)(rr::hash32(h) % (unsigned int)(sh - 2 * r));
 }
 
-// NNF upsampling (§A3 step 1): the child takes its parent's match x2 plus its own parity, clamped.
+// NNF upsampling (synthesis.md §3 step 1): the child takes its parent's match x2 plus its own parity, clamped.
 __global__ void upsample_nnf(const int* parent, int pw, int ph, int* nnf, int tw, int th, int sw, int sh, int r) {
     PIXEL_XY(tw, th)
     const int px = min(x / 2, pw - 1), py = min(y / 2, ph - 1);
@@ -96,7 +96,7 @@ __global__ void try_init(const float* src, const float* tgt, const float* occ, i
     store(nnf_out, err_out, i, best);
 }
 
-// Jump-flood propagation step with distance k (§A8): Jacobi, reads *_in, writes *_out.
+// Jump-flood propagation step with distance k (synthesis.md §7): Jacobi, reads *_in, writes *_out.
 __global__ void propagate(const float* src, const float* tgt, const float* occ, int sw, int sh, int tw, int th,
                           int np, int p, float occ_scale, const int* nnf_in, const float* err_in,
                           int* nnf_out, float* err_out, const unsigned char* active, int k) {
@@ -159,7 +159,7 @@ __global__ void dilate(const unsigned char* in, unsigned char* out, int tw, int 
     out[i] = m;
 }
 
-// Occupancy (§A5): histogram of matched source positions (integer atomics: order-independent), then the
+// Occupancy (synthesis.md §5): histogram of matched source positions (integer atomics: order-independent), then the
 // box filter of size p applied twice, as exact integers, then converted to float for the cost lookup.
 __global__ void match_histogram(const int* nnf, int tw, int th, int sw, int* hist) {
     PIXEL_XY(tw, th)
