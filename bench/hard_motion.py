@@ -259,7 +259,7 @@ def main() -> int:
                         file=sys.stderr,
                     )
     if pipeline_rows:
-        print("\n| clip | sequence | occlusion rule | PSNR (dB) | warp error | seconds |")
+        print("\n| clip | sequence | variant | PSNR (dB) | warp error | seconds |")
         print("|---|---|---|---|---|---|")
         for row in pipeline_rows:
             print("| {} | {} | {} | {:.2f} | {:.2f} | {:.0f} |".format(*row))

@@ -16,10 +16,10 @@ from rerender.native.params import SynthResult
 @dataclass(frozen=True)
 class BlendParams:
     """`poisson`: fuse the gradients of the selected propagation with the histogram blend (the authors' `-ps`,
-    on by default there and here); `poisson_weights`: the gradient rows' weights w for L, a, b (the squared
+    on by default there, off here: README, *Hard motion*); `poisson_weights`: the gradient rows' weights w for L, a, b (the squared
     objective carries w², see `poisson_fuse`); `gradient_clip`: forward differences are clipped to this."""
 
-    poisson: bool = True
+    poisson: bool = False
     poisson_weights: tuple[float, float, float] = (2.5, 0.5, 0.5)
     gradient_clip: float = 100.0
 

@@ -197,8 +197,8 @@ def _selected_gradients(a: np.ndarray, b: np.ndarray, mask: np.ndarray) -> tuple
     return np.clip(gx, -100, 100), np.clip(gy, -100, 100)
 
 
-def test_poisson_fusion_is_on_by_default():
-    assert BlendParams().poisson
+def test_poisson_fusion_is_off_by_default():
+    assert not BlendParams().poisson
 
 
 @pytest.mark.parametrize(

@@ -275,11 +275,11 @@ def test_frames_renderer_rejects_a_keyframe_of_another_shape(tmp_path):
         filt.push(clip(1)[0])
 
 
-def test_poisson_fusion_is_on_by_default_and_no_poisson_turns_it_off():
+def test_poisson_fusion_is_off_by_default_and_poisson_turns_it_on():
     from rerender.filter.job import parse_run_options
 
-    assert PropagationOptions().poisson
+    assert not PropagationOptions().poisson
     base = ["-i", "in.mp4", "-o", "out.mp4"]
-    assert parse_run_options(base).filter.propagation.poisson
+    assert not parse_run_options(base).filter.propagation.poisson
     assert parse_run_options([*base, "--poisson"]).filter.propagation.poisson
     assert not parse_run_options([*base, "--no-poisson"]).filter.propagation.poisson
