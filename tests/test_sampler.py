@@ -17,6 +17,7 @@ from rerender.engines.tokenizer import clip_tokenizer
 from rerender.engines.torch_backend import torch_networks
 from rerender.filter.sampler import fusion
 from rerender.filter.sampler.color import color_correct
+from rerender.filter.sampler.ddim import Constraint, Window
 from rerender.filter.sampler.keyframe import (
     AnchorState,
     Conditioning,
@@ -418,3 +419,61 @@ def test_color_correction_moves_colours_and_keeps_luminosity():
     assert np.abs(out.astype(float) @ lum - frame.astype(float) @ lum).mean() < 2.0
     lab = [cv2.cvtColor(im, cv2.COLOR_RGB2LAB).reshape(-1, 3).mean(0) for im in (frame, target, out)]
     assert abs(lab[2][1] - lab[1][1]) < abs(lab[0][1] - lab[1][1])  # the a* channel moved toward the target
+
+
+class StepLog(Constraint):
+    """A user-written constraint: logs each hook call with its step; `scale` multiplies x̂0 (1 keeps it)."""
+
+    def __init__(self, window: Window, scale: float = 1.0):
+        self.window, self.scale = window, scale
+        self.calls: list[tuple[str, int]] = []
+        self.masks: list[list[float]] = []
+
+    def before_unet(self, step, inputs):
+        self.calls.append(("before_unet", step.index))
+        self.masks.append(inputs.reference.mask.tolist())
+        return inputs
+
+    def after_unet(self, step, own_states):
+        assert len(own_states) == 9
+        self.calls.append(("after_unet", step.index))
+
+    def on_x0(self, step, x0):
+        self.calls.append(("on_x0", step.index))
+        return x0 * self.scale
+
+
+HOOKS = ("before_unet", "after_unet", "on_x0")
+
+
+def test_a_user_constraint_has_its_hooks_called_exactly_within_its_window(networks):
+    settings = SamplerSettings(steps=10, strength=0.75)  # entry step 10 − round(7.5) = 2
+    schedule = ddim_schedule(networks.schedule, 10)
+    cond, state = _cond(networks, _frame(8)), AnchorState()
+
+    def anchor_pass(extra=()):
+        generator = torch.Generator().manual_seed(3)
+        return run_pass(networks, schedule, settings, cond, state, generator, "anchor", extra=extra)
+
+    plain_x, _, plain_evaluations = anchor_pass()
+    inclusive, strict = StepLog(Window(0.3, 0.6)), StepLog(Window(0.3, 0.6, strict=True))
+    early = StepLog(Window(0.0, 0.1))  # steps 0–1: before the SDEdit entry step, never reached
+    x, _, evaluations = anchor_pass([inclusive, strict, early])
+    assert inclusive.calls == [(hook, i) for i in (3, 4, 5, 6) for hook in HOOKS]
+    assert strict.calls == [(hook, i) for i in (4, 5) for hook in HOOKS]
+    assert early.calls == []
+    # Hooks that return what they were given change nothing; the anchor's UNet calls are plain attention.
+    assert evaluations == plain_evaluations == 16 and torch.equal(x, plain_x)
+    assert inclusive.masks == [[0.0] * 9] * 4
+    # What on_x0 returns is the x̂0 the step continues from.
+    last = StepLog(Window(0.9, 1.0), scale=0.0)
+    _, x0, _ = anchor_pass([last])
+    assert last.calls == [(hook, 9) for hook in HOOKS] and torch.equal(x0, torch.zeros_like(x0))
+    # In a later keyframe's pass a user constraint runs after the method's: it sees the cross-frame
+    # references (loose mode: the six narrower layers) that CrossFrameAttention set for the UNet call.
+    after = StepLog(Window(0.0, 1.0))
+    generator = torch.Generator().manual_seed(4)
+    begin = start_pass(networks, schedule, settings, cond, generator)
+    end = run_steps(networks, schedule, settings, cond, state, generator, "first", begin, 5, extra=[after])
+    assert after.calls == [(hook, i) for i in (2, 3, 4) for hook in HOOKS] and end.step == 5
+    assert after.masks == [[0.0] * 3 + [1.0] * 6] * 3

@@ -1,8 +1,8 @@
 """The constrained keyframe sampler: DDIM (eta 0) with SDEdit start, batched CFG and the hierarchical
 cross-frame constraints (docs/method.md §1, §2; docs/decisions.md 3–7).
 
-A plain function of the networks it is given (runtime.py contract; style.md practice 1): `render_anchor`
-and `render_keyframe` take the `Networks`, the per-keyframe inputs and the per-anchor `AnchorState`, and
+A plain function of the networks it is given (engines/runtime.py contract): `render_anchor` and
+`render_keyframe` take the `Networks`, the per-keyframe inputs and the per-anchor `AnchorState`, and
 return the image plus the number of UNet+ControlNet image-evaluations they spent.
 
 Keyframe = two passes (method §2.5). Pass 1 supplies the *direct* image of the pixel-fusion
@@ -12,26 +12,37 @@ passes continue from a copy of its state (docs/decisions.md 13): pass 1 from the
 pass-1 result exactly, with (branch − entry) fewer steps. `direct_image="branch-x0"` instead takes the x̂0
 predicted at the last shared step as the direct image and does not finish pass 1. When the composite cannot
 show the direct image at all (one warp sees every pixel), no pass 1 is needed and none runs.
+
+Every pass is plain DDIM (ddim.py) plus a list of constraint objects (constraints.py): `anchor_constraints`
+and `keyframe_constraints` say which constraints a pass carries; callers may append their own.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
 
-from ...engines.runtime import (
-    ControlResiduals,
-    CrossFrameMode,
-    Networks,
-    ReferenceStates,
-    cross_frame_mask,
-    sample_posterior,
-)
+from ...engines.runtime import CrossFrameMode, Networks, sample_posterior
 from . import fusion
-from .schedule import DdimSchedule, ddim_schedule, in_window
+from .constraints import (
+    AdaIN,
+    AnchorState,
+    CrossFrameAttention,
+    CrossFrameLayers,
+    PixelFusion,
+    PixelGuide,
+    RecordAnchorX0,
+    RecordAttention,
+    RecordColourStats,
+    ShapeFusion,
+    ShapeGuide,
+)
+from .ddim import Conditioning, Constraint, PassState, Window, ddim_steps, draw_noise
+from .schedule import DdimSchedule, ddim_schedule
 
 DirectImage = Literal["pass1", "branch-x0"]
 DIRECT_IMAGES: tuple[str, ...] = ("pass1", "branch-x0")
@@ -63,31 +74,6 @@ class SamplerSettings:
             )
 
 
-@dataclass
-class AnchorState:
-    """Everything recorded from one anchor and updated by later keyframes; a new one at every scene cut.
-
-    first[i] / previous[i]: per step index, the stored self-attention inputs of the cross-frame layers
-    (tuple over layers, each (2, N_l, C_l), per CFG branch); anchor_x0[i]: the anchor's x̂0 in the shape-fusion
-    window (method §2.2); adain[i]: the anchor's x̂0 channel mean/std in the AdaIN window (method §2.6).
-    """
-
-    first: dict[int, tuple[torch.Tensor, ...]] = field(default_factory=dict)
-    previous: dict[int, tuple[torch.Tensor, ...]] = field(default_factory=dict)
-    anchor_x0: dict[int, torch.Tensor] = field(default_factory=dict)
-    adain: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Conditioning:
-    """Per-keyframe network inputs: text embeddings (2, 77, D) = [negative; positive]; one control image
-    (1, 3, H, W) in [0, 1] per ControlNet; the VAE moments (1, 8, h, w) of the SDEdit source."""
-
-    text_embeddings: torch.Tensor
-    control_images: tuple[torch.Tensor, ...]
-    moments: torch.Tensor
-
-
 @dataclass(frozen=True)
 class FlowGuide:
     """Flow data of a non-anchor keyframe (backward flows (1, 2, H, W) in pixels, occlusions (1, 1, H, W)),
@@ -99,19 +85,6 @@ class FlowGuide:
     occluded_previous: torch.Tensor
     anchor_output: torch.Tensor
     previous_output: torch.Tensor
-
-
-@dataclass(frozen=True)
-class ShapeGuide:
-    flow_lat: torch.Tensor
-    mask: torch.Tensor
-
-
-@dataclass(frozen=True)
-class PixelGuide:
-    target: torch.Tensor  # x_trg · Mp (1, 4, h, w)
-    weight: torch.Tensor  # Mp · mask_strength
-    rescale: torch.Tensor | None
 
 
 @dataclass(frozen=True)
@@ -146,70 +119,6 @@ def decode(networks: Networks, latent: torch.Tensor) -> torch.Tensor:
     return networks.vae_decoder(latent / networks.scaling_factor).float()
 
 
-def _randn(shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    noise = torch.randn(shape, generator=generator, device=generator.device, dtype=torch.float32)
-    return noise.to(device=like.device, dtype=like.dtype)
-
-
-def _control(networks: Networks, sample, timestep, text_embeddings, images) -> ControlResiduals | None:
-    total = None
-    for (controlnet, scale), image in zip(networks.controlnets, images, strict=True):
-        scale_t = torch.tensor([scale], dtype=torch.float32, device=networks.device)
-        residuals = controlnet(sample, timestep, text_embeddings, image, scale_t)
-        total = residuals if total is None else total + residuals
-    return total
-
-
-class _References:
-    """Builds each step's ReferenceStates from the AnchorState (zeros for layers that do not take part)."""
-
-    def __init__(
-        self, networks: Networks, state: AnchorState, mode: CrossFrameMode, latent_hw: tuple[int, int]
-    ):
-        self.layers = networks.unet.layers
-        self.mask = cross_frame_mask(self.layers, mode).to(networks.device)
-        self.active = [bool(m) for m in self.mask.tolist()]
-        self.state = state
-        h, w = latent_hw
-        self.zeros = tuple(
-            torch.zeros(
-                2, 2 * layer.tokens(h, w), layer.channels, device=networks.device, dtype=networks.dtype
-            )
-            for layer in self.layers
-        )
-        self.disabled = ReferenceStates(self.zeros, torch.zeros_like(self.mask))
-        self.storage_dtype = networks.storage_dtype
-
-    def at(self, step: int, role: Role) -> ReferenceStates:
-        if role == "anchor" or not any(self.active) or step not in self.state.first:
-            return self.disabled
-        first, previous = self.state.first[step], self.state.previous[step]
-        states = []
-        slot = 0
-        for index, active in enumerate(self.active):
-            if active:
-                states.append(torch.cat([first[slot], previous[slot]], dim=1).to(self.zeros[index].dtype))
-                slot += 1
-            else:
-                states.append(self.zeros[index])
-        return ReferenceStates(tuple(states), self.mask)
-
-    def keep(self, own: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        return tuple(s.to(self.storage_dtype) for s, active in zip(own, self.active, strict=True) if active)
-
-
-@dataclass(frozen=True)
-class PassState:
-    """A DDIM pass at the start of step `step`: the running latent x, the previous step's direction
-    √(1 − ᾱ)·ε̂ (x − dir = √ᾱ·x̂0), the last x̂0, and the image-evaluations spent so far."""
-
-    step: int
-    x: torch.Tensor
-    direction: torch.Tensor
-    x0: torch.Tensor
-    evaluations: int = 0
-
-
 def start_pass(
     networks: Networks,
     schedule: DdimSchedule,
@@ -221,11 +130,48 @@ def start_pass(
     source, then the SDEdit noise."""
     entry = schedule.entry(settings.strength)
     x0_source = sample_posterior(cond.moments, generator) * networks.scaling_factor
-    noise = _randn(x0_source.shape, generator, x0_source)
+    noise = draw_noise(x0_source.shape, generator, x0_source)
     alpha = schedule.alpha_bar[entry]
     x = fusion.q_sample(x0_source, alpha, noise)
     direction = math.sqrt(1.0 - alpha) * noise  # x − dir = √ᾱ·x0 at the entry step, as after a DDIM step
     return PassState(entry, x, direction, x0_source)
+
+
+def anchor_constraints(networks: Networks, settings: SamplerSettings, state: AnchorState) -> list[Constraint]:
+    """The anchor's pass records what later keyframes read (method §2): attention inputs, x̂0, x̂0 statistics."""
+    layers = CrossFrameLayers.of(networks, settings.cross_frame)
+    return [
+        *([RecordAttention(state, layers)] if layers is not None else []),
+        RecordAnchorX0(state, Window(*settings.shape_fusion), networks.storage_dtype),
+        RecordColourStats(state, Window(*settings.adain)),
+    ]
+
+
+def keyframe_constraints(
+    networks: Networks,
+    settings: SamplerSettings,
+    state: AnchorState,
+    generator: torch.Generator,
+    *,
+    shape: ShapeGuide | None = None,
+    pixel: PixelGuide | None = None,
+    update_previous: bool = False,
+) -> list[Constraint]:
+    """A later keyframe's constraints (method §2), in hook order: cross-frame attention (writing the
+    previous-keyframe states when `update_previous`), pixel-aware fusion with a `pixel` guide (pass 2, drawing
+    from `generator`), AdaIN, then shape-aware fusion with a `shape` guide (AdaIN acts first, method §2.6)."""
+    layers = CrossFrameLayers.of(networks, settings.cross_frame)
+    pixel_window = Window(*settings.pixel_fusion, strict=True)
+    return [
+        *([CrossFrameAttention(state, layers, update_previous)] if layers is not None else []),
+        *(
+            [PixelFusion(pixel, pixel_window, settings.inner_strength, generator)]
+            if pixel is not None
+            else []
+        ),
+        AdaIN(state, Window(*settings.adain)),
+        *([ShapeFusion(state, shape, Window(*settings.shape_fusion))] if shape is not None else []),
+    ]
 
 
 def run_steps(
@@ -242,55 +188,18 @@ def run_steps(
     shape: ShapeGuide | None = None,
     pixel: PixelGuide | None = None,
     update_previous: bool = False,
+    extra: Sequence[Constraint] = (),
 ) -> PassState:
-    """DDIM steps `begin.step` … `stop` − 1 from `begin` (not modified). The generator draws one q_sample
-    noise per pixel-fusion step."""
-    steps = schedule.steps
-    x, direction, x0 = begin.x, begin.direction, begin.x0
-    references = _References(networks, state, settings.cross_frame, tuple(x.shape[-2:]))
-    controls = tuple(
-        torch.cat([image, image]).to(networks.device, networks.dtype) for image in cond.control_images
-    )
-    evaluations = begin.evaluations
-    for i in range(begin.step, stop):
-        alpha, alpha_prev = schedule.alpha_bar[i], schedule.alpha_bar_prev[i]
-        if pixel is not None and in_window(i, steps, *settings.pixel_fusion, strict=True):
-            # method §2.3: pull the running latent toward the fused, fidelity-encoded target before the UNet call.
-            x_ref = fusion.q_sample(pixel.target, alpha, _randn(x.shape, generator, x))
-            x = fusion.pixel_fusion_step(
-                x, direction, x_ref, pixel.weight, settings.inner_strength, pixel.rescale
-            )
-        sample = torch.cat([x, x]).to(networks.dtype)
-        timestep = torch.full((2,), schedule.timesteps[i], device=networks.device, dtype=torch.int64)
-        control = _control(networks, sample, timestep, cond.text_embeddings, controls)
-        eps_both, own = networks.unet(sample, timestep, cond.text_embeddings, control, references.at(i, role))
-        evaluations += sample.shape[0]
-        eps_uncond, eps_cond = eps_both.float().chunk(2)
-        eps = eps_uncond + settings.cfg_scale * (eps_cond - eps_uncond)
-        if role == "anchor":
-            kept = references.keep(own)
-            if kept:
-                state.first[i] = kept
-                state.previous[i] = kept  # method §2.1: before the first update, previous is the anchor
-        elif update_previous:
-            kept = references.keep(own)
-            if kept:
-                state.previous[i] = kept
-        x = x.float()
-        x0 = (x - math.sqrt(1.0 - alpha) * eps) / math.sqrt(alpha)
-        if role == "anchor":
-            if in_window(i, steps, *settings.shape_fusion):
-                state.anchor_x0[i] = x0.to(networks.storage_dtype)
-            if in_window(i, steps, *settings.adain):
-                state.adain[i] = fusion.channel_stats(x0)
-        else:
-            if i in state.adain and in_window(i, steps, *settings.adain):
-                x0 = fusion.adain(x0, *state.adain[i])
-            if shape is not None and i in state.anchor_x0 and in_window(i, steps, *settings.shape_fusion):
-                x0 = fusion.shape_fusion(x0, state.anchor_x0[i].float(), shape.flow_lat, shape.mask)
-        direction = math.sqrt(1.0 - alpha_prev) * eps
-        x = math.sqrt(alpha_prev) * x0 + direction
-    return PassState(max(begin.step, stop), x, direction, x0, evaluations)
+    """DDIM steps `begin.step` … `stop` − 1 from `begin` (not modified) with the method's constraints of the
+    role (the anchor's recorders, or a later keyframe's constraints), then the `extra` ones. The generator
+    draws one q_sample noise per pixel-fusion step."""
+    if role == "anchor":
+        constraints = anchor_constraints(networks, settings, state)
+    else:
+        constraints = keyframe_constraints(
+            networks, settings, state, generator, shape=shape, pixel=pixel, update_previous=update_previous
+        )
+    return ddim_steps(networks, schedule, cond, begin, stop, [*constraints, *extra], settings.cfg_scale)
 
 
 def run_pass(
@@ -305,6 +214,7 @@ def run_pass(
     shape: ShapeGuide | None = None,
     pixel: PixelGuide | None = None,
     update_previous: bool = False,
+    extra: Sequence[Constraint] = (),
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One whole DDIM pass from the SDEdit entry step to the end.
 
@@ -314,7 +224,7 @@ def run_pass(
     begin = start_pass(networks, schedule, settings, cond, generator)
     end = run_steps(
         networks, schedule, settings, cond, state, generator, role, begin, schedule.steps,
-        shape=shape, pixel=pixel, update_previous=update_previous,
+        shape=shape, pixel=pixel, update_previous=update_previous, extra=extra,
     )  # fmt: skip
     return end.x, end.x0, end.evaluations
 
@@ -387,37 +297,33 @@ def render_keyframe(
     shape = ShapeGuide(
         fusion.latent_flow(guide.flow_to_anchor), fusion.shape_fusion_mask(guide.occluded_anchor)
     )
-    pixel_steps = [i for i in range(entry, steps) if in_window(i, steps, *settings.pixel_fusion, strict=True)]
+    pixel_window = Window(*settings.pixel_fusion, strict=True)
+    pixel_steps = [i for i in range(entry, steps) if pixel_window.contains(i, steps)]
     generator = _generator(seed)
+
+    def run(begin: PassState, stop: int, rng: torch.Generator, pixel: PixelGuide | None, update: bool):
+        constraints = keyframe_constraints(
+            networks, settings, state, rng, shape=shape, pixel=pixel, update_previous=update
+        )
+        return ddim_steps(networks, schedule, cond, begin, stop, constraints, settings.cfg_scale)
+
     begin = start_pass(networks, schedule, settings, cond, generator)
-
-    def finish(role: Role, start: PassState, rng: torch.Generator, pixel: PixelGuide | None) -> PassState:
-        return run_steps(
-            networks, schedule, settings, cond, state, rng, role, start, steps,
-            shape=shape, pixel=pixel, update_previous=update_previous and role == "second",
-        )  # fmt: skip
-
     if not pixel_steps:
         # No pixel-aware fusion step is reached: one constrained pass is the keyframe (the webUI's behaviour).
-        end = finish("second", begin, generator, None)
+        end = run(begin, steps, generator, None, update_previous)
         return KeyframeResult(decode(networks, end.x), end.evaluations, 1)
     if not composite_uses_direct(guide):
         direct = torch.zeros_like(guide.anchor_output)  # multiplied by 0 everywhere in the composite
-        end = finish("second", begin, generator, pixel_guide(networks, settings, guide, direct))
+        end = run(begin, steps, generator, pixel_guide(networks, settings, guide, direct), update_previous)
         return KeyframeResult(decode(networks, end.x), end.evaluations, 1)
-    branch = pixel_steps[0]
-    shared = run_steps(
-        networks, schedule, settings, cond, state, generator, "second", begin, branch,
-        shape=shape, update_previous=update_previous,
-    )  # fmt: skip
+    shared = run(begin, pixel_steps[0], generator, None, update_previous)
     if settings.direct_image == "pass1":
-        first = finish("first", shared, _branch(generator), None)
+        first = run(shared, steps, _branch(generator), None, False)
         direct = decode(networks, first.x)
         spent = first.evaluations  # includes the shared prefix
     else:
         direct = decode(networks, shared.x0)
         spent = shared.evaluations
-    second = finish(
-        "second", replace(shared, evaluations=0), generator, pixel_guide(networks, settings, guide, direct)
-    )
+    pixel = pixel_guide(networks, settings, guide, direct)
+    second = run(replace(shared, evaluations=0), steps, generator, pixel, update_previous)
     return KeyframeResult(decode(networks, second.x), spent + second.evaluations, 2, direct)
