@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..filter.errors import InputError, UsageError
+from .errors import EngineUsageError, ModelFileError
 
 CANNY_LOW, CANNY_HIGH = 50, 100
 
@@ -98,7 +98,7 @@ class HED:
         try:
             self.net.load_state_dict(_read_weights(weights, allow_pickle, "--control hed:"))
         except RuntimeError as error:
-            raise InputError(
+            raise ModelFileError(
                 f"--control hed:{weights} is not a ControlNet HED checkpoint ({error})"
             ) from None
         self.net.to(self.device).eval()
@@ -117,7 +117,7 @@ class Depth:
         from transformers import AutoModelForDepthEstimation
 
         if not (folder / "config.json").is_file():
-            raise InputError(
+            raise ModelFileError(
                 f"--control depth:{folder} is not a transformers depth-model folder (no config.json)"
             )
         self.name = f"depth:{folder}"
@@ -130,7 +130,7 @@ class Depth:
                 str(folder), local_files_only=True, use_safetensors=use_safetensors
             )
         except (OSError, ValueError) as error:
-            raise InputError(f"--control depth:{folder} could not be loaded ({error})") from None
+            raise ModelFileError(f"--control depth:{folder} could not be loaded ({error})") from None
         self.model.to(self.device).eval()
         pre = folder / "preprocessor_config.json"
         config = json.loads(pre.read_text()) if pre.is_file() else {}
@@ -170,26 +170,26 @@ class ControlVideo:
         import av
 
         if not path.is_file():
-            raise InputError(f"--control video:{path} does not exist; give a video of control images")
+            raise ModelFileError(f"--control video:{path} does not exist; give a video of control images")
         self.name = f"video:{path}"
         try:
             self._container = av.open(str(path))
         except av.error.FFmpegError as error:
-            raise InputError(f"--control video:{path} could not be opened ({error})") from None
+            raise ModelFileError(f"--control video:{path} could not be opened ({error})") from None
         self._frames = self._container.decode(video=0)
         self._index = -1
         self._current: np.ndarray | None = None
 
     def __call__(self, frame: np.ndarray, index: int) -> np.ndarray:
         if index < self._index:
-            raise InputError(
+            raise ModelFileError(
                 f"control video frames are read forward only; keyframe {index} came after {self._index}"
             )
         while self._index < index:
             try:
                 self._current = next(self._frames).to_ndarray(format="rgb24")
             except StopIteration:
-                raise InputError(
+                raise ModelFileError(
                     f"{self.name} has only {self._index + 1} frames; keyframe {index} needs frame {index}"
                 ) from None
             self._index += 1
@@ -208,20 +208,22 @@ def make_control(
         try:
             low, high = (int(v) for v in arg.split(","))
         except ValueError:
-            raise UsageError(
+            raise EngineUsageError(
                 f"--control canny:LOW,HIGH expects two integers, e.g. canny:50,100; got {spec!r}"
             ) from None
         if not 0 <= low <= high <= 255:
-            raise UsageError(f"--control canny thresholds must satisfy 0 <= LOW <= HIGH <= 255; got {spec!r}")
+            raise EngineUsageError(
+                f"--control canny thresholds must satisfy 0 <= LOW <= HIGH <= 255; got {spec!r}"
+            )
         return Canny(low, high)
     if kind in ("hed", "depth", "video") and not arg:
-        raise UsageError(f"--control {kind}: needs a path, e.g. --control {kind}:/path/to/file")
+        raise EngineUsageError(f"--control {kind}: needs a path, e.g. --control {kind}:/path/to/file")
     if kind == "hed":
         return HED(Path(arg), allow_pickle, device)
     if kind == "depth":
         return Depth(Path(arg), device)
     if kind == "video":
         return ControlVideo(Path(arg))
-    raise UsageError(
+    raise EngineUsageError(
         f"--control expects canny, canny:LOW,HIGH, hed:WEIGHTS, depth:FOLDER or video:PATH; got {spec!r}"
     )

@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 import cv2
 import numpy as np
 
-from ..filter.errors import UsageError
+from .errors import EngineUsageError
 
 # docs/method.md §3: the forward-backward check of UnFlow with the authors' constants.
 OCCLUSION_ALPHA = 0.01
@@ -77,7 +77,7 @@ def make_flow_estimator(spec: str) -> FlowEstimator:
     if name == "dis":
         preset = arg or "medium"
         if preset not in _DIS_PRESETS:
-            raise UsageError(
+            raise EngineUsageError(
                 f"--flow dis:PRESET expects a preset among {', '.join(_DIS_PRESETS)}; got {preset!r}"
             )
         return DISFlow(preset)  # type: ignore[arg-type]
@@ -85,10 +85,12 @@ def make_flow_estimator(spec: str) -> FlowEstimator:
         try:
             module = importlib.import_module(ESTIMATOR_MODULES[name])
         except ImportError as exc:
-            raise UsageError(f"the {name} flow estimator is not available in this build ({exc})") from None
+            raise EngineUsageError(
+                f"the {name} flow estimator is not available in this build ({exc})"
+            ) from None
         return module.make_estimator(arg or None)
     known = ", ".join(["dis", "dis:fast", "dis:ultrafast", *ESTIMATOR_MODULES])
-    raise UsageError(f"--flow expects one of {known}; got {spec!r}")
+    raise EngineUsageError(f"--flow expects one of {known}; got {spec!r}")
 
 
 def _grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..filter.errors import InputError, UsageError
+from .errors import EngineUsageError, ModelFileError
 
 PAD_MULTIPLE = 8
 ITERATIONS = 12
@@ -35,20 +35,20 @@ class RAFTFlow:
         try:
             from torchvision.models.optical_flow import raft_large, raft_small
         except ImportError as error:
-            raise UsageError(
+            raise EngineUsageError(
                 f"--flow raft needs torchvision, which is not installed ({error}); use --flow dis"
             ) from None
         state = _read_state(weights)
         stem = state.get("feature_encoder.convnormrelu.0.weight")
         if stem is None:
-            raise InputError(
+            raise ModelFileError(
                 f"--flow raft:{weights} has no feature_encoder weights; is it a torchvision RAFT file?"
             )
         model = raft_small() if stem.shape[0] == 32 else raft_large()
         try:
             model.load_state_dict(state)
         except RuntimeError as error:
-            raise InputError(f"--flow raft:{weights} does not fit torchvision's RAFT ({error})") from None
+            raise ModelFileError(f"--flow raft:{weights} does not fit torchvision's RAFT ({error})") from None
         self.model = model.to(device).eval()
         self.device = torch.device(device)
         self.iterations = iterations
@@ -74,5 +74,5 @@ class RAFTFlow:
 def make_estimator(arg: str | None) -> RAFTFlow:
     """`--flow raft:WEIGHTS`."""
     if not arg:
-        raise UsageError("--flow raft needs the weights' path: --flow raft:/path/to/raft_large.pth")
+        raise EngineUsageError("--flow raft needs the weights' path: --flow raft:/path/to/raft_large.pth")
     return RAFTFlow(Path(arg))

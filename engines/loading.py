@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from ..filter.errors import InputError
+from .errors import ModelFileError
 from .runtime import ScheduleConfig
 from .tokenizer import MAX_LENGTH, clip_tokenizer, folder_tokenizer, has_tokenizer_files
 
@@ -66,7 +66,7 @@ def safetensors_header(path: Path) -> dict | None:
     """The parsed JSON header when `path` is a safetensors file by content, None when it is not one.
 
     A file whose first bytes announce a safetensors header (a plausible length followed by `{`) but whose
-    header is not a valid one is an InputError: it is neither safetensors nor anything else we read."""
+    header is not a valid one is an ModelFileError: it is neither safetensors nor anything else we read."""
     size = path.stat().st_size
     with path.open("rb") as handle:
         prefix = handle.read(9)
@@ -85,7 +85,7 @@ def safetensors_header(path: Path) -> dict | None:
     if not isinstance(header, dict) or not all(
         _valid_tensor_entry(value, data) for key, value in header.items() if key != "__metadata__"
     ):
-        raise InputError(
+        raise ModelFileError(
             f"{path} starts like a safetensors file but its header is not valid; the file is damaged or "
             "truncated: download it again"
         )
@@ -126,13 +126,13 @@ def _tensors(state: object) -> dict[str, torch.Tensor]:
     return {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
 
 
-def pickle_refusal(flag: str, path: Path, allow_pickle_offered: bool = True) -> InputError:
+def pickle_refusal(flag: str, path: Path, allow_pickle_offered: bool = True) -> ModelFileError:
     how = (
         "pass --allow-pickle if you trust the file"
         if allow_pickle_offered
         else "--allow-pickle does not apply here"
     )
-    return InputError(
+    return ModelFileError(
         f"{flag} {path} is a pickle checkpoint that needs code to load (torch's tensor-only loader refused it), "
         f"and loading it runs arbitrary code; convert it to .safetensors or {how}"
     )
@@ -141,14 +141,14 @@ def pickle_refusal(flag: str, path: Path, allow_pickle_offered: bool = True) -> 
 def read_checkpoint(
     path: Path, allow_pickle: bool, flag_owner: str = "--model", allow_pickle_offered: bool = True
 ) -> dict[str, torch.Tensor]:
-    """The tensors of one weights file, decided by content (module docstring); InputError sentences."""
+    """The tensors of one weights file, decided by content (module docstring); ModelFileError sentences."""
     path = Path(path)
     if not path.exists():
-        raise InputError(
+        raise ModelFileError(
             f"{flag_owner} {path} does not exist; give a .safetensors file or a diffusers folder"
         )
     if not path.is_file():
-        raise InputError(f"{flag_owner} {path} is not a regular file; give a weights file")
+        raise ModelFileError(f"{flag_owner} {path} is not a regular file; give a weights file")
     try:
         if safetensors_header(path) is not None:
             from safetensors.torch import load_file
@@ -157,19 +157,19 @@ def read_checkpoint(
         elif _is_zip(path) or _starts_with_pickle_protocol(path):
             state = _torch_load(path, allow_pickle)
         else:
-            raise InputError(f"{path} is neither a safetensors file nor a PyTorch weights file")
+            raise ModelFileError(f"{path} is neither a safetensors file nor a PyTorch weights file")
     except NeedsCode:
         raise pickle_refusal(flag_owner, path, allow_pickle_offered) from None
-    except InputError as error:
-        raise InputError(f"{flag_owner} {error}") from None
+    except ModelFileError as error:
+        raise ModelFileError(f"{flag_owner} {error}") from None
     except Exception as error:  # a corrupt or foreign file: one sentence, no traceback
-        raise InputError(
+        raise ModelFileError(
             f"{flag_owner} {path} could not be read as a checkpoint ({_first_line(error)}); "
             "give a .safetensors or PyTorch weights file"
         ) from None
     tensors = _tensors(state)
     if not tensors:
-        raise InputError(f"{flag_owner} {path} holds no tensors; give a weights file")
+        raise ModelFileError(f"{flag_owner} {path} holds no tensors; give a weights file")
     return tensors
 
 
@@ -182,10 +182,10 @@ def folder_use_safetensors(folder: Path, flag: str) -> bool:
     for weights in safetensors:
         try:
             header = safetensors_header(weights)
-        except InputError as error:
-            raise InputError(f"{flag} {error}") from None
+        except ModelFileError as error:
+            raise ModelFileError(f"{flag} {error}") from None
         if header is None:
-            raise InputError(f"{flag} {weights} is named .safetensors but is not a safetensors file")
+            raise ModelFileError(f"{flag} {weights} is named .safetensors but is not a safetensors file")
     if safetensors:
         return True
     for weights in sorted(folder.glob("*.bin")):
@@ -197,14 +197,14 @@ def folder_use_safetensors(folder: Path, flag: str) -> bool:
                     warnings.simplefilter("ignore")
                     torch.load(str(weights), map_location="cpu", weights_only=True, mmap=_is_zip(weights))
         except pickle.UnpicklingError:
-            raise InputError(
+            raise ModelFileError(
                 f"{flag} {weights} is a pickle that needs code to load; the weights of a model folder are "
                 "only read tensor-only (--allow-pickle does not apply): convert them to .safetensors"
             ) from None
-        except InputError:
+        except ModelFileError:
             raise
         except Exception as error:
-            raise InputError(
+            raise ModelFileError(
                 f"{flag} {weights} could not be read as weights ({type(error).__name__})"
             ) from None
     return False
@@ -235,29 +235,29 @@ def _schedule(scheduler_config: Path, flag: str = "--model") -> ScheduleConfig:
     try:
         raw = json.loads(scheduler_config.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise InputError(f"{flag}: {scheduler_config} is not valid JSON ({error})") from None
+        raise ModelFileError(f"{flag}: {scheduler_config} is not valid JSON ({error})") from None
     return schedule_from_config(raw, f"{flag}: {scheduler_config}")
 
 
 def schedule_from_config(raw: object, where: str) -> ScheduleConfig:
     """`_schedule` on a parsed config; `where` starts every error sentence."""
     if not isinstance(raw, dict):
-        raise InputError(f"{where} is not a scheduler config (not a JSON object)")
+        raise ModelFileError(f"{where} is not a scheduler config (not a JSON object)")
     prediction = raw.get("prediction_type", "epsilon")
     if prediction != "epsilon":
-        raise InputError(
+        raise ModelFileError(
             f"{where} says prediction_type {prediction!r}; rerender renders epsilon-prediction SD1.5 models only "
             "(a v-prediction model would be rendered wrong)"
         )
     spacing = raw.get("timestep_spacing", "leading")
     if spacing != "leading":
-        raise InputError(
+        raise ModelFileError(
             f'{where} says timestep_spacing {spacing!r}; rerender samples with DDIM\'s "leading" spacing '
             '(t = 951, 901, ..., 1 at 20 steps) only: set "timestep_spacing": "leading" there to render '
             "the model that way"
         )
     if raw.get("rescale_betas_zero_snr"):
-        raise InputError(
+        raise ModelFileError(
             f"{where} says rescale_betas_zero_snr; rerender's DDIM uses the unrescaled schedule only"
         )
     defaults = ScheduleConfig()
@@ -271,22 +271,22 @@ def schedule_from_config(raw: object, where: str) -> ScheduleConfig:
             set_alpha_to_one=bool(raw.get("set_alpha_to_one", defaults.set_alpha_to_one)),
         )
     except (TypeError, ValueError) as error:
-        raise InputError(f"{where} has a value of the wrong type ({error})") from None
+        raise ModelFileError(f"{where} has a value of the wrong type ({error})") from None
     if config.beta_schedule not in SUPPORTED_BETA_SCHEDULES:
-        raise InputError(
+        raise ModelFileError(
             f"{where} says beta_schedule {config.beta_schedule!r}; rerender supports "
             f"{' or '.join(SUPPORTED_BETA_SCHEDULES)}"
         )
     if config.num_train_timesteps != 1000:
-        raise InputError(
+        raise ModelFileError(
             f"{where} says num_train_timesteps {config.num_train_timesteps}; SD1.5 models are trained with 1000"
         )
     if not 0.0 < config.beta_start < config.beta_end < 1.0:
-        raise InputError(
+        raise ModelFileError(
             f"{where} needs 0 < beta_start < beta_end < 1; got {config.beta_start} and {config.beta_end}"
         )
     if config.steps_offset not in (0, 1):
-        raise InputError(f"{where} says steps_offset {config.steps_offset}; rerender supports 0 or 1")
+        raise ModelFileError(f"{where} says steps_offset {config.steps_offset}; rerender supports 0 or 1")
     return config
 
 
@@ -309,13 +309,13 @@ def check_tokenizer(tokenizer, text_encoder, what: str):
     middle of the first keyframe otherwise), or a text encoder with fewer than 77 positions."""
     vocab = int(text_encoder.config.vocab_size)
     if len(tokenizer) > vocab:
-        raise InputError(
+        raise ModelFileError(
             f"{what} has {len(tokenizer)} tokens but the text encoder only {vocab} embeddings; "
             "give the model's own tokenizer (a tokenizer/ folder with tokenizer.json, or vocab.json and merges.txt)"
         )
     positions = int(getattr(text_encoder.config, "max_position_embeddings", MAX_LENGTH))
     if positions < MAX_LENGTH:
-        raise InputError(
+        raise ModelFileError(
             f"{what}: the text encoder has {positions} positions; SD1.5 prompts take {MAX_LENGTH}"
         )
     return tokenizer
@@ -333,7 +333,9 @@ def _load_folder(folder: Path, local_only: bool, with_vae: bool = True):
     if local_only:
         for sub in subs:
             if not (folder / sub).is_dir():
-                raise InputError(f"--model {folder} is not a diffusers SD1.5 folder: it has no {sub}/ folder")
+                raise ModelFileError(
+                    f"--model {folder} is not a diffusers SD1.5 folder: it has no {sub}/ folder"
+                )
             use[sub] = folder_use_safetensors(folder / sub, "--model")
     try:
         common = {"local_files_only": local_only}
@@ -349,7 +351,7 @@ def _load_folder(folder: Path, local_only: bool, with_vae: bool = True):
             str(folder), subfolder="text_encoder", use_safetensors=use["text_encoder"], **common
         )
     except (OSError, ValueError, pickle.UnpicklingError) as error:
-        raise InputError(
+        raise ModelFileError(
             f"--model {folder} could not be loaded as a diffusers SD1.5 model ({_first_line(error)})"
         ) from None
     if local_only:
@@ -387,11 +389,11 @@ def _text_encoder_from_ldm(state: dict[str, torch.Tensor], config_dir: Path):
             key = key[len("text_model.") :]
         converted[key] = value
     if not converted:
-        raise InputError("the checkpoint has no CLIP text encoder (cond_stage_model.transformer.*)")
+        raise ModelFileError("the checkpoint has no CLIP text encoder (cond_stage_model.transformer.*)")
     missing, unexpected = model.load_state_dict(converted, strict=False)
     missing = [k for k in missing if "position_ids" not in k]
     if missing:
-        raise InputError(f"the checkpoint's text encoder lacks {len(missing)} weights, e.g. {missing[0]}")
+        raise ModelFileError(f"the checkpoint's text encoder lacks {len(missing)} weights, e.g. {missing[0]}")
     return model.eval()
 
 
@@ -399,7 +401,7 @@ def _check_layout(path: Path, state: dict[str, torch.Tensor], config_dir: Path) 
     """Compare a few weight shapes with the configs before building (a full SD1.5 UNet takes seconds)."""
     for sub in ("unet", "vae", "text_encoder"):
         if not (config_dir / sub / "config.json").is_file():
-            raise InputError(
+            raise ModelFileError(
                 f"--model-config {config_dir} has no {sub}/config.json; give a folder of diffusers-layout "
                 "component configs (unet/, vae/, text_encoder/, scheduler/)"
             )
@@ -416,7 +418,7 @@ def _check_layout(path: Path, state: dict[str, torch.Tensor], config_dir: Path) 
         checks.append((context, 1, unet["cross_attention_dim"], "text-embedding width"))
     for key, axis, expected, what in checks:
         if key in state and state[key].shape[axis] != expected:
-            raise InputError(
+            raise ModelFileError(
                 f"--model {path} does not match the SD1.5 layout of {config_dir}: its {what} is "
                 f"{state[key].shape[axis]}, the configs say {expected}; give its configs with --model-config DIR"
             )
@@ -427,11 +429,11 @@ def _load_single_file(path: Path, allow_pickle: bool, config_dir: Path, with_vae
 
     state = read_checkpoint(path, allow_pickle)
     if not any(k.startswith(LDM_UNET_PREFIX) for k in state):
-        raise InputError(
+        raise ModelFileError(
             f"--model {path} is not a single-file SD1.5 checkpoint (no model.diffusion_model.* weights)"
         )
     if with_vae and not any(k.startswith(LDM_VAE_PREFIX) for k in state):
-        raise InputError(
+        raise ModelFileError(
             f"--model {path} has no VAE weights (first_stage_model.*); give the VAE with --vae PATH "
             "(a diffusers VAE folder or a VAE file such as vae-ft-mse-840000-ema-pruned.safetensors)"
         )
@@ -448,7 +450,7 @@ def _load_single_file(path: Path, allow_pickle: bool, config_dir: Path, with_vae
             else None
         )
     except Exception as error:  # diffusers' conversion errors have no common base: one sentence each
-        raise InputError(
+        raise ModelFileError(
             f"--model {path} does not match the SD1.5 layout of {config_dir} ({_first_line(error)}); "
             "give the configs of its architecture with --model-config DIR"
         ) from None
@@ -478,7 +480,7 @@ def load_vae(spec: str, config_dir: Path, allow_pickle: bool):
     if path.is_dir():
         sub = "" if (path / "config.json").is_file() else "vae"
         if not (path / sub / "config.json").is_file():
-            raise InputError(
+            raise ModelFileError(
                 f"--vae {path} is not a diffusers VAE folder (no config.json, no vae/config.json)"
             )
         use_safetensors = folder_use_safetensors(path / sub, "--vae")
@@ -487,11 +489,11 @@ def load_vae(spec: str, config_dir: Path, allow_pickle: bool):
                 str(path), subfolder=sub or None, local_files_only=True, use_safetensors=use_safetensors
             ).eval()
         except (OSError, ValueError, pickle.UnpicklingError) as error:
-            raise InputError(
+            raise ModelFileError(
                 f"--vae {path} could not be loaded as a diffusers VAE ({_first_line(error)})"
             ) from None
     if not path.exists():
-        raise InputError(
+        raise ModelFileError(
             f"--vae {path} does not exist; give a diffusers VAE folder or a VAE .safetensors file"
         )
     state = read_checkpoint(path, allow_pickle, "--vae")
@@ -506,7 +508,7 @@ def load_vae(spec: str, config_dir: Path, allow_pickle: bool):
                 state, config=str(config_dir), subfolder="vae", local_files_only=True
             )
     except Exception as error:  # conversion errors of every kind: one sentence
-        raise InputError(
+        raise ModelFileError(
             f"--vae {path} is not a VAE of the layout in {config_dir / 'vae'} ({_first_line(error)})"
         ) from None
     return vae.eval()
@@ -562,7 +564,7 @@ def apply_lora(unet, text_encoder, path: Path, scale: float, allow_pickle: bool 
     state = read_checkpoint(path, allow_pickle, "--lora")
     groups = _lora_targets(state)
     if not groups:
-        raise InputError(
+        raise ModelFileError(
             f"--lora {path} has no LoRA weights in a known layout (kohya lora_unet_* or diffusers)"
         )
     indexes = {
@@ -574,10 +576,10 @@ def apply_lora(unet, text_encoder, path: Path, scale: float, allow_pickle: bool 
     changed = 0
     for (net, name), parts in groups.items():
         if "down" not in parts or "up" not in parts:
-            raise InputError(f"--lora {path}: {name} has no down/up pair")
+            raise ModelFileError(f"--lora {path}: {name} has no down/up pair")
         module = indexes[(net, "." not in name)].get(name)
         if module is None:
-            raise InputError(f"--lora {path}: layer {name} is not in this model (is the LoRA for SD1.5?)")
+            raise ModelFileError(f"--lora {path}: layer {name} is not in this model (is the LoRA for SD1.5?)")
         down, up = parts["down"].float(), parts["up"].float()
         rank = down.shape[0]
         alpha = float(parts["alpha"]) if "alpha" in parts else float(rank)
@@ -586,7 +588,7 @@ def apply_lora(unet, text_encoder, path: Path, scale: float, allow_pickle: bool 
         else:
             delta = up @ down
         if delta.shape != module.weight.shape:
-            raise InputError(
+            raise ModelFileError(
                 f"--lora {path}: {name} has shape {tuple(delta.shape)}, the model {tuple(module.weight.shape)}"
             )
         with torch.no_grad():
@@ -611,7 +613,7 @@ def load_controlnet(spec: str, allow_pickle: bool):
                 str(path), local_files_only=True, use_safetensors=use_safetensors
             ).eval()
         except (OSError, ValueError, pickle.UnpicklingError) as error:
-            raise InputError(
+            raise ModelFileError(
                 f"--controlnet {path} could not be loaded as a diffusers ControlNet ({_first_line(error)})"
             ) from None
     if path.exists() or path.suffix or not re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
@@ -621,13 +623,13 @@ def load_controlnet(spec: str, allow_pickle: bool):
                 state, config=str(CONTROLNET_CONFIGS), local_files_only=True
             ).eval()
         except Exception as error:  # diffusers' conversion errors have no common base: one sentence each
-            raise InputError(
+            raise ModelFileError(
                 f"--controlnet {path} is not an SD1.5 ControlNet checkpoint ({_first_line(error)})"
             ) from None
     try:  # a hub id (needs a network)
         return ControlNetModel.from_pretrained(spec).eval()
     except (OSError, ValueError) as error:
-        raise InputError(
+        raise ModelFileError(
             f"--controlnet {spec} is neither a local path nor a reachable hub id ({_first_line(error)})"
         ) from None
 
@@ -689,19 +691,19 @@ def _load_bundle(model, loras, controlnets, allow_pickle, config_dir, vae_spec) 
                 model, subfolder="tokenizer", model_max_length=MAX_LENGTH
             )
         except (OSError, ValueError) as error:
-            raise InputError(
+            raise ModelFileError(
                 f"--model {model}: its tokenizer could not be loaded ({_first_line(error)})"
             ) from None
         check_tokenizer(tokenizer, text_encoder, f"--model {model}: its tokenizer")
         vae_configs = config_dir
     else:
-        raise InputError(
+        raise ModelFileError(
             f"--model {model} does not exist; give a diffusers folder, a .safetensors file or a hub id"
         )
     if vae_spec is not None:
         vae = load_vae(vae_spec, vae_configs, allow_pickle)
     if vae.config.latent_channels != unet.config.in_channels:
-        raise InputError(
+        raise ModelFileError(
             f"the VAE makes {vae.config.latent_channels}-channel latents but the UNet takes "
             f"{unet.config.in_channels}; give the VAE of an SD1.5 model"
         )

@@ -13,17 +13,17 @@ The sampler gets a `Networks` whose members are these callables and runs unchang
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import torch
 
+from .errors import BackendUnavailable
+from .export_format import TOKENIZER_DIR, ExportManifest
 from .runtime import ControlResiduals, Networks, ReferenceStates, ScheduleConfig, SelfAttentionLayer
-from .specs import NetworkSpec, Precision, network_precision
+from .specs import NetworkSpec
 
 TORCH_DTYPES = {
     "float32": torch.float32,
@@ -32,12 +32,6 @@ TORCH_DTYPES = {
     "int32": torch.int32,
     "bool": torch.bool,
 }
-
-MANIFEST = "manifest.json"
-
-
-class BackendUnavailable(RuntimeError):
-    """A backend cannot serve on this machine or with these files; the message says why."""
 
 
 class GraphRunner(Protocol):
@@ -241,100 +235,6 @@ class GraphUNet:
         return out["noise"].to(self.dtype), tuple(out[n] for n in self.own_names)
 
 
-# --- the export directory: graphs + manifest -------------------------------------------------------------
-
-
-def source_identity(path: str) -> str:
-    """An absolute path for local files (so relative and absolute spellings match), else the hub id."""
-    p = Path(path)
-    return str(p.resolve()) if p.exists() else path
-
-
-@dataclass(frozen=True)
-class ExportManifest:
-    """What `rerender export` wrote into a directory (manifest.json), enough to serve without torch models.
-
-    `model`, `loras` (merged into the graphs, with scales) and `controlnets` (paths; their scales are
-    runtime inputs) identify the source; a run whose options differ is refused rather than served stale.
-    """
-
-    model: str
-    loras: tuple[tuple[str, float], ...]
-    controlnets: tuple[str, ...]
-    precision: Precision
-    min_size: tuple[int, int]
-    opt_size: tuple[int, int]
-    max_size: tuple[int, int]
-    unet_config: dict
-    hidden_size: int
-    scaling_factor: float
-    schedule: dict
-    graphs: dict  # network name -> file name
-
-    def save(self, directory: Path) -> Path:
-        from dataclasses import asdict
-
-        from ..export.cache import atomic_write
-
-        path = directory / MANIFEST
-        atomic_write(path, json.dumps(asdict(self), indent=1).encode())
-        return path
-
-    @staticmethod
-    def load(directory: Path) -> ExportManifest:
-        path = Path(directory) / MANIFEST
-        if not path.is_file():
-            raise BackendUnavailable(
-                f"{directory} has no {MANIFEST}; create it with `rerender export --onnx-only --out {directory}`"
-            )
-        data = json.loads(path.read_text())
-        return ExportManifest(
-            model=data["model"],
-            loras=tuple((p, float(s)) for p, s in data["loras"]),
-            controlnets=tuple(data["controlnets"]),
-            precision=data["precision"],
-            min_size=tuple(data["min_size"]),
-            opt_size=tuple(data["opt_size"]),
-            max_size=tuple(data["max_size"]),
-            unet_config=data["unet_config"],
-            hidden_size=int(data["hidden_size"]),
-            scaling_factor=float(data["scaling_factor"]),
-            schedule=data["schedule"],
-            graphs=data["graphs"],
-        )
-
-    def specs(self) -> dict[str, NetworkSpec]:
-        from .runtime import up_self_attention_layers
-        from .specs import controlnet_spec, text_encoder_spec, unet_spec, vae_decoder_spec, vae_encoder_spec
-
-        latent = self.unet_config.get("in_channels", 4)
-        specs = {
-            "text_encoder": text_encoder_spec(self.hidden_size),
-            "vae_encoder": vae_encoder_spec(latent),
-            "vae_decoder": vae_decoder_spec(latent),
-            "unet": unet_spec(self.unet_config, up_self_attention_layers(self.unet_config), self.hidden_size),
-        }
-        for i in range(len(self.controlnets)):
-            specs[f"controlnet_{i}"] = controlnet_spec(f"controlnet_{i}", self.unet_config, self.hidden_size)
-        return {
-            name: spec.with_dtype(network_precision(name, self.precision)) for name, spec in specs.items()
-        }
-
-    def check_matches(
-        self, model: str, loras: tuple[tuple[str, float], ...], controlnets: tuple[str, ...]
-    ) -> None:
-        """Refuse graphs exported from another model, LoRA set or ControlNet set (never serve them stale)."""
-        want = (str(model), tuple((str(p), float(s)) for p, s in loras), tuple(str(c) for c in controlnets))
-        have = (self.model, self.loras, self.controlnets)
-        labels = ("model", "LoRA set", "ControlNet set")
-        for label, w, h in zip(labels, want, have, strict=True):
-            if w != h:
-                raise BackendUnavailable(
-                    f"the exported graphs were made for {label} {h!r}, not {w!r}; re-run `rerender export` "
-                    "with the same --model/--lora/--controlnet"
-                )
-
-
 def assemble_networks(
     manifest: ExportManifest,
     runners: Mapping[str, GraphRunner],
@@ -372,7 +272,7 @@ def load_tokenize(directory: Path):
 
     from .tokenizer import make_tokenize
 
-    return make_tokenize(CLIPTokenizer.from_pretrained(str(Path(directory) / "tokenizer")))
+    return make_tokenize(CLIPTokenizer.from_pretrained(str(Path(directory) / TOKENIZER_DIR)))
 
 
 def load_onnx_networks(

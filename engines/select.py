@@ -4,7 +4,7 @@
 above the chosen one the sentence that says why it was rejected ("TensorRT: no CUDA device"; "the
 processing canvas 1024x576 (height x width) is outside the exported sizes 256x256..960x960; re-export with
 --max-size 1024x960"), as xformers' `not_supported_reasons` does (style.md practice 4).
-An explicitly requested backend that cannot serve is a UsageError with that sentence. onnxruntime on the
+An explicitly requested backend that cannot serve is a EngineUsageError with that sentence. onnxruntime on the
 CPU is served when asked for (`--backend onnxruntime` without CUDA), never picked by `auto`: torch-CPU is
 the reference there (bench/backends.py compares the two).
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..filter.errors import UsageError
+from .errors import EngineUsageError
 
 BackendChoice = Literal["auto", "torch", "onnxruntime", "tensorrt"]
 BACKENDS: tuple[str, ...] = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -58,7 +58,8 @@ def _cuda_available() -> bool:
 
 def _graph_reason(name: str, engines: Path | None, request: Request) -> str | None:
     """Why the exported graphs in `engines` cannot serve `request` (None if they can)."""
-    from .onnx_backend import BackendUnavailable, ExportManifest, source_identity
+    from .errors import BackendUnavailable
+    from .export_format import ExportManifest, source_identity
     from .specs import SizeRange
 
     if engines is None:
@@ -84,7 +85,8 @@ def _graph_reason(name: str, engines: Path | None, request: Request) -> str | No
 def _size_misfit(engines: Path | None, request: Request) -> str | None:
     """The export's size sentence alone (None when there is no readable export or the size fits), so that a
     fallback for another reason still says whether the export would have served this run's canvas."""
-    from .onnx_backend import BackendUnavailable, ExportManifest
+    from .errors import BackendUnavailable
+    from .export_format import ExportManifest
     from .specs import SizeRange
 
     if engines is None or request.size is None:
@@ -144,11 +146,12 @@ def select_networks(
     load_torch: Callable[[], object],
 ) -> Selection:
     """Load the networks on the chosen backend; `load_torch` builds the torch backend's Networks."""
-    from .onnx_backend import BackendUnavailable, load_onnx_networks
+    from .errors import BackendUnavailable
+    from .onnx_backend import load_onnx_networks
     from .tensorrt_backend import load_tensorrt_networks
 
     if choice not in BACKENDS:
-        raise UsageError(f"--backend must be one of {', '.join(BACKENDS)}; got {choice!r}")
+        raise EngineUsageError(f"--backend must be one of {', '.join(BACKENDS)}; got {choice!r}")
     engines = Path(engines) if engines is not None else None
     scales = tuple(s for _, s in request.controlnets)
     rejected: list[str] = []
@@ -162,7 +165,7 @@ def select_networks(
             except BackendUnavailable as error:
                 reason = f"TensorRT: {error}"
         if choice == "tensorrt":
-            raise UsageError(f"--backend tensorrt cannot serve: {reason}")
+            raise EngineUsageError(f"--backend tensorrt cannot serve: {reason}")
         rejected.append(reason)
 
     if choice in ("auto", "onnxruntime"):
@@ -178,11 +181,11 @@ def select_networks(
         if choice == "onnxruntime":
             cpu_reason = _graph_reason("onnxruntime", engines, request)
             if cpu_reason is not None:
-                raise UsageError(f"--backend onnxruntime cannot serve: {cpu_reason}")
+                raise EngineUsageError(f"--backend onnxruntime cannot serve: {cpu_reason}")
             try:
                 networks = load_onnx_networks(engines, scales, "cpu")
             except BackendUnavailable as error:
-                raise UsageError(f"--backend onnxruntime cannot serve: {error}") from None
+                raise EngineUsageError(f"--backend onnxruntime cannot serve: {error}") from None
             return Selection("onnxruntime", "cpu", networks, (reason,))
         rejected.append(reason)
 

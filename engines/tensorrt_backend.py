@@ -26,7 +26,9 @@ from pathlib import Path
 
 import torch
 
-from .onnx_backend import BackendUnavailable, ExportManifest, assemble_networks, load_tokenize
+from .errors import BackendUnavailable
+from .export_format import EngineTarget, ExportManifest, recorded_engines
+from .onnx_backend import assemble_networks, load_tokenize
 from .runtime import Networks
 from .specs import NetworkSpec
 
@@ -341,38 +343,13 @@ class TensorRTSession:
 def engine_paths(
     directory: Path, manifest: ExportManifest, device: torch.device | str = "cuda"
 ) -> dict[str, Path]:
-    """The engines recorded for `device`'s GPU and this TensorRT version in `engines.json` (written by the
-    build): on a machine with two kinds of GPU, each device gets the engines built for it."""
-    import json
-
+    """The engines recorded for `device`'s GPU and this TensorRT version in the export folder's engine index
+    (engines/export_format.py): on a machine with two kinds of GPU, each device gets the engines built for
+    it."""
     import tensorrt as trt
 
-    index_path = directory / "engines.json"
-    if not index_path.is_file():
-        raise BackendUnavailable(
-            f"TensorRT: {directory} has ONNX graphs but no engines; run `rerender export` without --onnx-only "
-            "on this GPU"
-        )
-    index = json.loads(index_path.read_text())
     name, capability = gpu_identity(torch.device(device))
-    entry = index.get(f"{trt.__version__}|{name}|{capability[0]}.{capability[1]}")
-    if entry is None:
-        raise BackendUnavailable(
-            f"TensorRT: no engines in {directory} for {name} (sm {capability[0]}{capability[1]}) with TensorRT "
-            f"{trt.__version__}; build them with `rerender export --out {directory}`"
-        )
-    from ..export.cache import EngineCache
-
-    paths = {net: directory / file for net, file in entry.items()}
-    cache = EngineCache(directory / "engines")
-    # Size + sha256 against the sidecar: a truncated or damaged engine is never handed to TensorRT.
-    broken = [net for net in manifest.graphs if net not in paths or not cache.valid(paths[net])]
-    if broken:
-        raise BackendUnavailable(
-            f"TensorRT: engines for {broken} in {directory} are missing or damaged; re-run `rerender export` "
-            "to rebuild them"
-        )
-    return paths
+    return recorded_engines(directory, manifest, EngineTarget(trt.__version__, name, capability))
 
 
 def load_tensorrt_networks(

@@ -18,7 +18,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from ..filter.errors import InputError
+from .errors import ModelFileError
 
 BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
 MAX_LENGTH = 77
@@ -26,14 +26,14 @@ _MERGES = 49152 - 256 - 2  # the table's first line is a version header; CLIP ke
 
 
 def bpe_table_path() -> Path:
-    """Where the BPE table is; an InputError sentence when `open_clip_torch` is not installed."""
+    """Where the BPE table is; an ModelFileError sentence when `open_clip_torch` is not installed."""
     spec = importlib.util.find_spec("open_clip")
     if spec is not None and spec.submodule_search_locations:
         for location in spec.submodule_search_locations:
             path = Path(location) / BPE_FILE
             if path.is_file():
                 return path
-    raise InputError(
+    raise ModelFileError(
         "the CLIP tokenizer's BPE table was not found; install it with "
         "`pip install --no-deps open-clip-torch` (or use a diffusers model folder that has a tokenizer/ folder)"
     )
@@ -96,16 +96,16 @@ def has_tokenizer_files(folder: Path) -> bool:
 def folder_tokenizer(folder: Path, flag: str = "--model"):
     """The tokenizer saved in `folder` (a model's `tokenizer/`), in either standard form."""
     if not has_tokenizer_files(folder):
-        raise InputError(
+        raise ModelFileError(
             f"{flag} {folder} holds no tokenizer (tokenizer.json, or vocab.json and merges.txt); "
             "remove the empty folder to use the built-in SD1.5 CLIP tokenizer"
         )
     try:
         tokenizer = _load_fast(folder)
     except (OSError, ValueError, TypeError, KeyError, json.JSONDecodeError) as error:
-        raise InputError(f"{flag} {folder} could not be read as a tokenizer ({error})") from None
+        raise ModelFileError(f"{flag} {folder} could not be read as a tokenizer ({error})") from None
     if tokenizer.pad_token_id is None or tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
-        raise InputError(
+        raise ModelFileError(
             f"{flag} {folder} is a tokenizer without start, end and padding tokens; SD1.5 needs CLIP's "
             "<|startoftext|> and <|endoftext|>"
         )

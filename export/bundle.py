@@ -1,23 +1,18 @@
 """Export every network of a `ModelBundle` to ONNX, and optionally build TensorRT engines from them.
 
-Layout of an export directory:
-    manifest.json          what was exported (model, LoRA set, ControlNet set, sizes, precision, configs)
-    tokenizer/             the CLIP tokenizer, so the directory serves without the source model
-    text_encoder.onnx, vae_encoder.onnx, vae_decoder.onnx, unet.onnx, controlnet_<i>.onnx  (+ .onnx.data)
-    engines/               TensorRT engines (export/cache.py names), build logs, timing cache
-    engines.json           for each "TensorRT version|GPU name|compute capability": network -> engine file
+The layout of the export directory (manifest, tokenizer, graphs, engines/, engines.json) is
+engines/export_format.py's; the graphs are text_encoder, vae_encoder, vae_decoder, unet and controlnet_<i>.
 
 LoRA: merged into the weights at export (engines/loading.py merges them when the bundle is loaded), so the
 ONNX graphs are plain SD1.5 graphs any runtime can serve. On TensorRT the engines of the networks LoRA
 touches (UNet, text encoder) are built refittable: a different LoRA set or scale re-exports the ONNX (fast)
 and refits the existing engine from it instead of rebuilding (export/cache.py `refit_donor`). A runtime
-LoRA-scale input (StreamDiffusion's fix, ecosystem.md §1.2) would cost an extra matmul per layer per step
+LoRA-scale input (StreamDiffusion's fix) would cost an extra matmul per layer per step
 and a graph that depends on which layers the LoRA touches; a refit costs seconds once per change.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -25,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ..engines.onnx_backend import ExportManifest, source_identity
+from ..engines.export_format import MANIFEST, TOKENIZER_DIR, ExportManifest, source_identity
 from ..engines.runtime import up_self_attention_layers
 from ..engines.specs import (
     NetworkSpec,
@@ -106,7 +101,7 @@ def export_bundle(
     out.mkdir(parents=True, exist_ok=True)
     # A previous manifest goes first: an export that fails half-way leaves no manifest, so a mix of new
     # and old graphs is never served; the new manifest is written last.
-    (out / "manifest.json").unlink(missing_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
     modules = network_modules(bundle)
     exported = []
     for index, (name, (module, spec)) in enumerate(modules.items(), 1):
@@ -116,7 +111,7 @@ def export_bundle(
         graph = export_network(module, spec, out / f"{name}.onnx", TRACE_SIZE, precision)
         progress(f"[{index}/{len(modules)}] {name}: {graph.seconds:.1f} s, {graph.bytes / 1e6:.1f} MB")
         exported.append(graph)
-    bundle.tokenizer.save_pretrained(str(out / "tokenizer"))
+    bundle.tokenizer.save_pretrained(str(out / TOKENIZER_DIR))
     unet_config = {k: _jsonable(v) for k, v in dict(bundle.unet.config).items() if k in UNET_CONFIG_KEYS}
     manifest = ExportManifest(
         model=source_identity(model),
@@ -152,14 +147,15 @@ def build_engines(
     """Build (or load from the cache, or refit) one TensorRT engine per exported graph; update engines.json."""
     import tensorrt as trt
 
+    from ..engines.export_format import ENGINE_DIR, EngineKey, EngineTarget, profile_tuple, record_engines
     from ..engines.tensorrt_backend import gpu_identity
-    from .cache import EngineCache, EngineKey, atomic_write, profile_tuple
+    from .cache import EngineCache
     from .onnx_export import onnx_checksums
     from .tensorrt_build import BuildOptions, build_engine, refit_from_onnx, timing_cache_path
 
     gpu_name, capability = gpu_identity(device)
     sizes = SizeRange(manifest.min_size, manifest.opt_size, manifest.max_size)
-    engine_dir = out / "engines"
+    engine_dir = out / ENGINE_DIR
     cache = EngineCache(engine_dir)
     timing = timing_cache_path(engine_dir, gpu_name)
     paths: dict[str, Path] = {}
@@ -197,10 +193,5 @@ def build_engines(
         how = "refitted" if result.refitted_from else ("built" if result.built else "cached")
         progress(f"[{index}/{len(specs)}] TensorRT {name}: {how} in {time.perf_counter() - start:.1f} s")
         paths[name] = result.path
-    index_path = out / "engines.json"
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {}
-    index[f"{trt.__version__}|{gpu_name}|{capability[0]}.{capability[1]}"] = {
-        name: str(path.relative_to(out)) for name, path in paths.items()
-    }
-    atomic_write(index_path, json.dumps(index, indent=1).encode())
+    record_engines(out, EngineTarget(trt.__version__, gpu_name, capability), paths)
     return paths

@@ -16,8 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..engines.errors import UsageError
 from ..engines.specs import SizeRange
-from ..filter.errors import UsageError
 
 
 def _hw(size: tuple[int, int]) -> str:

@@ -9,7 +9,6 @@ intact). Every row that does not fit carries the sentence that says why. Never r
 from __future__ import annotations
 
 import importlib.util
-import json
 from pathlib import Path
 
 Row = tuple[
@@ -41,8 +40,8 @@ def _trt_version() -> str | None:
 
 
 def describe_engines(directory: str | Path) -> list[Row]:
-    from ..engines.onnx_backend import BackendUnavailable, ExportManifest
-    from .cache import EngineCache
+    from ..engines.errors import BackendUnavailable
+    from ..engines.export_format import ExportManifest, engine_intact, indexed_engine, read_engine_index
 
     directory = Path(directory)
     if not directory.is_dir():
@@ -83,17 +82,20 @@ def describe_engines(directory: str | Path) -> list[Row]:
             rows.append(
                 ("onnxruntime-cuda", "unavailable", f"onnxruntime-CUDA cannot serve them: {cuda_reason}", {})
             )
-    index_path = directory / "engines.json"
-    if not index_path.is_file():
+    try:
+        index = read_engine_index(directory)
+    except BackendUnavailable as error:
+        rows.append(("tensorrt engines", "error", str(error), {}))
+        return rows
+    if index is None:
         rows.append(
             ("tensorrt engines", "missing", "no TensorRT engines built (run `rerender export` on a GPU)", {})
         )
         return rows
-    index = json.loads(index_path.read_text())
     trt_version, gpu = _trt_version(), _current_gpu()
-    cache = EngineCache(directory / "engines")
-    for target, entry in sorted(index.items()):
-        version, gpu_name, capability = target.split("|")
+    for target, entry in sorted(index.items(), key=lambda item: item[0].key):
+        version, gpu_name = target.trt_version, target.gpu_name
+        capability = "{}.{}".format(*target.compute_capability)
         reasons = []
         if trt_version is None:
             reasons.append("tensorrt is not installed")
@@ -103,7 +105,11 @@ def describe_engines(directory: str | Path) -> list[Row]:
             reasons.append("no CUDA device")
         elif gpu != (gpu_name, capability):
             reasons.append(f"built for {gpu_name} (sm {capability}), this machine has {gpu[0]} (sm {gpu[1]})")
-        broken = [net for net, file in entry.items() if not cache.valid(directory / file)]
+        broken = [
+            net
+            for net, file in entry.items()
+            if (path := indexed_engine(directory, file)) is None or not engine_intact(path)
+        ]
         if broken:
             reasons.append(f"engines {broken} are missing or damaged (they will be rebuilt)")
         status = "ok" if not reasons else "unavailable"

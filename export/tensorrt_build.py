@@ -23,8 +23,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..engines.export_format import atomic_write
 from ..engines.specs import NetworkSpec, Precision, SizeRange
-from .cache import atomic_write
 
 
 class EngineBuildError(RuntimeError):

@@ -1,19 +1,10 @@
-"""Exceptions that the command line turns into one-line messages and exit statuses."""
+"""Exceptions that the command line turns into one-line messages and exit statuses.
 
+They are defined in engines/errors.py, the lowest layer that raises them (layers point down only:
+native <- engines <- export <- filter), so the runtime's own errors (`ModelFileError`, `EngineUsageError`)
+are `InputError`s and `UsageError`s here too; filter code raises `UsageError` and `InputError`.
+"""
 
-class RerenderError(Exception):
-    """Base class: the message is one sentence that says what was expected and how to fix it."""
+from ..engines.errors import EngineUsageError, InputError, ModelFileError, RerenderError, UsageError
 
-    exit_status = 1
-
-
-class UsageError(RerenderError):
-    """A wrong flag or an impossible value (exit status 2)."""
-
-    exit_status = 2
-
-
-class InputError(RerenderError):
-    """Bad input media or a missing/unusable model file (exit status 2)."""
-
-    exit_status = 2
+__all__ = ["EngineUsageError", "InputError", "ModelFileError", "RerenderError", "UsageError"]

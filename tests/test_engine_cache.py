@@ -7,8 +7,20 @@ import json
 import os
 
 import pytest
+from rerender.engines.errors import BackendUnavailable
+from rerender.engines.export_format import (
+    ENGINE_DIR,
+    ENGINE_INDEX,
+    EngineKey,
+    EngineTarget,
+    atomic_write,
+    profile_tuple,
+    read_engine_index,
+    record_engines,
+    recorded_engines,
+)
 from rerender.engines.specs import SizeRange, unet_spec
-from rerender.export.cache import EngineCache, EngineKey, atomic_write, profile_tuple
+from rerender.export.cache import EngineCache
 from tiny_models import UNET_CONFIG
 
 
@@ -167,3 +179,103 @@ def test_lora_change_refits_a_structurally_equal_engine(tmp_path):
     calls = build.calls
     cache.get_or_build(dataclasses.replace(fixed, loras=()), build, refit=refit)
     assert build.calls == calls + 1 and len(refits) == 1
+
+
+# --- engines.json: written by the exporter, read by the runtime and `rerender info`, one format ---------------
+
+
+def _manifest(graphs=("unet", "vae_decoder")):
+    from rerender.engines.export_format import ExportManifest
+
+    return ExportManifest(
+        model="m",
+        loras=(),
+        controlnets=(),
+        precision="fp16",
+        min_size=(64, 64),
+        opt_size=(64, 64),
+        max_size=(128, 128),
+        unet_config=dict(UNET_CONFIG),
+        hidden_size=32,
+        scaling_factor=0.18215,
+        schedule={},
+        graphs={name: f"{name}.onnx" for name in graphs},
+    )
+
+
+def _engines(folder, target, networks=("unet", "vae_decoder")) -> dict:
+    cache = EngineCache(folder / ENGINE_DIR)
+    paths = {}
+    for net in networks:
+        key = _key(network=net, trt_version=target.trt_version, gpu_name=target.gpu_name)
+        paths[net] = cache.store(
+            dataclasses.replace(key, compute_capability=target.compute_capability), net.encode()
+        )
+    record_engines(folder, target, paths)
+    return paths
+
+
+def test_the_engine_index_is_written_and_read_through_one_format(tmp_path):
+    ada = EngineTarget("10.13.0", "NVIDIA GeForce RTX 4090", (8, 9))
+    ampere = EngineTarget("10.13.0", "NVIDIA A100-SXM4-80GB", (8, 0))
+    assert EngineTarget.parse(ada.key) == ada and ada.key == "10.13.0|NVIDIA GeForce RTX 4090|8.9"
+    first = _engines(tmp_path, ada)
+    second = _engines(tmp_path, ampere)
+    index = read_engine_index(tmp_path)
+    assert set(index) == {ada, ampere}  # a second GPU's set is added, the first one kept
+    assert recorded_engines(tmp_path, _manifest(), ada) == first
+    assert recorded_engines(tmp_path, _manifest(), ampere) == second
+    with pytest.raises(
+        BackendUnavailable, match=r"no engines in .* for NVIDIA H100 \(sm 90\) with TensorRT 10.13.0"
+    ):
+        recorded_engines(tmp_path, _manifest(), EngineTarget("10.13.0", "NVIDIA H100", (9, 0)))
+    first["unet"].write_bytes(b"trunc")  # damaged after the build: never handed to TensorRT
+    with pytest.raises(BackendUnavailable, match=r"engines for \['unet'\] .* missing or damaged"):
+        recorded_engines(tmp_path, _manifest(), ada)
+    with pytest.raises(BackendUnavailable, match="has ONNX graphs but no engines"):
+        recorded_engines(tmp_path / "empty", _manifest(), ada)
+
+
+@pytest.mark.parametrize("where", ["parent", "absolute", "symlink"])
+def test_an_index_entry_that_leads_out_of_the_engines_folder_is_never_served(tmp_path, where):
+    from rerender.export.listing import describe_engines
+
+    target = EngineTarget("10.13.0", "NVIDIA GeForce RTX 4090", (8, 9))
+    folder = tmp_path / "export"
+    paths = _engines(folder, target)
+    # An intact engine with its sidecar, outside the folder's engines/.
+    outside = EngineCache(tmp_path / "elsewhere").store(_key(network="unet"), b"someone else's engine")
+    entry = {"vae_decoder": str(paths["vae_decoder"].relative_to(folder))}
+    if where == "parent":
+        entry["unet"] = "engines/../../elsewhere/" + outside.name
+    elif where == "absolute":
+        entry["unet"] = str(outside)
+    else:
+        link = folder / ENGINE_DIR / "link.plan"
+        link.symlink_to(outside)
+        link.with_suffix(".json").symlink_to(outside.with_suffix(".json"))
+        entry["unet"] = "engines/link.plan"
+    (folder / ENGINE_INDEX).write_text(json.dumps({target.key: entry}))
+    _manifest().save(folder)
+    with pytest.raises(BackendUnavailable, match=r"engines for \['unet'\] .* missing or damaged"):
+        recorded_engines(folder, _manifest(), target)
+    (row,) = [r for r in describe_engines(folder) if r[0].startswith("tensorrt ")]
+    assert row[1] == "unavailable" and "engines ['unet'] are missing or damaged" in row[2]
+
+
+@pytest.mark.parametrize(
+    "index",
+    ["[]", "{", '{"10.13.0|gpu": {}}', '{"10.13.0|gpu|8.x": {}}', '{"10.13.0|gpu|8.9": {"unet": 3}}'],
+)
+def test_an_engine_index_this_format_never_writes_is_one_sentence(tmp_path, index):
+    from rerender.export.listing import describe_engines
+
+    (tmp_path / ENGINE_INDEX).write_text(index)
+    with pytest.raises(
+        BackendUnavailable, match=r"engines.json cannot be read \(.*\); re-run `rerender export"
+    ):
+        read_engine_index(tmp_path)
+    # `rerender info --engines` shows it as a row and never raises.
+    _manifest().save(tmp_path)
+    rows = describe_engines(tmp_path)
+    assert ("tensorrt engines", "error") == rows[-1][:2] and "cannot be read" in rows[-1][2]

@@ -186,6 +186,22 @@ def test_missing_and_foreign_models_are_sentences(tmp_path):
         loading.load_bundle(str(bogus))
 
 
+def test_the_runtime_raises_its_own_errors_and_they_keep_exit_status_2(tmp_path):
+    """engines/ raises the classes of engines/errors.py (it imports nothing from the filter); they are the
+    filter's InputError and UsageError, so the command line still prints one line and exits with 2."""
+    from rerender.engines.errors import EngineUsageError, ModelFileError
+    from rerender.engines.flow import make_flow_estimator
+
+    with pytest.raises(ModelFileError, match="does not exist") as caught:
+        loading.load_bundle(str(tmp_path / "nothing.safetensors"))
+    assert isinstance(caught.value, InputError) and caught.value.exit_status == 2
+    with pytest.raises(EngineUsageError, match="--control expects") as caught:
+        control.make_control("sketch")
+    assert isinstance(caught.value, UsageError) and caught.value.exit_status == 2
+    with pytest.raises(EngineUsageError, match="--flow expects"):
+        make_flow_estimator("nonsense")
+
+
 # --- control hints -----------------------------------------------------------------------------------------
 
 

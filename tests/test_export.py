@@ -11,8 +11,8 @@ import onnxruntime as ort
 import pytest
 import tiny_models
 import torch
+from rerender.engines.export_format import ExportManifest
 from rerender.engines.loading import load_bundle
-from rerender.engines.onnx_backend import ExportManifest
 from rerender.engines.specs import SizeRange, vae_decoder_spec
 from rerender.export.bundle import ExportPlan, export_bundle
 from rerender.export.graphs import VaeDecoderGraph
