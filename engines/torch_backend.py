@@ -27,11 +27,9 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from .errors import EngineUsageError
+        from ..filter.errors import UsageError
 
-        raise EngineUsageError(
-            f"--device {name} asks for CUDA but torch sees no CUDA device; use --device cpu"
-        )
+        raise UsageError(f"--device {name} asks for CUDA but torch sees no CUDA device; use --device cpu")
     return device
 
 
@@ -89,10 +87,13 @@ class TorchControlNet:
 
 
 class CrossFrameUNet(nn.Module):
-    """UNet with cross-frame attention and a flat, export-friendly signature.
+    """UNet with cross-frame attention, callable two ways.
 
-    forward(sample, timestep, text_embeddings, *down_residuals (12), mid_residual, *reference_states (L),
-    reference_mask) -> (noise, *own_states (L)); shapes in runtime.py.
+    `predict(sample, timestep, text_embeddings, control, reference) -> (noise, own_states)` is the runtime
+    contract's UNet call (runtime.py), with named, structured inputs. `forward` is the same network with the
+    flat tensor signature of `engines.specs.unet_spec`, which ONNX export traces: sample, timestep,
+    text_embeddings, the ControlNet residuals (12 down and the mid one; a single empty tensor when there is
+    no ControlNet), the L reference states, reference_mask -> (noise, *own_states (L)).
     """
 
     def __init__(self, unet, layers: Sequence[SelfAttentionLayer]):
@@ -109,62 +110,78 @@ class CrossFrameUNet(nn.Module):
             processors[layer.name] = CrossFrameAttnProcessor(index, self.exchange)
         unet.set_attn_processor(processors)
 
-    def forward(self, sample, timestep, text_embeddings, *rest):
+    def forward(self, sample, timestep, text_embeddings, *graph_inputs):
+        control, reference = self.unflatten(graph_inputs)
+        noise, own = self.predict(sample, timestep, text_embeddings, control=control, reference=reference)
+        return (noise, *own)
+
+    def unflatten(
+        self, graph_inputs: Sequence[torch.Tensor]
+    ) -> tuple[ControlResiduals | None, ReferenceStates]:
+        """The flat inputs after text_embeddings, in spec order: residuals, then L states and the mask."""
         n_layers = len(self.layers)
-        n_down = len(rest) - 2 - n_layers
-        down, mid = rest[:n_down], rest[n_down]
-        states, mask = rest[n_down + 1 : n_down + 1 + n_layers], rest[-1]
-        self.exchange.reference = tuple(states)
-        self.exchange.mask = mask
+        residuals = tuple(graph_inputs[: -n_layers - 1])
+        states, mask = tuple(graph_inputs[-n_layers - 1 : -1]), graph_inputs[-1]
+        if len(residuals) == 1 and residuals[0].numel() == 0:
+            return None, ReferenceStates(states, mask)
+        if len(residuals) < 2:
+            raise ValueError(
+                f"expected the ControlNet residuals (down ones and the mid one) or one empty tensor, then "
+                f"{n_layers} reference states and the mask; got {len(graph_inputs)} tensors"
+            )
+        return ControlResiduals(residuals[:-1], residuals[-1]), ReferenceStates(states, mask)
+
+    def predict(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        text_embeddings: torch.Tensor,
+        control: ControlResiduals | None,
+        reference: ReferenceStates,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        n_layers = len(self.layers)
+        self.exchange.reference = tuple(reference.states)
+        self.exchange.mask = reference.mask
         self.exchange.own = [None] * n_layers
         noise = self.unet(
             sample,
             timestep,
             encoder_hidden_states=text_embeddings,
-            down_block_additional_residuals=list(down) if n_down else None,
-            mid_block_additional_residual=mid if n_down else None,
+            down_block_additional_residuals=None if control is None else list(control.down),
+            mid_block_additional_residual=None if control is None else control.mid,
             return_dict=False,
         )[0]
         own = tuple(self.exchange.own)
         self.exchange.reference, self.exchange.mask, self.exchange.own = (), None, [None] * n_layers
-        return (noise, *own)
+        return noise, own
 
 
 class TorchUNet:
-    """The `UNet` protocol over `CrossFrameUNet`."""
+    """The `UNet` protocol over `CrossFrameUNet.predict`."""
 
     def __init__(self, module: CrossFrameUNet):
         self.module = module
         self.layers = module.layers
 
     @torch.no_grad()
-    def __call__(self, sample, timestep, text_embeddings, control, reference: ReferenceStates):
+    def __call__(
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        text_embeddings: torch.Tensor,
+        control: ControlResiduals | None,
+        reference: ReferenceStates,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         if len(reference.states) != len(self.layers):
             raise ValueError(f"expected {len(self.layers)} reference states, got {len(reference.states)}")
         # Layers with mask 0 attend over their own tokens only (attention.py): same result, half the keys.
         self.module.exchange.plain = tuple(m == 0.0 for m in reference.mask.tolist())
         try:
-            return self._call(sample, timestep, text_embeddings, control, reference)
+            return self.module.predict(
+                sample, timestep, text_embeddings, control=control, reference=reference
+            )
         finally:
             self.module.exchange.plain = ()
-
-    def _call(self, sample, timestep, text_embeddings, control, reference: ReferenceStates):
-        if control is None:
-            # Without a ControlNet the residual inputs are omitted (diffusers adds nothing).
-            flat_control: tuple[torch.Tensor, ...] = (sample.new_zeros(0),)
-            flat = (*flat_control, *reference.states, reference.mask)
-            noise, *own = self.module(sample, timestep, text_embeddings, *flat)
-        else:
-            noise, *own = self.module(
-                sample,
-                timestep,
-                text_embeddings,
-                *control.down,
-                control.mid,
-                *reference.states,
-                reference.mask,
-            )
-        return noise, tuple(own)
 
 
 def _place(module, device: torch.device, dtype: torch.dtype):

@@ -477,3 +477,11 @@ def test_a_user_constraint_has_its_hooks_called_exactly_within_its_window(networ
     end = run_steps(networks, schedule, settings, cond, state, generator, "first", begin, 5, extra=[after])
     assert after.calls == [(hook, i) for i in (2, 3, 4) for hook in HOOKS] and end.step == 5
     assert after.masks == [[0.0] * 3 + [1.0] * 6] * 3
+
+
+def test_flat_unet_inputs_without_residuals_or_marker_are_refused(networks):
+    unet = networks.unet
+    sample, text, timestep = torch.zeros(2, 4, 8, 8), torch.zeros(2, 77, 32), torch.tensor([500, 500])
+    refs = ReferenceStates.disabled(unet.layers, 2, 8, 8, "cpu", torch.float32)
+    with pytest.raises(ValueError, match="ControlNet residuals .* or one empty tensor"):
+        unet.module(sample, timestep, text, *refs.states, refs.mask)
