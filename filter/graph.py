@@ -7,11 +7,14 @@ daemon all drive this one object.
 
 Per pushed frame: convert to 8 bit and to the propagation space; estimate the flow pair with the previous
 frame (both directions: it serves the scene-cut detector, the adaptive schedule, both propagation chains
-and the blend); let the schedule decide. A keyframe is rendered at the processing size
-(docs/decisions.md, decision 10) and closes the gap behind it: the frames since the previous
-keyframe are propagated from both sides (`propagation.propagate_gap`) and become ready, then the keyframe
-itself. A scene cut closes the gap at the frame before the cut (which becomes a keyframe) and makes the cut
-frame a new anchor: no propagation crosses it (decision 2). At the flush the last frame is a keyframe.
+and the blend); ask the keyframe schedule (schedule.py) which frames become keyframes. A keyframe is
+rendered at the processing size (docs/decisions.md, decision 10) and closes the gap behind it: the frames
+since the previous keyframe are propagated from both sides (`propagation.propagate_gap`) and become ready,
+then the keyframe itself. An anchor (the first keyframe of a scene) takes nothing from the keyframe before
+it: with scene cuts the schedule closes the gap at the frame before the cut (which becomes a keyframe) and
+makes the cut frame an anchor, so no propagation crosses it (decision 2). At the flush the schedule closes
+the frames left (uniform and adaptive: the last frame is a keyframe); frames after its last keyframe are
+propagated forward from it.
 
 Memory: the frames since the last keyframe (at most about K, or K * max_factor adaptive) with their flow
 pairs, plus one gap propagating in a background thread (`overlap`, so that the next keyframe renders
@@ -20,8 +23,6 @@ meanwhile) and the frames that wait for `pull()`; never proportional to the vide
 
 from __future__ import annotations
 
-import os
-import tempfile
 import threading
 import time
 from collections import deque
@@ -31,29 +32,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import cv2
 import numpy as np
 
 from ..engines.flow import FB_ONLY, FlowEstimator, FlowPair, OcclusionRule, estimate_pair, make_flow_estimator
-from .errors import InputError, UsageError
+from .errors import InputError
 from .frames import Frame
 from .geometry import Fit, ProcessingGeometry, to_depth, to_uint8
+from .keyframe_cache import KeyframeCache
 from .propagation import KeySide, PropagationOptions, Timings, propagate_gap
 from .renderers.base import KeyframeContext, KeyframeRenderer, RenderedKeyframe
 from .schedule import (
-    AdaptivePlanner,
-    Decision,
-    FixedSchedule,
     KeyframeSchedule,
     Motion,
+    Plan,
     ScheduleOptions,
     colour_histogram,
     histogram_distance,
+    make_schedule,
 )
 
 
 @dataclass(frozen=True)
 class FilterOptions:
+    # The uniform or adaptive schedule's settings; a `KeyframeSchedule` given to the Filter replaces them.
     schedule: ScheduleOptions = field(default_factory=ScheduleOptions)
     size: int = 512  # processing size: short side, a multiple of 64
     fit: Fit = "pad"
@@ -143,24 +144,20 @@ class Filter:
         keyframe_cache: Path | None = None,
         check_cancel: Callable[[], None] | None = None,
         on_progress: Callable[[], None] | None = None,
+        schedule: KeyframeSchedule | None = None,
     ):
         """`on_progress()` is called on the pushing thread when a keyframe starts rendering and every
-        PROGRESS_TICK seconds while that thread waits for a gap, so a caller can report `work()` then."""
+        PROGRESS_TICK seconds while that thread waits for a gap, so a caller can report `work()` then.
+        `schedule` decides where the keyframes go (a fresh one per stream; default: the uniform or
+        adaptive schedule of `options.schedule`)."""
         self.renderer = renderer
         self.options = options
+        self.schedule = schedule if schedule is not None else make_schedule(options.schedule)
         self._flow = flow if flow is not None else make_flow_estimator(options.flow)
         self._on_keyframe = on_keyframe
         self._on_warning = on_warning
-        self._cache = Path(keyframe_cache) if keyframe_cache is not None else None
-        if self._cache is not None:
-            self._cache.mkdir(parents=True, exist_ok=True)
+        self._cache = KeyframeCache(keyframe_cache) if keyframe_cache is not None else None
         self._check_cancel = check_cancel or (lambda: None)
-        indices = getattr(renderer, "keyframe_indices", None)
-        self._fixed = FixedSchedule(frozenset(indices)) if indices is not None else None
-        self._schedule = KeyframeSchedule(options.schedule)
-        sched = options.schedule
-        adaptive = sched.mode == "adaptive" and self._fixed is None
-        self._planner = AdaptivePlanner(sched.interval, sched.max_factor) if adaptive else None
         self.timings = Timings()
         self.keyframe_count = 0
         self.frames_in = 0
@@ -218,20 +215,13 @@ class Filter:
         started = time.perf_counter()
         image = self._space.to_processing(to_uint8(frame.image))
         self.timings.add("resize", time.perf_counter() - started)
-        decision, pair, motion = self._decide(frame, image)
-        entry = _Pending(frame, image, pair)
-        if decision is Decision.PROPAGATE:
-            if not self.options.propagate and self._planner is None:
-                self._pending.clear()  # keyframes only: keep just the newest frame (it may end the stream)
-            self._pending.append(entry)
-            if self._planner is not None:
-                position = self._planner.add(motion.cost if motion is not None else 0.0)
-                if position is not None:
-                    self._key_positions([position])
-            return
-        if decision is Decision.ANCHOR and self._last_key is not None:
-            self._close_scene()
-        self._key(entry, anchor=decision is Decision.ANCHOR)
+        pair, motion = self._motion(image)
+        self._pending.append(_Pending(frame, image, pair))
+        self._apply(self.schedule.decide(frame.index, motion))
+        lookback = self.schedule.lookback
+        if not self.options.propagate and lookback is not None:
+            # Keyframes only: keep just the frames the schedule may still make keyframes.
+            del self._pending[: max(0, len(self._pending) - lookback)]
 
     def pull(self) -> Frame:
         return self.pull_pair()[1]
@@ -307,27 +297,18 @@ class Filter:
         )
         self._dtype = frame.image.dtype
 
-    def _decide(self, frame: Frame, image: np.ndarray) -> tuple[Decision, FlowPair | None, Motion | None]:
-        previous = self._previous_image
-        self._previous_image = image
-        if self._fixed is not None:
-            pair = None
-            if previous is not None and self.options.propagate:
-                pair = self._estimate(previous, image)
-            if not self._fixed.is_keyframe(frame.index):
-                return Decision.PROPAGATE, pair, None
-            return (Decision.ANCHOR if self._last_key is None else Decision.KEYFRAME), pair, None
-        hist = colour_histogram(image) if self.options.schedule.scene_cuts else None
+    def _motion(self, image: np.ndarray) -> tuple[FlowPair | None, Motion | None]:
+        """The flow pair and the motion relating the previous frame to this one, when propagation or the
+        schedule needs them (None for the first frame)."""
+        previous, self._previous_image = self._previous_image, image
+        needs_motion = self.schedule.needs_motion
+        hist = colour_histogram(image) if needs_motion else None
         previous_hist, self._previous_hist = self._previous_hist, hist
-        if previous is None:
-            return self._schedule.decide(None), None, None
-        needs_pair = self.options.propagate or self._schedule.needs_motion
-        pair = self._estimate(previous, image) if needs_pair else None
-        motion = None
-        if pair is not None:
-            distance = histogram_distance(previous_hist, hist) if hist is not None else 0.0
-            motion = Motion(distance, pair.occluded_fraction, pair.mean_motion, min(image.shape[:2]))
-        return self._schedule.decide(motion), pair, motion
+        if previous is None or not (self.options.propagate or needs_motion):
+            return None, None
+        pair = self._estimate(previous, image)
+        distance = histogram_distance(previous_hist, hist) if hist is not None else 0.0
+        return pair, Motion(distance, pair.occluded_fraction, pair.mean_motion, min(image.shape[:2]))
 
     def _estimate(self, earlier: np.ndarray, later: np.ndarray) -> FlowPair:
         started = time.perf_counter()
@@ -337,77 +318,41 @@ class Filter:
 
     # -- keyframes and gaps -----------------------------------------------------------------------------
 
-    def _key(self, entry: _Pending, anchor: bool) -> None:
-        key = self._render(entry.frame, entry.image, anchor)
-        left = self._last_key
-        gap = self._pending
-        self._pending = []
-        if gap or left is not None:
-            self._propagate(left, gap, key, entry.pair)
-        self._outbox.append([self._output(key.frame, key.side.stylized)])
-        self._last_key = key
-
-    def _key_positions(self, positions: list[int]) -> None:
-        """Make the pending frames at these increasing positions keyframes, closing the gaps before them."""
-        consumed = 0
-        for position in positions:
-            pending = self._pending
-            entry = pending[position - consumed]
-            self._pending = pending[: position - consumed]
-            rest = pending[position - consumed + 1 :]
-            self._key(entry, anchor=self._last_key is None)
-            self._pending = rest
-            consumed = position + 1
-
-    def _close_pending(self) -> None:
-        """At a cut or the end: the last pending frame becomes a keyframe (adaptive: with the keyframes the
-        planner spreads over the frames left), so no gap is left open."""
-        if not self._pending:
-            return
-        if self._planner is not None:
-            self._key_positions(self._planner.finish())
-        else:
-            self._key_positions([len(self._pending) - 1])
-
-    def _close_scene(self) -> None:
-        """The frame before a cut becomes a keyframe so that the gap behind it is closed inside its scene."""
-        self._close_pending()
-        self._last_key = None
-        self._anchor = None
+    def _apply(self, plan: Plan) -> None:
+        """Render the plan's keyframes, each closing the gap of pending frames before it."""
+        for index in plan.keyframes:
+            position = next((i for i, e in enumerate(self._pending) if e.frame.index == index), None)
+            if position is None:
+                raise RuntimeError(
+                    f"the keyframe schedule chose frame {index}, which is not among the frames since the "
+                    "last keyframe"
+                )
+            entry, gap = self._pending[position], self._pending[:position]
+            self._pending = self._pending[position + 1 :]
+            if index == plan.anchor:  # a new scene: nothing propagates into it from the last one
+                self._last_key = None
+                self._anchor = None
+            key = self._render(entry.frame, entry.image, anchor=index == plan.anchor)
+            if gap or self._last_key is not None:
+                self._propagate(self._last_key, gap, key, entry.pair)
+            self._outbox.append([self._output(key.frame, key.side.stylized)])
+            self._last_key = key
 
     def _flush(self) -> None:
         self._flushed = True
-        if not self._pending:
-            if self._fixed is not None and self._last_key is None and self.frames_in:
-                raise self._no_keyframe_files()
-            self._warn_unused_files()
-            return
-        if self._fixed is not None:
+        plan = self.schedule.finish()
+        self._apply(plan)
+        if self._pending:
             if self._last_key is None:
-                raise self._no_keyframe_files()
-            # Frames after the user's last keyframe file: forward propagation only.
+                raise RuntimeError(
+                    f"the keyframe schedule chose no keyframe among the {self.frames_in} frames of the stream"
+                )
+            # Frames after the schedule's last keyframe: forward propagation only.
             gap, self._pending = self._pending, []
             self._propagate(self._last_key, gap, None, None)
-            self._warn_unused_files()
-            return
-        self._close_pending()
-
-    def _no_keyframe_files(self) -> UsageError:
-        first = min(self._fixed.indices)
-        return UsageError(
-            f"none of the keyframe files names a frame of this video (it has {self.frames_in} frames, the first "
-            f"file names frame {first}); check the file numbering or --keyframes-first-index"
-        )
-
-    def _warn_unused_files(self) -> None:
-        if self._fixed is None or self._on_warning is None:
-            return
-        extra = sorted(i for i in self._fixed.indices if i > self._last_index)
-        if extra:
-            self._on_warning(
-                f"{len(extra)} keyframe file(s) name frames after the video's last frame {self._last_index} "
-                f"(first unused: frame {extra[0]}); they were ignored"
-            )
+        if self._on_warning is not None:
+            for message in plan.warnings:
+                self._on_warning(message)
 
     def _render(self, frame: Frame, image: np.ndarray, anchor: bool) -> _Key:
         self._check_cancel()
@@ -422,7 +367,7 @@ class Filter:
         self._rendering = frame.index
         self._on_progress()
         started = time.perf_counter()
-        stylized = self._cached(frame.index, processing.canvas)
+        stylized = None if self._cache is None else self._cache.load(frame.index, processing.canvas)
         if stylized is None:
             stylized = self.renderer.render(source, context)
             if stylized.shape != source.shape or stylized.dtype != np.uint8:
@@ -430,7 +375,8 @@ class Filter:
                     f"the {self.renderer.name} renderer returned {stylized.dtype} {stylized.shape} for a "
                     f"{source.shape} uint8 keyframe; renderers must keep the shape and return uint8"
                 )
-            self._store(frame.index, stylized)
+            if self._cache is not None:
+                self._cache.store(frame.index, stylized)
         self.timings.add("render", time.perf_counter() - started)
         rendered = RenderedKeyframe(frame.index, source, stylized)
         if context.is_anchor:
@@ -517,32 +463,3 @@ class Filter:
         out = to_depth(self._space.to_output(image), self._dtype)
         self.timings.add("resize", time.perf_counter() - started)
         return frame, Frame(frame.index, frame.pts, frame.time_base, out)
-
-    # -- keyframe cache (resume, preview ladder) --------------------------------------------------------
-
-    def _cache_path(self, index: int) -> Path | None:
-        return None if self._cache is None else self._cache / f"keyframe_{index:06d}.png"
-
-    def _cached(self, index: int, canvas: tuple[int, int]) -> np.ndarray | None:
-        path = self._cache_path(index)
-        if path is None or not path.exists():
-            return None
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None or image.shape[:2] != canvas:
-            return None  # unreadable or from another processing size: render again
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-    def _store(self, index: int, stylized: np.ndarray) -> None:
-        path = self._cache_path(index)
-        if path is None:
-            return
-        # Write then rename, so that an interrupted run never leaves a truncated keyframe to resume from.
-        fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-        os.close(fd)
-        try:
-            if not cv2.imwrite(tmp, cv2.cvtColor(stylized, cv2.COLOR_RGB2BGR)):
-                raise OSError(f"could not write keyframe cache file {tmp}")
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)

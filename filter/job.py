@@ -11,6 +11,7 @@ Events (`on_event`, and what `--progress json` prints one per line): `start`, `k
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import importlib
 import importlib.util
@@ -40,8 +41,8 @@ from .renderers import diffusion_options
 from .renderers.base import KeyframeRenderer
 from .renderers.classic import CLASSIC_STYLES, ClassicOptions, ClassicRenderer
 from .renderers.diffusion_options import DiffusionOptions
-from .renderers.frames import FramesRenderer
-from .schedule import ScheduleOptions, keyframes_after
+from .renderers.frames import FramesRenderer, scan_keyframe_files
+from .schedule import FixedSchedule, KeyframeSchedule, ScheduleOptions, make_schedule
 
 Stage = Literal["first-keyframe", "keyframes", "full"]
 RendererName = Literal["classic", "frames", "diffusion"]
@@ -444,6 +445,14 @@ def make_renderer(
     return module.DiffusionRenderer.from_options(options.diffusion, processing_size, model, on_note)
 
 
+def keyframe_schedule(options: RunOptions) -> KeyframeSchedule:
+    """A fresh keyframe schedule for one run: the user's keyframe files (frames renderer) or -K/--keyframes."""
+    if options.renderer == "frames":
+        files = scan_keyframe_files(options.keyframes_dir, options.keyframes_first_index)
+        return FixedSchedule(frozenset(files))
+    return make_schedule(options.filter.schedule)
+
+
 def _resolve_synth_backend(f: FilterOptions) -> FilterOptions:
     """--synth-backend auto or cuda resolved once, before the first frame: a cuda request that cannot run
     fails before any work, and the probe's one-time cost (it imports torch) is not paid inside the first
@@ -622,7 +631,14 @@ def run_job(
             )
 
             clock = time.perf_counter
-            fixed = getattr(renderer, "keyframe_indices", None)
+            schedule = keyframe_schedule(options)
+
+            @functools.lru_cache(maxsize=1)
+            def one_sided_frames(planned: int) -> int:
+                """Frames before the first expected keyframe or after the last: propagated from one side."""
+                keys = schedule.expected_keyframes(planned) or []
+                return min(keys, default=0) + planned - 1 - max(keys, default=planned - 1)
+
             work = _WorkCounters()
             estimator = EtaEstimator()
 
@@ -635,12 +651,9 @@ def run_job(
                         planned = w.frames_in if work.read_all else max(estimated, w.frames_in + 1)
                 keys_total = synth_total = between = None
                 if planned is not None:
-                    keys_total = w.keyframes + keyframes_after(planned, f.schedule, work.last_key, fixed)
+                    keys_total = w.keyframes + schedule.keyframes_after(planned, work.last_key)
                     between = max(0, planned - keys_total)
-                    one_sided = 0
-                    if fixed:
-                        inside = [i for i in fixed if i < planned]
-                        one_sided = min(inside, default=0) + planned - 1 - max(inside, default=planned - 1)
+                    one_sided = one_sided_frames(planned)
                     synth_total = max(w.synthesized, 2 * between - min(between, one_sided))
                 return WorkState(
                     total=planned,
@@ -692,6 +705,7 @@ def run_job(
                 check_cancel=check_cancel,
                 # A keyframe starts rendering (always reported), or the pushing thread waits for a gap.
                 on_progress=lambda: report({"event": "progress"}, force=filt.work().rendering is not None),
+                schedule=schedule,
             )
             stack.callback(filt.close)
             sink = (

@@ -1,9 +1,15 @@
-"""Keyframe schedule: uniform every K frames, adaptive to motion, or fixed by the user's files; scene cuts.
+"""Keyframe schedules: uniform every K frames, adaptive to motion, or fixed by the user's files; scene cuts.
+
+One protocol, `KeyframeSchedule`: the Filter asks it, frame by frame (`decide`) and at the end (`finish`),
+which frames become keyframes (a `Plan`), and callers ask it which keyframes a stream of N frames is
+expected to get (`expected_keyframes`, `keyframes_after`). `UniformSchedule`, `AdaptiveSchedule` and
+`FixedSchedule` implement it; `make_schedule` builds the first two from `ScheduleOptions`.
 
 docs/decisions.md, decision 2: keyframes are 0, K, 2K, ... and always the last frame (known at
 the end of the stream); a scene cut makes its first frame a keyframe and a new anchor, and nothing is
 propagated across it. The schedule is streaming: it decides for each frame as it arrives, from the motion
-measured between that frame and the one before (`Motion`), and never looks further ahead.
+measured between that frame and the one before (`Motion`); only the adaptive one looks ahead, over the
+frames the Filter buffers anyway.
 
 Adaptive keyframes (the paper names uniform keyframe sampling as a limitation): propagation degrades with
 the amount of new content (occlusions) and with large motion, so each frame has a cost
@@ -16,12 +22,13 @@ keyframes (up to `max_factor` K apart) and busy passages more (down to K / `max_
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import cv2
 import numpy as np
+
+from .errors import UsageError
 
 KeyframeMode = Literal["uniform", "adaptive"]
 
@@ -86,12 +93,6 @@ class SceneCutDetector:
         )
 
 
-class Decision(enum.Enum):
-    PROPAGATE = "propagate"  # an in-between frame
-    KEYFRAME = "keyframe"  # a keyframe in the current scene
-    ANCHOR = "anchor"  # the first frame of the stream or of a new scene (cross-frame state resets)
-
-
 @dataclass(frozen=True)
 class ScheduleOptions:
     interval: int = 10
@@ -109,37 +110,164 @@ class ScheduleOptions:
             raise ValueError(f"max_factor must be >= 1; got {self.max_factor}")
 
 
-class KeyframeSchedule:
-    """Decides, frame by frame, which frames are uniform keyframes and which start a scene (anchors).
+@dataclass(frozen=True)
+class Plan:
+    """What a schedule decided after a frame (`decide`) or at the end of the stream (`finish`).
 
-    In adaptive mode it only finds anchors; the keyframes inside a scene come from `AdaptivePlanner`,
-    which looks ahead over the frames the Filter buffers anyway."""
+    `keyframes`: frame indices, increasing, among the frames since the last keyframe (the frame just
+    decided included), that become keyframes now; each closes the gap of frames before it. `anchor`: the
+    one of them that starts a new scene (the first frame of the stream or of a scene): cross-frame state
+    resets there and nothing propagates into it from an earlier keyframe. `warnings`: sentences for the
+    user (`finish` only)."""
+
+    keyframes: tuple[int, ...] = ()
+    anchor: int | None = None
+    warnings: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if any(b <= a for a, b in zip(self.keyframes, self.keyframes[1:], strict=False)):
+            raise ValueError(f"plan keyframes must be increasing; got {self.keyframes}")
+        if self.anchor is not None and self.anchor not in self.keyframes:
+            raise ValueError(f"the anchor {self.anchor} must be one of the plan's keyframes {self.keyframes}")
+
+
+class KeyframeSchedule(Protocol):
+    """Where the keyframes of one stream go (one object per stream: it keeps state between frames).
+
+    The Filter calls `decide` once per frame, in order, then `finish` once at the end; it renders the
+    keyframes each `Plan` names and propagates the frames between them. Frames after the last keyframe of
+    the final plan are propagated forward from it (a schedule may leave frames there, the fixed one does).
+    `expected_keyframes` and `keyframes_after` read only the schedule's settings, never its state."""
+
+    # True: `decide` wants the `Motion` of every frame (the flow pair is estimated even when nothing is
+    # propagated, and colour histograms are kept for the cut detector). False: `decide` may get None.
+    needs_motion: bool
+    # How many of the newest frames since the last keyframe a later plan may still make keyframes (None:
+    # any of them). When nothing is propagated (keyframes only) the Filter keeps just those frames.
+    lookback: int | None
+
+    def decide(self, index: int, motion: Motion | None) -> Plan:
+        """Frame `index` arrived; `motion` relates it to the previous frame (None for the first)."""
+        ...
+
+    def finish(self) -> Plan:
+        """The stream ended: the keyframes that close the frames still open. Raises a `UsageError` when
+        the stream cannot be rendered with this schedule."""
+        ...
+
+    def expected_keyframes(self, total: int) -> list[int] | None:
+        """The keyframes a stream of `total` frames gets, increasing, before scene cuts (each cut found
+        adds one or two); None when they are decided on the way (adaptive)."""
+        ...
+
+    def keyframes_after(self, total: int, last_key: int | None) -> int:
+        """How many keyframes a stream of `total` frames still gets after the keyframe at index `last_key`
+        (None: before the first one), for progress reports; an estimate where `expected_keyframes` is
+        None. Scene cuts are not foreseen."""
+        ...
+
+
+def _is_cut(options: ScheduleOptions, motion: Motion | None) -> bool:
+    return motion is not None and options.scene_cuts and options.detector.is_cut(motion)
+
+
+def _uniform_after(total: int, interval: int, last_key: int | None, adaptive: bool) -> int:
+    """Keyframes K apart and the last frame (uniform), or about one per K (adaptive), after `last_key`."""
+    last = total - 1
+    if last_key is None:
+        return 1 + _uniform_after(total, interval, 0, adaptive) if total > 0 else 0
+    if last_key >= last:
+        return 0
+    left = last - last_key
+    if adaptive:
+        return max(1, round(left / interval))
+    return left // interval + (1 if left % interval else 0)
+
+
+class UniformSchedule:
+    """Keyframes 0, K, 2K, ... and the last frame (module doc); with scene cuts on, a cut makes the frame
+    before it a keyframe (closing its scene) and itself an anchor, and the interval restarts there."""
+
+    lookback = 1  # the frame before a cut, or the last frame, becomes a keyframe once the next one is seen
 
     def __init__(self, options: ScheduleOptions):
         self.options = options
+        self.needs_motion = options.scene_cuts
         self._since_key = 0  # frames since the last keyframe
+        self._previous: int | None = None
+
+    def decide(self, index: int, motion: Motion | None) -> Plan:
+        previous, self._previous = self._previous, index
+        if previous is None or _is_cut(self.options, motion):
+            closing = (previous,) if self._since_key else ()
+            self._since_key = 0
+            return Plan((*closing, index), anchor=index)
+        self._since_key += 1
+        if self._since_key < self.options.interval:
+            return Plan()
+        self._since_key = 0
+        return Plan((index,))
+
+    def finish(self) -> Plan:
+        if not self._since_key:
+            return Plan()
+        self._since_key = 0
+        return Plan((self._previous,))
+
+    def expected_keyframes(self, total: int) -> list[int] | None:
+        keys = list(range(0, max(0, total), self.options.interval))
+        if keys and keys[-1] != total - 1:
+            keys.append(total - 1)
+        return keys
+
+    def keyframes_after(self, total: int, last_key: int | None) -> int:
+        return _uniform_after(total, self.options.interval, last_key, adaptive=False)
+
+
+class AdaptiveSchedule:
+    """Keyframes placed by `AdaptivePlanner` over the frames since the last keyframe (module doc); scene
+    cuts as in the uniform schedule, the frames before a cut closed with the planner's end split."""
+
+    needs_motion = True
+    lookback = None  # the planner's keyframe may be any frame of its window
+
+    def __init__(self, options: ScheduleOptions):
+        self.options = options
+        self._planner = AdaptivePlanner(options.interval, options.max_factor)
+        self._waiting: list[int] = []  # the frames since the last keyframe, the planner's positions
         self._started = False
 
-    @property
-    def needs_motion(self) -> bool:
-        return self.options.scene_cuts or self.options.mode == "adaptive"
-
-    def decide(self, motion: Motion | None) -> Decision:
-        """`motion` relates this frame to the previous one (None for the first frame)."""
-        opts = self.options
-        if not self._started:
+    def decide(self, index: int, motion: Motion | None) -> Plan:
+        if not self._started or _is_cut(self.options, motion):
             self._started = True
-            return self._key(Decision.ANCHOR)
-        if motion is not None and opts.scene_cuts and opts.detector.is_cut(motion):
-            return self._key(Decision.ANCHOR)
-        self._since_key += 1
-        if opts.mode == "uniform" and self._since_key >= opts.interval:
-            return self._key(Decision.KEYFRAME)
-        return Decision.PROPAGATE
+            return Plan((*self._close(), index), anchor=index)
+        self._waiting.append(index)
+        position = self._planner.add(motion.cost if motion is not None else 0.0)
+        if position is None:
+            return Plan()
+        key = self._waiting[position]
+        self._waiting = self._waiting[position + 1 :]
+        return Plan((key,))
 
-    def _key(self, decision: Decision) -> Decision:
-        self._since_key = 0
-        return decision
+    def finish(self) -> Plan:
+        return Plan(self._close())
+
+    def _close(self) -> tuple[int, ...]:
+        if not self._waiting:
+            return ()
+        waiting, self._waiting = self._waiting, []
+        return tuple(waiting[position] for position in self._planner.finish())
+
+    def expected_keyframes(self, total: int) -> list[int] | None:
+        return None
+
+    def keyframes_after(self, total: int, last_key: int | None) -> int:
+        return _uniform_after(total, self.options.interval, last_key, adaptive=True)
+
+
+def make_schedule(options: ScheduleOptions) -> KeyframeSchedule:
+    """A fresh uniform or adaptive schedule for one stream."""
+    return AdaptiveSchedule(options) if options.mode == "adaptive" else UniformSchedule(options)
 
 
 class AdaptivePlanner:
@@ -196,38 +324,52 @@ class AdaptivePlanner:
 
 
 class FixedSchedule:
-    """Keyframes exactly where the user's keyframe files are (the `frames` renderer); no cut detection."""
+    """Keyframes exactly where the user's keyframe files are (the `frames` renderer's folder); no cut
+    detection. Frames before the first file are propagated backward from it, frames after the last one
+    forward."""
+
+    needs_motion = False
+    lookback = 0  # only the frame just decided ever becomes a keyframe
 
     def __init__(self, indices: frozenset[int]):
         if not indices:
             raise ValueError("a fixed schedule needs at least one keyframe index")
-        self.indices = indices
+        if min(indices) < 0:
+            raise ValueError(f"keyframe indices must be >= 0; got {min(indices)}")
+        self.indices = frozenset(indices)
+        self._frames = 0
+        self._last = -1  # the last frame's index
+        self._keyed = False
 
-    needs_motion = False
+    def decide(self, index: int, motion: Motion | None) -> Plan:
+        self._frames += 1
+        self._last = index
+        if index not in self.indices:
+            return Plan()
+        anchor = None if self._keyed else index
+        self._keyed = True
+        return Plan((index,), anchor)
 
-    def is_keyframe(self, index: int) -> bool:
-        return index in self.indices
+    def finish(self) -> Plan:
+        if self._frames and not self._keyed:
+            raise UsageError(
+                f"none of the keyframe files names a frame of this video (it has {self._frames} frames, the "
+                f"first file names frame {min(self.indices)}); check the file numbering or "
+                "--keyframes-first-index"
+            )
+        extra = sorted(i for i in self.indices if i > self._last)
+        if not extra:
+            return Plan()
+        return Plan(
+            warnings=(
+                f"{len(extra)} keyframe file(s) name frames after the video's last frame {self._last} "
+                f"(first unused: frame {extra[0]}); they were ignored",
+            )
+        )
 
+    def expected_keyframes(self, total: int) -> list[int] | None:
+        return sorted(i for i in self.indices if i < total)
 
-def keyframes_after(
-    total: int,
-    options: ScheduleOptions,
-    last_key: int | None,
-    fixed: frozenset[int] | None = None,
-) -> int:
-    """How many keyframes a stream of `total` frames still gets after the keyframe at index `last_key`
-    (None: before the first one), for progress reports: uniform K apart and always the last frame, about
-    one per K adaptive, the files' indices with a fixed schedule. Scene cuts are not foreseen (each one
-    found adds a keyframe or two)."""
-    last = total - 1
-    if fixed is not None:
+    def keyframes_after(self, total: int, last_key: int | None) -> int:
         start = -1 if last_key is None else last_key
-        return sum(1 for i in fixed if start < i <= last)
-    if last_key is None:
-        return 1 + keyframes_after(total, options, 0) if total > 0 else 0
-    if last_key >= last:
-        return 0
-    left = last - last_key
-    if options.mode == "uniform":
-        return left // options.interval + (1 if left % options.interval else 0)
-    return max(1, round(left / options.interval))
+        return sum(1 for i in self.indices if start < i < total)

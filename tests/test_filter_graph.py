@@ -1,4 +1,5 @@
-"""The streaming Filter: order, count and timestamps, flushing, scene cuts, bit depth, bounded memory.
+"""The streaming Filter: order, count and timestamps, flushing, scene cuts, a schedule of the caller's own,
+bit depth, bounded memory.
 
 Real parts throughout: DIS flow, the native synthesizer (with few iterations: small frames), the blend.
 The keyframe renderers here are small real implementations of the renderer interface.
@@ -18,7 +19,7 @@ from rerender.filter.graph import Filter, FilterOptions
 from rerender.filter.propagation import PropagationOptions
 from rerender.filter.renderers.base import KeyframeContext
 from rerender.filter.renderers.classic import ClassicRenderer
-from rerender.filter.schedule import ScheduleOptions
+from rerender.filter.schedule import Motion, Plan, ScheduleOptions
 from rerender.native.params import SynthParams
 
 FAST = PropagationOptions(
@@ -182,6 +183,69 @@ def test_a_scene_cut_starts_a_new_anchor_and_nothing_crosses_it():
     for f in out:
         red, blue = f.image[..., 0].mean(), f.image[..., 2].mean()
         assert (red < blue) if f.index < 10 else (blue < red), f.index
+
+
+class Listed:
+    """A schedule of the caller's own (no class of schedule.py): keyframes at the listed frames, the given
+    ones anchors; frames after the last keyframe are left to forward propagation."""
+
+    needs_motion = True
+    lookback = 0
+
+    def __init__(self, keys: list[int], anchors: set[int]) -> None:
+        self.keys, self.anchors = keys, anchors
+        self.motions: list[Motion | None] = []
+
+    def decide(self, index: int, motion: Motion | None) -> Plan:
+        self.motions.append(motion)
+        if index not in self.keys:
+            return Plan()
+        return Plan((index,), anchor=index if index in self.anchors else None)
+
+    def finish(self) -> Plan:
+        return Plan(warnings=(f"{len(self.motions)} frames listed",))
+
+    def expected_keyframes(self, total: int) -> list[int] | None:
+        return [k for k in self.keys if k < total]
+
+    def keyframes_after(self, total: int, last_key: int | None) -> int:
+        return sum(1 for k in self.keys if (last_key is None or k > last_key) and k < total)
+
+
+@pytest.mark.parametrize("propagate", [True, False])
+def test_the_filter_follows_a_schedule_of_its_callers_own(propagate):
+    """The Filter asks its schedule only through the protocol: the options' K (2, with scene cuts) is not
+    used; anchors reset the scene, frames before the first keyframe of a scene are propagated backward,
+    frames after the last one forward, and nothing crosses an anchor."""
+    renderer = Posterize()
+    schedule = Listed([2, 5, 8], anchors={2, 8})
+    warnings: list[str] = []
+    filt = Filter(renderer, options(2, propagate=propagate), schedule=schedule, on_warning=warnings.append)
+    assert filt.schedule is schedule
+    out = run(filt, two_scenes(6, 6))
+    assert [c.index for c in renderer.contexts] == [2, 5, 8]
+    first, middle, second = renderer.contexts
+    assert (
+        first.is_anchor and not middle.is_anchor and middle.anchor.index == 2 and middle.previous.index == 2
+    )
+    assert second.is_anchor and second.anchor is None and second.previous is None
+    assert warnings == ["12 frames listed"]
+    assert schedule.motions[0] is None and all(isinstance(m, Motion) for m in schedule.motions[1:])
+    if not propagate:
+        assert [f.index for f in out] == [2, 5, 8]  # keyframes only
+        return
+    assert [f.index for f in out] == list(range(12))
+    for f in out:  # 6 and 7 come from keyframe 8 alone, 9-11 from it forward: no colour crosses the cut
+        red, blue = f.image[..., 0].mean(), f.image[..., 2].mean()
+        assert (red < blue) if f.index < 6 else (blue < red), f.index
+
+
+def test_a_schedule_that_chooses_no_keyframe_is_an_error_at_the_flush():
+    filt = Filter(Posterize(), options(2), schedule=Listed([], anchors=set()))
+    for frame in make_frames(3):
+        filt.push(frame)
+    with pytest.raises(RuntimeError, match="no keyframe among the 3 frames"):
+        filt.push(None)
 
 
 def test_scene_cuts_can_be_turned_off():

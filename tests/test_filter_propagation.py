@@ -22,7 +22,7 @@ from rerender.filter.propagation import (
     positional_ramp,
 )
 from rerender.filter.renderers.frames import FramesRenderer, scan_keyframe_files
-from rerender.filter.schedule import ScheduleOptions
+from rerender.filter.schedule import FixedSchedule, ScheduleOptions
 from rerender.native.params import SynthParams
 
 TB = Fraction(1, 25)
@@ -205,7 +205,9 @@ def frames_filter(
     renderer = FramesRenderer(folder, first_index=first_index, size=64)
     opts = FilterOptions(schedule=ScheduleOptions(interval=3), size=64, propagation=FAST)
     on_warning = warnings.append if warnings is not None else None
-    return Filter(renderer, opts, on_warning=on_warning, on_keyframe=on_keyframe)
+    # The schedule follows the files (as `rerender run` builds it), not the options' K.
+    schedule = FixedSchedule(frozenset(scan_keyframe_files(folder, first_index)))
+    return Filter(renderer, opts, on_warning=on_warning, on_keyframe=on_keyframe, schedule=schedule)
 
 
 def test_frames_renderer_schedule_follows_the_files(tmp_path):

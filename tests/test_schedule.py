@@ -1,4 +1,5 @@
-"""Keyframe schedule: uniform, adaptive, scene-cut detection, and the processing geometry."""
+"""Keyframe schedules (uniform, adaptive, fixed) through their protocol, scene-cut detection, and the
+processing geometry."""
 
 from __future__ import annotations
 
@@ -9,19 +10,23 @@ from rerender.filter.errors import UsageError
 from rerender.filter.geometry import ProcessingGeometry, to_depth, to_uint8
 from rerender.filter.schedule import (
     AdaptivePlanner,
-    Decision,
+    AdaptiveSchedule,
+    FixedSchedule,
     KeyframeSchedule,
     Motion,
+    Plan,
     SceneCutDetector,
     ScheduleOptions,
+    UniformSchedule,
     colour_histogram,
     histogram_distance,
-    keyframes_after,
+    make_schedule,
 )
 
 
 def keyframes(schedule: KeyframeSchedule, motions: list[Motion | None]) -> list[int]:
-    return [i for i, m in enumerate(motions) if schedule.decide(m) is not Decision.PROPAGATE]
+    """The frames each `decide` makes keyframes at once (before the end of the stream)."""
+    return [i for i, m in enumerate(motions) if i in schedule.decide(i, m).keyframes]
 
 
 def still(i: int = 0) -> Motion:
@@ -34,8 +39,8 @@ def busy(i: int = 0) -> Motion:
 
 def test_uniform_schedule_is_every_k_frames():
     motions = [None] + [still()] * 24
-    assert keyframes(KeyframeSchedule(ScheduleOptions(interval=10)), motions) == [0, 10, 20]
-    assert keyframes(KeyframeSchedule(ScheduleOptions(interval=1)), motions[:4]) == [0, 1, 2, 3]
+    assert keyframes(UniformSchedule(ScheduleOptions(interval=10)), motions) == [0, 10, 20]
+    assert keyframes(UniformSchedule(ScheduleOptions(interval=1)), motions[:4]) == [0, 1, 2, 3]
 
 
 def plan(costs: list[float], k: int) -> list[int]:
@@ -78,9 +83,9 @@ def test_adaptive_planner_splits_the_end_into_equal_cost_gaps():
 
 
 def test_uniform_mode_never_uses_motion_for_keyframes():
-    schedule = KeyframeSchedule(ScheduleOptions(interval=3))
+    schedule = UniformSchedule(ScheduleOptions(interval=3))
     motions = [None, busy(), still(), busy(), busy()]
-    assert [schedule.decide(m) is not Decision.PROPAGATE for m in motions] == [
+    assert [i in schedule.decide(i, m).keyframes for i, m in enumerate(motions)] == [
         True,
         False,
         False,
@@ -90,13 +95,14 @@ def test_uniform_mode_never_uses_motion_for_keyframes():
 
 
 def test_scene_cut_makes_an_anchor():
-    schedule = KeyframeSchedule(ScheduleOptions(interval=10))
-    assert schedule.decide(None) is Decision.ANCHOR
-    assert schedule.decide(still()) is Decision.PROPAGATE
-    assert schedule.decide(Motion(0.8, 0.9, 30.0, 512)) is Decision.ANCHOR
+    schedule = UniformSchedule(ScheduleOptions(interval=10))
+    assert schedule.decide(0, None) == Plan((0,), anchor=0)
+    assert schedule.decide(1, still()) == Plan()
+    # The cut is an anchor, and the frame before it a keyframe closing its scene.
+    assert schedule.decide(2, Motion(0.8, 0.9, 30.0, 512)) == Plan((1, 2), anchor=2)
     # The interval restarts at the cut.
-    decisions = [schedule.decide(still()) for _ in range(10)]
-    assert decisions[-1] is Decision.KEYFRAME and Decision.KEYFRAME not in decisions[:-1]
+    decisions = [schedule.decide(i, still()) for i in range(3, 13)]
+    assert decisions[-1] == Plan((12,)) and all(d == Plan() for d in decisions[:-1])
 
 
 def test_cut_detector_on_real_frames():
@@ -165,12 +171,99 @@ def test_keyframes_after_foresees_the_uniform_schedule(total, k):
     """Progress plans with `keyframes_after`: before the first frame and after every keyframe it counts
     exactly the keyframes the uniform schedule then places (K apart, and the last frame)."""
     options = ScheduleOptions(interval=k, scene_cuts=False)
-    schedule = KeyframeSchedule(options)
-    keys = [i for i in range(total) if schedule.decide(None) is not Decision.PROPAGATE]
+    schedule = UniformSchedule(options)
+    keys = [i for i in range(total) if i in schedule.decide(i, None).keyframes]
+    assert list(schedule.finish().keyframes) == ([] if keys[-1] == total - 1 else [total - 1])
     if keys[-1] != total - 1:
         keys.append(total - 1)  # the flush makes the last frame a keyframe
-    assert keyframes_after(total, options, None) == len(keys)
+    assert schedule.expected_keyframes(total) == keys
+    assert schedule.keyframes_after(total, None) == len(keys)
     for n, key in enumerate(keys):
-        assert keyframes_after(total, options, key) == len(keys) - n - 1
-    fixed = frozenset({0, 5, 40})  # the frames renderer's files; 40 is past the end of a short video
-    assert keyframes_after(total, options, None, fixed) == len([i for i in fixed if i < total])
+        assert schedule.keyframes_after(total, key) == len(keys) - n - 1
+    fixed = FixedSchedule(frozenset({0, 5, 40}))  # the frames renderer's files; 40 is past a short video
+    assert fixed.keyframes_after(total, None) == len([i for i in fixed.indices if i < total])
+
+
+# -- the protocol: every schedule answers decide / finish / expected keyframes the same way ------------------
+
+
+def drive(schedule: KeyframeSchedule, motions: list[Motion | None]) -> tuple[list[int], list[int], Plan]:
+    """Keyframes and anchors of a whole stream, asking only what the protocol offers (as the Filter does)."""
+    keys: list[int] = []
+    anchors: list[int] = []
+    for i, motion in enumerate(motions):
+        plan = schedule.decide(i, motion)
+        keys += plan.keyframes
+        anchors += [] if plan.anchor is None else [plan.anchor]
+    end = schedule.finish()
+    assert end.anchor is None
+    return keys + list(end.keyframes), anchors, end
+
+
+@pytest.mark.parametrize(
+    "schedule,keys,expected",
+    [
+        (UniformSchedule(ScheduleOptions(interval=8)), [0, 8, 16, 23], [0, 8, 16, 23]),
+        (make_schedule(ScheduleOptions(interval=8)), [0, 8, 16, 23], [0, 8, 16, 23]),
+        (AdaptiveSchedule(ScheduleOptions(interval=8, mode="adaptive")), [0, 8, 16, 23], None),
+        (make_schedule(ScheduleOptions(interval=8, mode="adaptive")), [0, 8, 16, 23], None),
+        # Frames 0-2 wait for frame 3 (backward propagation), 11-23 follow frame 10 (forward only).
+        (FixedSchedule(frozenset({3, 10})), [3, 10], [3, 10]),
+    ],
+    ids=["uniform", "uniform-made", "adaptive", "adaptive-made", "fixed"],
+)
+def test_every_schedule_answers_through_the_protocol(schedule, keys, expected):
+    total = 24
+    assert schedule.expected_keyframes(total) == expected  # settings only: asked before and after
+    assert schedule.keyframes_after(total, None) == len(keys)
+    got, anchors, end = drive(schedule, [None] + [busy()] * (total - 1))  # constant motion
+    assert got == keys and anchors == keys[:1] and end.warnings == ()
+    assert schedule.expected_keyframes(total) == expected
+    for n, key in enumerate(keys):
+        assert schedule.keyframes_after(total, key) == len(keys) - n - 1
+
+
+def test_motion_and_lookback_say_what_the_filter_must_keep():
+    assert UniformSchedule(ScheduleOptions(scene_cuts=True)).needs_motion
+    assert not UniformSchedule(ScheduleOptions(scene_cuts=False)).needs_motion
+    assert AdaptiveSchedule(ScheduleOptions(mode="adaptive", scene_cuts=False)).needs_motion
+    assert not FixedSchedule(frozenset({0})).needs_motion
+    # Keyframes only: uniform closes with the frame before a cut or the end; fixed never looks back.
+    assert UniformSchedule(ScheduleOptions()).lookback == 1
+    assert AdaptiveSchedule(ScheduleOptions(mode="adaptive")).lookback is None
+    assert FixedSchedule(frozenset({0})).lookback == 0
+
+
+def test_adaptive_schedule_closes_a_scene_with_the_planners_split():
+    schedule = AdaptiveSchedule(ScheduleOptions(interval=10))
+    motions = [None] + [still()] * 5 + [busy()] * 11 + [Motion(0.8, 0.9, 30.0, 512)]
+    plans = [schedule.decide(i, m) for i, m in enumerate(motions)]
+    assert plans[0] == Plan((0,), anchor=0) and all(p == Plan() for p in plans[1:-1])  # window not full
+    closing = plans[-1].keyframes[:-1]
+    assert plans[-1].anchor == 17 and plans[-1].keyframes[-1] == 17
+    # 16 frames since the anchor, about 2 gaps of K: the planner's equal-cost split, inside the motion.
+    assert len(closing) == 2 and closing[-1] == 16 and 5 < closing[0] < 16
+    assert schedule.finish() == Plan((), None)  # nothing after the cut frame
+
+
+def test_fixed_schedule_warns_about_unused_files_and_fails_without_a_keyframe():
+    schedule = FixedSchedule(frozenset({2, 30, 31}))
+    keys, anchors, end = drive(schedule, [None] * 8)
+    assert keys == [2] and anchors == [2]
+    assert (
+        len(end.warnings) == 1 and "2 keyframe file(s)" in end.warnings[0] and "frame 30" in end.warnings[0]
+    )
+    nothing = FixedSchedule(frozenset({50}))
+    for i in range(5):
+        assert nothing.decide(i, None) == Plan()
+    with pytest.raises(UsageError, match=r"none of the keyframe files .*\(it has 5 frames"):
+        nothing.finish()
+    with pytest.raises(ValueError, match="at least one"):
+        FixedSchedule(frozenset())
+
+
+def test_plans_are_checked():
+    with pytest.raises(ValueError, match="increasing"):
+        Plan((4, 2))
+    with pytest.raises(ValueError, match="anchor"):
+        Plan((4,), anchor=5)

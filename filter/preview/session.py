@@ -58,15 +58,17 @@ def render_path(input_path: Path, output_dir: Path | None) -> Path:
     return candidate
 
 
-def _expected_keyframes(start: dict, stage: Stage) -> int | None:
-    """How many keyframes a stage renders when the schedule is known up front (uniform K, from the job's
-    start event); scene cuts may add some, and the adaptive schedule decides as it goes."""
+def _expected_keyframes(options: job.RunOptions, start: dict, stage: Stage) -> int | None:
+    """How many keyframes a stage renders when the run's keyframe schedule knows them up front (uniform K,
+    the user's keyframe files) for the frame count of the job's start event; scene cuts may add some, and
+    the adaptive schedule decides as it goes (None)."""
     if stage == "first-keyframe":
         return 1
-    total, k = start.get("total"), start.get("keyframe_interval")
-    if start.get("keyframes") != "uniform" or not isinstance(total, int) or not isinstance(k, int) or k < 1:
+    total = start.get("total")
+    if not isinstance(total, int):
         return None
-    return len(set(range(0, total, k)) | {total - 1})
+    keys = job.keyframe_schedule(options).expected_keyframes(total)
+    return None if keys is None else len(keys)
 
 
 class PreviewSession:
@@ -248,7 +250,7 @@ class PreviewSession:
                 self._update(
                     run_id,
                     total=event.get("total"),
-                    keyframes_expected=_expected_keyframes(event, stage),
+                    keyframes_expected=_expected_keyframes(options, event, stage),
                     processing_size=event.get("processing_size"),
                 )
             elif name == "frame" and stage == "full":

@@ -34,7 +34,8 @@ class KeyframeContext:
 
 class KeyframeRenderer(Protocol):
     """Renders one keyframe. `frame` is RGB uint8 at processing size (H, W multiples of 64 by default);
-    the result has the same shape and dtype."""
+    the result has the same shape and dtype. Which frames are keyframes is not the renderer's to say: the
+    Filter asks its `schedule.KeyframeSchedule`."""
 
     name: str
 

@@ -2,8 +2,9 @@
 
 File names carry the frame index: the last run of digits in the name (`0000.png`, `key_0042.jpg`,
 `frame-17.png`), counted from `first_index` (0 by default; 1 for ffmpeg's `%04d` numbering). The keyframe
-schedule follows the files present (`keyframe_indices`). Keyframe files are expected at the input's size
-(any size with the input's aspect ratio works); they go through the same processing geometry as the video.
+schedule that follows the files present is not the renderer's: the job builds a `schedule.FixedSchedule`
+from `scan_keyframe_files` of the same folder. Keyframe files are expected at the input's size (any size
+with the input's aspect ratio works); they go through the same processing geometry as the video.
 """
 
 from __future__ import annotations
@@ -64,10 +65,6 @@ class FramesRenderer:
         self.files = scan_keyframe_files(self.folder, first_index)
         self.size = size
         self.fit = fit
-
-    @property
-    def keyframe_indices(self) -> frozenset[int]:
-        return frozenset(self.files)
 
     def render(self, frame: np.ndarray, context: KeyframeContext) -> np.ndarray:
         path = self.files.get(context.index)
