@@ -210,7 +210,9 @@ class UNet(Protocol):
         control: ControlResiduals | None,
         reference: ReferenceStates,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-        """-> (noise prediction (B, 4, h, w), own self-attention inputs: L tensors (B, N_l, C_l))."""
+        """-> (noise prediction (B, 4, h, w), own self-attention inputs: L tensors (B, N_l, C_l)).
+
+        The sampler passes every argument by name, so an implementation keeps these parameter names."""
         ...
 
 
