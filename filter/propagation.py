@@ -10,6 +10,8 @@ docs/method.md §4 and docs/decisions.md 9. For a gap between keyframes L and R 
   the flow, 2); occluded pixels of the warped guides are Telea-inpainted with radius 30;
 - the chain's previous nearest-neighbour field, moved along the flow, seeds the next step (`init_nnf`):
   most patches only move with the video, so PatchMatch starts close to the answer;
+- the synthesis backend is resolved once per gap (`make_synthesizer`) and both chains hold that
+  synthesizer: a step only builds guides and calls it;
 - the two results are blended per frame (error-based selection whose mask is carried forward in time
   along the flow, the histogram-preserving blend and the Poisson fusion: docs/method.md §4.2) by
   `rerender.native.blend`.
@@ -30,7 +32,8 @@ import cv2
 import numpy as np
 
 from ..engines.flow import FlowPair, warp
-from ..native.params import SynthParams
+from ..native.params import Guide, SynthParams
+from ..native.synthesize import Synthesizer, make_synthesizer
 from .schedule import Motion
 
 # 3x3 Laplacian, 4 at the centre and -1 at the 4-neighbours (docs/method.md §4), saturated to uint8 by filter2D.
@@ -162,12 +165,24 @@ class KeySide:
 
 
 class PropagationChain:
-    """One direction of one gap: synthesizes frame after frame from a keyframe (docs/method.md §4)."""
+    """One direction of one gap: synthesizes frame after frame from a keyframe (docs/method.md §4).
 
-    def __init__(self, key: KeySide, options: PropagationOptions, timings: Timings):
+    `synthesizer`: the backend to run, resolved by the caller once for many chains; None resolves
+    `options.backend` / `options.device` here, once for this chain."""
+
+    def __init__(
+        self,
+        key: KeySide,
+        options: PropagationOptions,
+        timings: Timings,
+        synthesizer: Synthesizer | None = None,
+    ):
         self.key = key
         self.options = options
         self.timings = timings
+        if synthesizer is None:
+            synthesizer = make_synthesizer(options.backend, options.device)
+        self.synthesizer = synthesizer
         h, w = key.source.shape[:2]
         self._key_edge = key.edge
         self._ramp = positional_ramp(h, w)
@@ -179,8 +194,6 @@ class PropagationChain:
 
     def step(self, target: np.ndarray, target_edge: np.ndarray, flow: np.ndarray, occluded: np.ndarray):
         """`flow` maps the target's pixels into the previous frame of the chain; returns a SynthResult."""
-        from ..native import Guide, synthesize
-
         o = self.options
         w = o.weights
         started = time.perf_counter()
@@ -199,9 +212,7 @@ class PropagationChain:
         ]
         self.timings.add("guides", time.perf_counter() - started)
         started = time.perf_counter()
-        result = synthesize(
-            self.key.stylized, guides, self._params, backend=o.backend, init_nnf=init_nnf, device=o.device
-        )
+        result = self.synthesizer(self.key.stylized, guides, self._params, init_nnf)
         self.timings.add("synthesis", time.perf_counter() - started)
         self._previous_output = result.image
         self._previous_positional = positional
@@ -232,9 +243,10 @@ def propagate_gap(
     if left is None and right is None:
         raise ValueError("a gap needs at least one keyframe side")
     edges = [edge_guide(t) for t in targets]
+    synthesizer = make_synthesizer(options.backend, options.device)
 
     def forward() -> list:
-        chain = PropagationChain(left, options, timings)  # type: ignore[arg-type]
+        chain = PropagationChain(left, options, timings, synthesizer)  # type: ignore[arg-type]
         out = []
         for t in range(n):
             check_cancel()
@@ -242,7 +254,7 @@ def propagate_gap(
         return out
 
     def backward() -> list:
-        chain = PropagationChain(right, options, timings)  # type: ignore[arg-type]
+        chain = PropagationChain(right, options, timings, synthesizer)  # type: ignore[arg-type]
         out: list = [None] * n
         for t in range(n - 1, -1, -1):
             check_cancel()

@@ -4,6 +4,15 @@ backward propagations (Rerender-A-Video, Yang et al. 2023)."""
 
 from rerender.native.backends import available_backends
 from rerender.native.params import PRESETS, Guide, SynthParams, SynthResult
-from rerender.native.synthesize import synthesize
+from rerender.native.synthesize import Synthesizer, make_synthesizer, synthesize
 
-__all__ = ["PRESETS", "Guide", "SynthParams", "SynthResult", "available_backends", "synthesize"]
+__all__ = [
+    "PRESETS",
+    "Guide",
+    "SynthParams",
+    "SynthResult",
+    "Synthesizer",
+    "available_backends",
+    "make_synthesizer",
+    "synthesize",
+]

@@ -2,12 +2,18 @@
 
 Validates inputs into one sentence per problem, splits the style and guide weights over channels (synthesis.md §4),
 resolves the pyramid depth (synthesis.md §2) and hands the arrays to a backend: the one search-vote schedule
-(native/csrc/synth_driver.h) run by the CPU executor or by the CUDA kernel executor."""
+(native/csrc/synth_driver.h) run by the CPU executor or by the CUDA kernel executor.
+
+The backend is chosen once: `make_synthesizer(backend, device)` probes what can run here (backends.py) and
+returns a `Synthesizer`, an object that then synthesizes frame after frame with no probe and no branch on the
+backend. `synthesize(...)` is the one-call convenience: it makes a synthesizer and calls it."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from types import ModuleType
+from typing import ClassVar, Literal, Protocol
 
 import numpy as np
 from rerender.native.backends import cpu_unavailable_reason, cuda_unavailable_reason
@@ -95,6 +101,63 @@ def _validate(style, guides, params, init_nnf):
     return style, list(guides)
 
 
+class Synthesizer(Protocol):
+    """A synthesis backend, chosen once (`make_synthesizer`): calling it synthesizes one target."""
+
+    backend: str  # "cpu" or "cuda"
+
+    def __call__(
+        self,
+        style: np.ndarray,
+        guides: Sequence[Guide],
+        params: SynthParams = SynthParams(),
+        init_nnf: np.ndarray | None = None,
+    ) -> SynthResult: ...
+
+
+@dataclass(frozen=True)
+class CpuSynthesizer:
+    """The C++/OpenMP executor of the compiled module (`_synth`, imported when the synthesizer is made)."""
+
+    module: ModuleType
+    backend: ClassVar[str] = "cpu"
+
+    def __call__(self, style, guides, params: SynthParams = SynthParams(), init_nnf=None) -> SynthResult:
+        image, error, nnf, stats = _run_cpu(self.module, *_prepare(style, guides, params, init_nnf))
+        return SynthResult(image=image, error=error, nnf=nnf, backend=self.backend, stats=stats)
+
+
+@dataclass(frozen=True)
+class CudaSynthesizer:
+    """The CUDA kernel executor on one device (an index, resolved when the synthesizer is made). Each calling
+    thread gets its own stream and buffers on that device (cuda_backend.py), so one synthesizer may serve the
+    two chains of a gap at once."""
+
+    device: int
+    run: Callable[..., tuple]  # cuda_backend.synthesize_cuda
+    backend: ClassVar[str] = "cuda"
+
+    def __call__(self, style, guides, params: SynthParams = SynthParams(), init_nnf=None) -> SynthResult:
+        image, error, nnf, stats = self.run(*_prepare(style, guides, params, init_nnf), device=self.device)
+        return SynthResult(image=image, error=error, nnf=nnf, backend=self.backend, stats=stats)
+
+
+def make_synthesizer(backend: Backend = "auto", device: str | int | None = None) -> Synthesizer:
+    """The synthesizer of `backend` ("auto": CUDA where it can run, else the CPU), resolved once.
+
+    `device` ("cuda", "cuda:N" or N; None: torch's current device of the calling thread) picks the GPU of the
+    CUDA backend and is ignored by the CPU one. A backend that cannot run here is a ValueError that says
+    why."""
+    name = _pick_backend(backend)
+    if name == "cuda":
+        from rerender.native.cuda_backend import resolve_device, synthesize_cuda
+
+        return CudaSynthesizer(resolve_device(device), synthesize_cuda)
+    from rerender.native import _synth
+
+    return CpuSynthesizer(_synth)
+
+
 def synthesize(
     style: np.ndarray,
     guides: Sequence[Guide],
@@ -107,16 +170,9 @@ def synthesize(
 
     `device` ("cuda", "cuda:N" or N; None: torch's current device) picks the GPU of the CUDA backend. The GIL
     is released while the backend runs, so two calls can run in two threads at once (on CUDA each thread
-    gets its own stream)."""
-    name = _pick_backend(backend)
-    args = _prepare(style, guides, params, init_nnf)
-    if name == "cuda":
-        from rerender.native.cuda_backend import synthesize_cuda
-
-        image, error, nnf, stats = synthesize_cuda(*args, device=device)
-    else:
-        image, error, nnf, stats = _synthesize_cpu(*args)
-    return SynthResult(image=image, error=error, nnf=nnf, backend=name, stats=stats)
+    gets its own stream). Resolves the backend on every call: code that synthesizes many frames makes one
+    `make_synthesizer(backend, device)` and calls it."""
+    return make_synthesizer(backend, device)(style, guides, params, init_nnf)
 
 
 def _prepare(style, guides, params: SynthParams, init_nnf) -> tuple:
@@ -154,7 +210,22 @@ def _synthesize_cpu(
     compiled for the host and sequenced exactly as on a GPU (what CI compares frame for frame)."""
     from rerender.native import _synth
 
-    return _synth.synthesize(
+    return _run_cpu(_synth, style, source, target, style_w, guide_w, levels, params, init_nnf, executor)
+
+
+def _run_cpu(
+    module: ModuleType,
+    style,
+    source,
+    target,
+    style_w,
+    guide_w,
+    levels,
+    params: SynthParams,
+    init_nnf,
+    executor: str = "cpu",
+):
+    return module.synthesize(
         style,
         source,
         target,

@@ -370,3 +370,72 @@ def test_cuda_probe_without_a_driver_does_not_import_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     reason, imported = out.strip().splitlines()
     assert "libcuda.so.1" in reason and imported == "False"
+
+
+# --- the backend is chosen once ----------------------------------------------------------------------------
+
+
+def test_a_synthesizer_is_the_backend_chosen_once_and_matches_synthesize():
+    from rerender.native import make_synthesizer
+    from rerender.native.synthesize import CpuSynthesizer
+
+    style, target = shifted_pair(32, dx=2, dy=1)
+    guides = [Guide(style, target, 6.0)]
+    synth = make_synthesizer("cpu")
+    assert isinstance(synth, CpuSynthesizer) and synth.backend == "cpu"
+    one = synth(style, guides, QUICK)
+    two = synthesize(style, guides, QUICK, backend="cpu")
+    assert one.backend == "cpu" and np.array_equal(one.image, two.image) and np.array_equal(one.nnf, two.nnf)
+    with pytest.raises(ValueError, match="'auto', 'cpu' or 'cuda'"):
+        make_synthesizer("metal")
+    if available_backends()["cuda"] is not None:
+        with pytest.raises(ValueError, match="backend 'cuda' cannot run here"):
+            make_synthesizer("cuda")  # refused when it is made, not at the first frame
+
+
+CHAIN_PROBES = """
+import json, sys
+
+probes = []  # the backend probe opens the CUDA driver library with ctypes (native/backends.py)
+sys.addaudithook(lambda event, args: probes.append(1) if event == "ctypes.dlopen" and "libcuda" in str(args[0]) else None)
+import numpy as np
+from rerender.engines.flow import FlowPair
+from rerender.filter.propagation import KeySide, PropagationChain, PropagationOptions, Timings, edge_guide, propagate_gap
+from rerender.native import SynthParams
+
+rng = np.random.default_rng(0)
+frames = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(5)]
+still, visible = np.zeros((32, 32, 2), np.float32), np.zeros((32, 32), bool)
+options = PropagationOptions(SynthParams(search_vote_iters=1, patchmatch_iters=1), backend="auto")
+counts = {"imported": len(probes)}
+chain = PropagationChain(KeySide(frames[0], frames[0]), options, Timings())
+counts["chain"] = len(probes)
+for frame in frames[1:4]:
+    chain.step(frame, edge_guide(frame), still, visible)
+counts["steps"] = len(probes)
+pairs = [FlowPair(still, still, visible, visible)] * 4
+propagate_gap(KeySide(frames[0], frames[0]), KeySide(frames[4], frames[4]), frames[1:4], pairs, options, Timings())
+counts["gap"] = len(probes)
+counts["backend"] = chain.synthesizer.backend
+print(json.dumps(counts))
+"""
+
+
+def test_a_propagation_chain_resolves_the_backend_when_built_never_per_frame():
+    """`--synth-backend auto` probes for CUDA (the driver library, torch, nvcc) when a chain or a gap is
+    built; the per-frame path calls the synthesizer it holds. Counted in a fresh process with an audit hook on
+    ctypes.dlopen, the probe's first act: nothing of ours is replaced. CUDA is hidden from torch so the chain
+    runs on the CPU on any machine."""
+    import json
+    import os
+
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    out = subprocess.run(
+        [sys.executable, "-c", CHAIN_PROBES], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    one_probe = counts["chain"] - counts["imported"]
+    assert one_probe >= 1 and counts["backend"] == "cpu"
+    assert counts["steps"] == counts["chain"]  # three frames, no probe
+    assert counts["gap"] - counts["steps"] == one_probe  # a whole gap, two chains: one probe
