@@ -27,9 +27,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        from ..filter.errors import UsageError
+        from .errors import EngineUsageError
 
-        raise UsageError(f"--device {name} asks for CUDA but torch sees no CUDA device; use --device cpu")
+        raise EngineUsageError(
+            f"--device {name} asks for CUDA but torch sees no CUDA device; use --device cpu"
+        )
     return device
 
 
