@@ -228,12 +228,15 @@ def propagate_gap(
     options: PropagationOptions,
     timings: Timings,
     check_cancel: Callable[[], None] = lambda: None,
+    synthesizer: Synthesizer | None = None,
 ) -> list[np.ndarray]:
     """Stylize the n frames between two keyframes; returns n RGB uint8 images in order.
 
     `targets` are the n in-between frames; `pairs[t]` relates position t to t + 1 where position 0 is the
     left keyframe and position n + 1 the right one (so len(pairs) == n + 1). A missing side (None) makes
     the gap one-sided: frames before the first or after the last of the user's keyframe files.
+    `synthesizer`: the backend both chains run, made once by a caller that propagates many gaps; None
+    resolves `options.backend` / `options.device` once for this gap.
     """
     n = len(targets)
     if n == 0:
@@ -243,7 +246,8 @@ def propagate_gap(
     if left is None and right is None:
         raise ValueError("a gap needs at least one keyframe side")
     edges = [edge_guide(t) for t in targets]
-    synthesizer = make_synthesizer(options.backend, options.device)
+    if synthesizer is None:
+        synthesizer = make_synthesizer(options.backend, options.device)
 
     def forward() -> list:
         chain = PropagationChain(left, options, timings, synthesizer)  # type: ignore[arg-type]

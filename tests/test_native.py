@@ -416,6 +416,13 @@ counts["steps"] = len(probes)
 pairs = [FlowPair(still, still, visible, visible)] * 4
 propagate_gap(KeySide(frames[0], frames[0]), KeySide(frames[4], frames[4]), frames[1:4], pairs, options, Timings())
 counts["gap"] = len(probes)
+from rerender.native import make_synthesizer
+
+synthesizer = make_synthesizer("auto")  # made once by a caller that propagates many gaps
+counts["made"] = len(probes)
+for _ in range(2):
+    propagate_gap(KeySide(frames[0], frames[0]), None, frames[1:4], pairs, options, Timings(), synthesizer=synthesizer)
+counts["given"] = len(probes)
 counts["backend"] = chain.synthesizer.backend
 print(json.dumps(counts))
 """
@@ -439,3 +446,4 @@ def test_a_propagation_chain_resolves_the_backend_when_built_never_per_frame():
     assert one_probe >= 1 and counts["backend"] == "cpu"
     assert counts["steps"] == counts["chain"]  # three frames, no probe
     assert counts["gap"] - counts["steps"] == one_probe  # a whole gap, two chains: one probe
+    assert counts["made"] - counts["gap"] == one_probe and counts["given"] == counts["made"]  # gaps given one
