@@ -97,6 +97,8 @@ class KeyframeResult:
     )
 
 
+# The anchor's pass records; pass 1 ("first") and pass 2 ("second") of a later keyframe carry the same
+# constraints and differ only by the pixel guide and the state update they are given (method §2.5).
 Role = Literal["anchor", "first", "second"]
 
 
@@ -161,17 +163,16 @@ def keyframe_constraints(
     previous-keyframe states when `update_previous`), pixel-aware fusion with a `pixel` guide (pass 2, drawing
     from `generator`), AdaIN, then shape-aware fusion with a `shape` guide (AdaIN acts first, method §2.6)."""
     layers = CrossFrameLayers.of(networks, settings.cross_frame)
-    pixel_window = Window(*settings.pixel_fusion, strict=True)
-    return [
-        *([CrossFrameAttention(state, layers, update_previous)] if layers is not None else []),
-        *(
-            [PixelFusion(pixel, pixel_window, settings.inner_strength, generator)]
-            if pixel is not None
-            else []
-        ),
-        AdaIN(state, Window(*settings.adain)),
-        *([ShapeFusion(state, shape, Window(*settings.shape_fusion))] if shape is not None else []),
-    ]
+    constraints: list[Constraint] = []
+    if layers is not None:
+        constraints.append(CrossFrameAttention(state, layers, update_previous))
+    if pixel is not None:
+        pixel_window = Window(*settings.pixel_fusion, strict=True)
+        constraints.append(PixelFusion(pixel, pixel_window, settings.inner_strength, generator))
+    constraints.append(AdaIN(state, Window(*settings.adain)))
+    if shape is not None:
+        constraints.append(ShapeFusion(state, shape, Window(*settings.shape_fusion)))
+    return constraints
 
 
 def run_steps(
