@@ -35,6 +35,7 @@ from typing import Literal
 import numpy as np
 
 from ..engines.flow import FB_ONLY, FlowEstimator, FlowPair, OcclusionRule, estimate_pair, make_flow_estimator
+from ..native.synthesize import make_synthesizer
 from .errors import InputError
 from .frames import Frame
 from .geometry import Fit, ProcessingGeometry, to_depth, to_uint8
@@ -154,6 +155,13 @@ class Filter:
         self.options = options
         self.schedule = schedule if schedule is not None else make_schedule(options.schedule)
         self._flow = flow if flow is not None else make_flow_estimator(options.flow)
+        # The synthesis backend is resolved once per filter (on the thread that builds it, which also fixes
+        # the CUDA device when none is named); every gap's chains run this object, with no per-gap probe.
+        self._synthesizer = (
+            make_synthesizer(options.propagation.backend, options.propagation.device)
+            if options.propagate
+            else None
+        )
         self._on_keyframe = on_keyframe
         self._on_warning = on_warning
         self._cache = KeyframeCache(keyframe_cache) if keyframe_cache is not None else None
@@ -425,6 +433,7 @@ class Filter:
                     self.options.propagation,
                     self.timings,
                     check_step,
+                    self._synthesizer,
                 )
             finally:
                 seconds = time.perf_counter() - started
