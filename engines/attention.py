@@ -1,7 +1,7 @@
 """Cross-frame attention as a diffusers attention processor (docs/method.md §2.1, runtime.py docstring).
 
 The processor is installed with `UNet2DConditionModel.set_attn_processor` on the up-block self-attention
-(`attn1`) layers only; no module's `forward` is replaced (style.md practice 2). It exchanges tensors with the
+(`attn1`) layers only; no module's `forward` is replaced. It exchanges tensors with the
 backend through a `StateExchange` owned by that backend: before a UNet call the backend puts the reference
 states and the per-layer mask there, and after the call it collects each layer's own input.
 

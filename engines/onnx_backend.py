@@ -8,7 +8,7 @@ Two layers, so that the TensorRT backend reuses the second:
   `GraphUNet`) adapt a runner to the contract's callables: they flatten ControlResiduals and
   ReferenceStates into the named inputs of the network's I/O spec and rebuild the outputs.
 
-The sampler gets a `Networks` whose members are these callables and runs unchanged (style.md practice 3).
+The sampler gets a `Networks` whose members are these callables and runs unchanged.
 """
 
 from __future__ import annotations

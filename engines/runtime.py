@@ -1,7 +1,7 @@
 """The runtime contract: the networks the constrained sampler calls, whatever backend runs them.
 
 Every backend (torch here; onnxruntime and TensorRT in `rerender.export`) provides the same callables, so the
-sampler's loop never branches on the backend (architecture.md, "Runtime interface"; style.md practice 3).
+sampler's loop never branches on the backend (README).
 The contract is export-friendly: every input is a tensor of fixed rank, there is no Python control flow on
 tensor values, and optional behaviour (cross-frame attention per layer, loose mode, the anchor pass) is a
 *value* of an input (`ReferenceStates.mask`), never a different graph.

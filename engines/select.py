@@ -3,12 +3,12 @@
 `auto` tries TensorRT, then onnxruntime with the CUDA provider, then torch, and records for every backend
 above the chosen one the sentence that says why it was rejected ("TensorRT: no CUDA device"; "the
 processing canvas 1024x576 (height x width) is outside the exported sizes 256x256..960x960; re-export with
---max-size 1024x960"), as xformers' `not_supported_reasons` does (style.md practice 4).
+--max-size 1024x960"), as xformers' `not_supported_reasons` does.
 An explicitly requested backend that cannot serve is a EngineUsageError with that sentence. onnxruntime on the
 CPU is served when asked for (`--backend onnxruntime` without CUDA), never picked by `auto`: torch-CPU is
 the reference there (bench/backends.py compares the two).
 
-The sampler receives the chosen `Networks` and never branches on the backend (style.md practice 3).
+The sampler receives the chosen `Networks` and never branches on the backend.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""One I/O spec per exported network (architecture.md, Runtime interface; style.md practice 6).
+"""One I/O spec per exported network (README).
 
 A `NetworkSpec` names every input and output, its dtype and its shape, where each dimension is either a
 fixed size or a `Dim` derived from the batch and the image height/width. The same spec drives
@@ -10,7 +10,7 @@ Sizes are image pixels; latents are 1/8 of them. Height and width must be multip
 down/up sampling stage of the SD1.5 UNet divides evenly: the traced graph then has no size-dependent
 branch (diffusers' `forward_upsample_size` is False for every allowed size).
 
-Importing this module needs neither torch nor onnx (style.md practice 12).
+Importing this module needs neither torch nor onnx.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The TensorRT backend: engines with an explicit lifecycle, I/O as torch CUDA tensors.
 
-Lifecycle (style.md practice 8, after NVIDIA's demo `engine.py`):
+Lifecycle (after NVIDIA's demo `engine.py`):
     engine = TensorRTEngine(spec, path)
     engine.load(runtime)                 # deserialize; a file TensorRT rejects raises, it is never used
     pool = SharedDeviceMemory.for_engines([...])
@@ -34,7 +34,7 @@ from .specs import NetworkSpec
 
 
 def tensorrt_unavailable_reason() -> str | None:
-    """None when TensorRT can serve here, else a sentence (architecture.md: backends say why)."""
+    """None when TensorRT can serve here, else a sentence."""
     if importlib.util.find_spec("tensorrt") is None:
         return "TensorRT: the tensorrt package is not installed (pip install -e '.[gpu]')"
     if not torch.cuda.is_available():

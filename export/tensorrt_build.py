@@ -3,7 +3,7 @@
 - One optimisation profile per engine, from the network's I/O spec and the size range it was exported for
   (`NetworkSpec.profile`): dynamic height/width within [min, max], batch 1..2 (CFG batch 2).
 - Precision. TensorRT 10 builds fp16 engines from an fp32 graph with the weak-typing flag
-  `BuilderFlag.FP16`. TensorRT 11 removed that flag (ecosystem.md §2.7): its networks are strongly typed,
+  `BuilderFlag.FP16`. TensorRT 11 removed that flag: its networks are strongly typed,
   so the precision must already be in the ONNX graph. We therefore always build from the graph of the
   requested precision (`rerender export --precision fp16` writes fp16 graphs) and on TensorRT >= 11 mark
   the network strongly typed; on TensorRT 10 an fp16 graph is also built strongly typed, so both versions
@@ -14,7 +14,7 @@
   re-exports the merged ONNX and refits the engine from it (`refit_from_onnx`) instead of rebuilding.
 - Every build logs to a file next to the engine; a failure raises `EngineBuildError` naming that file.
 
-Nothing here imports tensorrt at module import time (style.md practice 12).
+Nothing here imports tensorrt at module import time.
 """
 
 from __future__ import annotations
@@ -149,7 +149,7 @@ def refit_from_onnx(engine_bytes: bytes, onnx_path: Path, log_path: Path) -> byt
     """Refit a refittable engine with every weight of `onnx_path` (same graph, other weights).
 
     All weights are replaced, never only the LoRA deltas: refitting A, then B, then A again must give A
-    (NVIDIA/TensorRT#3628, ecosystem.md §2.4), so the graph always holds base + the current LoRA set.
+    (NVIDIA/TensorRT#3628), so the graph always holds base + the current LoRA set.
     """
     import tensorrt as trt
 

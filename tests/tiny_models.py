@@ -3,7 +3,7 @@
 The components keep SD1.5's *structure* (4 UNet levels, 2 layers per block, so 9 up-block self-attention
 layers with a widest level that loose mode skips; a VAE and a ControlNet hint encoder that both downsample
 by 8; a CLIP text encoder with the full 49408-token vocabulary) at a few thousand times fewer weights, so a
-keyframe at 64×64 pixels takes well under a second on a CPU (style.md practice 13, as diffusers' own tests).
+keyframe at 64×64 pixels takes well under a second on a CPU (as diffusers' own tests do).
 
 Writers:
 - `write_diffusers_folder(dir)`: model_index.json + unet/ vae/ text_encoder/ scheduler/ (safetensors);

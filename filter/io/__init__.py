@@ -1,4 +1,4 @@
-"""Video I/O on PyAV: the Source and Sink of the graph (architecture.md, Data flow).
+"""Video I/O on PyAV: the Source and Sink of the graph (README).
 
     with open_source("in.mp4") as src, open_sink("out.mp4", src, SinkOptions()) as sink:
         for frame in src.frames():

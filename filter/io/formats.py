@@ -48,7 +48,7 @@ COLOR_PRIMARIES_NAMES = {
 
 # Muxer names (as PyAV reports `container.format.name`) of containers that carry a display matrix.
 DISPLAY_MATRIX_MUXERS = frozenset({"mp4", "mov", "ipod", "3gp", "3g2", "ismv", "matroska", "webm"})
-# Muxers that can only be written to a pipe when fragmented (ecosystem.md §4: "muxer does not support non
+# Muxers that can only be written to a pipe when fragmented ("muxer does not support non
 # seekable output").
 FRAGMENTABLE_MP4_MUXERS = frozenset({"mp4", "mov", "ipod", "ismv"})
 # The MOV-family muxers (they share movenc's options such as video_track_timescale).

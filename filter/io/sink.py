@@ -115,7 +115,7 @@ class Sink:
                     "refusing to write video to a terminal; redirect standard output or give a file"
                 )
             if fmt in FRAGMENTABLE_MP4_MUXERS:
-                # MP4/MOV need a seekable output for their index unless fragmented (ecosystem.md §4).
+                # MP4/MOV need a seekable output for their index unless fragmented.
                 container_options["movflags"] = FRAGMENTED_MP4_FLAGS
             if sys.stdout is not None:
                 sys.stdout.flush()
@@ -186,7 +186,7 @@ class Sink:
         cc = stream.codec_context
         stream.width, stream.height, stream.pix_fmt = info.width, info.height, pix_fmt
         # The encoder gets the input's own time base and pts, so VFR timestamps pass through unchanged
-        # (ecosystem.md §4: set both stream.time_base and codec_context.time_base).
+        # (set both stream.time_base and codec_context.time_base).
         stream.time_base = info.time_base
         cc.time_base = info.time_base
         if info.average_rate:

@@ -1,11 +1,11 @@
 """Source of the graph: demux and decode one video stream with PyAV, keep the other streams' packets.
 
 Frames leave as `Frame`s: RGB at the input's size, uint8 for 8-bit and uint16 (full 16-bit scale) for
-10/12-bit pixel formats, with the decoder's pts and the stream's time_base untouched (ecosystem.md §4:
+10/12-bit pixel formats, with the decoder's pts and the stream's time_base untouched (we
 keep frame.pts/time_base, never re-derive them from a frame rate; that is what keeps VFR intact). Audio,
 subtitle and data packets met while demuxing wait in a queue until the Sink remuxes them.
 
-Colour: the YUV->RGB conversion is told the frame's matrix and range explicitly (ecosystem.md §4, PyAV
+Colour: the YUV->RGB conversion is told the frame's matrix and range explicitly (PyAV
 #1430/#2149/#2230 are all wrong-colour bugs from implicit defaults); the Sink uses the same tags back.
 
 What may be opened: the input itself only. FFmpeg is given a protocol whitelist (`file` for a path, `pipe`

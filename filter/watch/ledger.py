@@ -1,6 +1,6 @@
 """The ledger: one SQLite database (WAL) in OUTBOX's hidden folder, one row per (clip path, size, mtime,
 settings hash), so a clip is processed again exactly when it or its settings changed, and never again once
-done (ecosystem.md §5.2 "Resume": the HandBrake watcher's md5 of name, size and mtime).
+done ("Resume": the HandBrake watcher's md5 of name, size and mtime).
 
 States: queued -> running -> done | failed; a crashed `running` row is re-queued by whoever next holds the
 clip's lock. `phase = 'committing'` marks the short window in which the finished staging file is being

@@ -1,6 +1,6 @@
 """Per-clip locks: one folder per clip in INBOX's hidden `.rerender-locks` folder, created atomically, so that
-two daemons (on one machine or on two machines sharing the folder) never take the same clip (ecosystem.md
-§5.2, the HandBrake watcher's `mkdir <relpath>.lock`; we rename a prepared folder into place instead of
+two daemons (on one machine or on two machines sharing the folder) never take the same clip (as the
+HandBrake watcher's `mkdir <relpath>.lock`; we rename a prepared folder into place instead of
 mkdir, so a lock never exists without its owner file).
 
 The lock folder holds `owner.json` (host, pid, process start time, a random token). A lock is stale when its

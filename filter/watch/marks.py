@@ -3,8 +3,8 @@
 The ledger lives in OUTBOX, so two daemons that share an INBOX but write to different OUTBOXes (one per
 machine, because a SQLite WAL ledger needs one machine) would each render every clip once the other's lock
 is gone. A mark `INBOX/.rerender-locks/<clip hash>.<settings hash>.json`, written atomically after the
-ledger says done or failed, tells them it was taken (the HandBrake watcher's shared success/failure lists,
-ecosystem.md §5.1). Keyed by the clip's size and mtime and the settings hash too: a changed clip, or a
+ledger says done or failed, tells them it was taken (the HandBrake watcher's shared success/failure
+lists). Keyed by the clip's size and mtime and the settings hash too: a changed clip, or a
 daemon with another preset (another look), renders it again.
 """
 

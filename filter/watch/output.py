@@ -1,4 +1,4 @@
-"""Where results go, and how they get there atomically (ecosystem.md §5.2 "Atomic writes", "Output naming",
+"""Where results go, and how they get there atomically ("Atomic writes", "Output naming",
 "Originals").
 
 OUTBOX/.rerender/            hidden: the ledger and `staging/<row id>/` (partial output + keyframe checkpoints)

@@ -1,9 +1,9 @@
 """Detection: a stat scan of INBOX and the stability rule that decides when a clip is fully written.
 
 A poll loop, not file events, is the source of truth: inotify does not see writes made from other machines on
-NFS/SMB shares, and watchdog's PollingObserver dies silently when a share goes away (ecosystem.md §5.3). A
+NFS/SMB shares, and watchdog's PollingObserver dies silently when a share goes away. A
 clip is taken only once its size and modification time (and those of its sidecar) stayed the same for
-`--stable` seconds, the rule of the HandBrake watchers and SetConnect's "Stabletimer" (ecosystem.md §5.2).
+`--stable` seconds, the rule of the HandBrake watchers and SetConnect's "Stabletimer".
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Settings of a watch folder: a preset TOML for the folder and an optional sidecar `<clip>.toml` per clip
-(ecosystem.md §5.2 "Per-folder settings": AME presets, shannah's `handbrake.properties`).
+("Per-folder settings": AME presets, shannah's `handbrake.properties`).
 
 Keys are the long flags of `rerender run` without the dashes (`cfg-scale = 7.5` or `cfg_scale = 7.5`;
 `vary-noise = true`; repeatable flags take a list). They are turned back into an argv list and parsed by

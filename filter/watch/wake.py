@@ -1,4 +1,4 @@
-"""Native file events as a wake-up hint only (ecosystem.md §5.3): on Linux an inotify watch on INBOX and its
+"""Native file events as a wake-up hint only: on Linux an inotify watch on INBOX and its
 sub-folders sets the loop's wake event so a dropped clip is noticed before the next poll. The poll scan
 stays the source of truth: inotify misses writes made by other machines on NFS/SMB, and anything that goes
 wrong here just leaves the daemon polling. Uses libc through ctypes, so no dependency is added.
