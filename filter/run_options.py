@@ -1,0 +1,315 @@
+"""The options of one re-rendering job (`RunOptions`) and `rerender run`'s parser that builds them from argv.
+
+`parse_run_options` is the one argv → options mapping: the CLI, the watch-folder daemon and the preview
+server all call it, so every program validates and words its messages the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from ..engines.flow import ESTIMATOR_MODULES, make_flow_estimator
+from ..native.params import SynthParams
+from . import option_ranges as ranges
+from .errors import UsageError
+from .graph import FilterOptions
+from .io import SinkOptions, add_io_arguments, sink_options_from_args
+from .lavfi import LAVFI_PREFIX, lavfi_graph
+from .propagation import PropagationOptions
+from .renderers import diffusion_options
+from .renderers.classic import CLASSIC_STYLES, ClassicOptions
+from .renderers.diffusion_options import DiffusionOptions
+from .renderers.frames import scan_keyframe_files
+from .schedule import FixedSchedule, KeyframeSchedule, ScheduleOptions, make_schedule
+
+Stage = Literal["first-keyframe", "keyframes", "full"]
+RendererName = Literal["classic", "frames", "diffusion"]
+ProgressMode = Literal["bar", "json", "none"]
+DEFAULT_SIZE = 512  # the processing short side when --size is not given (and the input is at least this)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    input: str  # path, '-' (standard input) or 'lavfi:GRAPH' (an FFmpeg test source)
+    output: str  # path or '-'
+    input_format: str | None = None
+    sink: SinkOptions = field(default_factory=SinkOptions)
+    strict: bool = False  # fail when corrupt packets made frames drop
+    filter: FilterOptions = field(default_factory=FilterOptions)
+    renderer: RendererName = "classic"
+    classic: ClassicOptions = field(default_factory=ClassicOptions)
+    keyframes_dir: Path | None = None
+    keyframes_first_index: int = 0
+    diffusion: DiffusionOptions | None = None
+    progress: ProgressMode = "bar"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line, exit 2) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(f"{message}; see `rerender run --help`")
+
+
+def build_run_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="rerender run",
+        description="Re-render a video: keyframes are stylized, the frames between them propagated and blended. "
+        "Every input frame comes out once, in order, with its timestamp.",
+    )
+    p.add_argument(
+        "-i",
+        "--input",
+        required=True,
+        metavar="PATH",
+        help="input video, '-' for standard input, or lavfi:GRAPH for an FFmpeg test source "
+        "(e.g. lavfi:testsrc2=size=640x360:rate=25:duration=2)",
+    )
+    p.add_argument(
+        "-o", "--output", required=True, metavar="PATH", help="output video, or '-' for standard output"
+    )
+    add_io_arguments(p)
+    g = p.add_argument_group("keyframes and propagation")
+    g.add_argument(
+        "-K",
+        "--keyframe-interval",
+        type=ranges.int_range(1, ranges.MAX_KEYFRAME_INTERVAL),
+        default=10,
+        metavar="K",
+        help=f"frames between keyframes, 1 to {ranges.MAX_KEYFRAME_INTERVAL} (default: %(default)s)",
+    )
+    g.add_argument(
+        "--keyframes",
+        choices=["uniform", "adaptive"],
+        default="uniform",
+        help="uniform: every K frames; adaptive: more where motion/occlusion is large, about one per K on "
+        "average (default: %(default)s)",
+    )
+    g.add_argument(
+        "--no-scene-cuts",
+        action="store_true",
+        help="do not detect scene cuts (a cut starts a new anchor; default: detect them)",
+    )
+    g.add_argument(
+        "--renderer",
+        choices=["classic", "frames", "diffusion"],
+        default=None,
+        help="keyframe renderer (default: diffusion when --model is given, else classic)",
+    )
+    g.add_argument(
+        "--keyframes-dir",
+        type=Path,
+        metavar="DIR",
+        help="frames renderer: folder of stylized keyframes (no default; needed by --renderer frames)",
+    )
+    g.add_argument(
+        "--keyframes-first-index",
+        type=ranges.int_range(0, ranges.MAX_FRAME_INDEX),
+        default=0,
+        metavar="N",
+        help="frames renderer: the number in the first frame's file name, 0 or more (default: %(default)s; "
+        "1 for ffmpeg's %%04d)",
+    )
+    g.add_argument(
+        "--classic-style",
+        choices=CLASSIC_STYLES,
+        default="stylization",
+        help="classic renderer look (default: %(default)s)",
+    )
+    g.add_argument(
+        "--classic-sigma-s",
+        type=ranges.float_range(0, 200, low_open=True),
+        default=60.0,
+        metavar="PIXELS",
+        help="classic: spatial extent in pixels, (0, 200] (default: %(default)s)",
+    )
+    g.add_argument(
+        "--classic-sigma-r",
+        type=ranges.float_range(0, 1, low_open=True),
+        default=0.45,
+        metavar="R",
+        help="classic: colour extent as a fraction of the colour range, (0, 1] (default: %(default)s)",
+    )
+    g.add_argument(
+        "--size",
+        type=ranges.int_range(ranges.MIN_SHORT_SIDE, ranges.MAX_SHORT_SIDE, multiple=64),
+        default=None,
+        metavar="PIXELS",
+        help=f"processing size: the short side in pixels, a multiple of 64 from 64 to {ranges.MAX_SHORT_SIDE} "
+        f"(default: the input's own short side, at most {DEFAULT_SIZE}; an input is scaled up only when "
+        "--size is given)",
+    )
+    g.add_argument(
+        "--fit",
+        choices=["pad", "crop"],
+        default="pad",
+        help="keep the aspect ratio by padding or cropping to multiples of 64 (default: %(default)s)",
+    )
+    g.add_argument(
+        "--propagate-at",
+        choices=["processing", "output"],
+        default="processing",
+        help="propagate at the processing size and resize, or at the output size (default: %(default)s)",
+    )
+    g.add_argument(
+        "--flow",
+        default="dis",
+        help="optical flow: dis, dis:fast, dis:ultrafast, raft:WEIGHTS (default: %(default)s)",
+    )
+    g.add_argument(
+        "--threads",
+        type=ranges.int_range(1, ranges.max_threads()),
+        default=None,
+        metavar="N",
+        help=f"threads per synthesis chain, 1 to {ranges.max_threads()} (default: the cores split between "
+        "the two chains)",
+    )
+    g.add_argument(
+        "--synth-backend",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="patch synthesizer: auto takes cuda when a GPU and the CUDA build are there, else cpu "
+        "(default: %(default)s)",
+    )
+    g.add_argument(
+        "--patch-size",
+        type=ranges.int_range(3, ranges.MAX_PATCH_SIZE, odd=True),
+        default=5,
+        metavar="PIXELS",
+        help=f"synthesis patch side in pixels, odd, 3 to {ranges.MAX_PATCH_SIZE} (default: %(default)s)",
+    )
+    g.add_argument(
+        "--search-vote-iters",
+        type=ranges.int_range(1, ranges.MAX_SEARCH_VOTE_ITERS),
+        default=12,
+        metavar="N",
+        help=f"search-and-vote iterations per pyramid level, 1 to {ranges.MAX_SEARCH_VOTE_ITERS} "
+        "(default: %(default)s)",
+    )
+    g.add_argument(
+        "--patchmatch-iters",
+        type=ranges.int_range(1, ranges.MAX_PATCHMATCH_ITERS),
+        default=6,
+        metavar="N",
+        help=f"PatchMatch iterations per search, 1 to {ranges.MAX_PATCHMATCH_ITERS} (default: %(default)s)",
+    )
+    g.add_argument(
+        "--pyramid-levels",
+        type=ranges.int_range(1, ranges.MAX_PYRAMID_LEVELS),
+        default=None,
+        metavar="N",
+        help=f"synthesis pyramid levels, 1 to {ranges.MAX_PYRAMID_LEVELS} (default: as many as the "
+        "processing size allows)",
+    )
+    g.add_argument(
+        "--poisson",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="gradient-domain (Poisson) fusion in the blend, as the authors' -ps (default: off: it measured "
+        "lower fidelity and more flicker, see README)",
+    )
+    g.add_argument(
+        "--blend-weights",
+        choices=["frames", "motion"],
+        default=PropagationOptions.blend_weights,
+        help="how near a frame is to each keyframe when the two propagations are blended: by frame "
+        "position (the paper) or by the motion between them (default: %(default)s)",
+    )
+    diffusion_options.add_arguments(p)
+    out = p.add_argument_group("progress")
+    out.add_argument(
+        "--progress",
+        choices=["bar", "json", "none"],
+        default="bar",
+        help="stderr progress format; warnings are printed with every format (default: %(default)s)",
+    )
+    out.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress output (same as --progress none); warnings still go to stderr",
+    )
+    return p
+
+
+def _check_flow(spec: str) -> str:
+    name = spec.partition(":")[0]
+    if name == "dis":
+        make_flow_estimator(spec)  # cheap; validates the preset
+    elif name not in ESTIMATOR_MODULES:
+        raise UsageError(
+            f"--flow expects dis, dis:fast, dis:ultrafast or {', '.join(ESTIMATOR_MODULES)}:ARG; got {spec!r}"
+        )
+    return spec
+
+
+def parse_run_options(argv: list[str]) -> RunOptions:
+    args = build_run_parser().parse_args(argv)
+    renderer = args.renderer or ("diffusion" if args.model else "classic")
+    if renderer != "diffusion" and args.model:
+        raise UsageError(
+            "--model is used by the diffusion renderer only; drop it or use --renderer diffusion"
+        )
+    if renderer == "frames" and args.keyframes_dir is None:
+        raise UsageError("--renderer frames needs --keyframes-dir DIR, a folder of stylized keyframes")
+    if renderer != "frames" and args.keyframes_dir is not None:
+        raise UsageError("--keyframes-dir is used by the frames renderer only; add --renderer frames")
+    # The numeric flags' ranges are their argparse types (option_ranges.py), checked while parsing.
+    if args.input != "-" and args.input == args.output:
+        raise UsageError("-o must differ from -i: the input would be overwritten while it is read")
+    if args.input.startswith(LAVFI_PREFIX):
+        lavfi_graph(args.input)
+    try:
+        classic = ClassicOptions(args.classic_style, args.classic_sigma_s, args.classic_sigma_r)
+        synth = SynthParams(
+            patch_size=args.patch_size,
+            pyramid_levels=args.pyramid_levels,
+            search_vote_iters=args.search_vote_iters,
+            patchmatch_iters=args.patchmatch_iters,
+            threads=args.threads,
+        )
+        propagation = PropagationOptions(
+            synth=synth,
+            backend=args.synth_backend,
+            # --device cuda:N (diffusion renderer) puts the CUDA synthesizer on the same GPU as the UNet.
+            device=args.device if args.device.startswith("cuda") else None,
+            poisson=args.poisson,
+            blend_weights=args.blend_weights,
+        )
+        schedule = ScheduleOptions(args.keyframe_interval, args.keyframes, scene_cuts=not args.no_scene_cuts)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    filter_options = FilterOptions(
+        schedule=schedule,
+        size=DEFAULT_SIZE if args.size is None else args.size,
+        fit=args.fit,
+        propagate_at=args.propagate_at,
+        flow=_check_flow(args.flow),
+        propagation=propagation,
+        upscale=args.size is not None,  # an explicit --size is honoured even above the input's size
+    )
+    return RunOptions(
+        input=args.input,
+        output=args.output,
+        input_format=args.input_format,
+        sink=sink_options_from_args(args),
+        strict=args.strict,
+        filter=filter_options,
+        renderer=renderer,
+        classic=classic,
+        keyframes_dir=args.keyframes_dir,
+        keyframes_first_index=args.keyframes_first_index,
+        diffusion=diffusion_options.from_args(args) if renderer == "diffusion" else None,
+        progress="none" if args.quiet else args.progress,
+    )
+
+
+def keyframe_schedule(options: RunOptions) -> KeyframeSchedule:
+    """A fresh keyframe schedule for one run: the user's keyframe files (frames renderer) or -K/--keyframes."""
+    if options.renderer == "frames":
+        files = scan_keyframe_files(options.keyframes_dir, options.keyframes_first_index)
+        return FixedSchedule(frozenset(files))
+    return make_schedule(options.filter.schedule)
