@@ -23,6 +23,7 @@ from .renderers import diffusion_options
 from .renderers.classic import CLASSIC_STYLES, ClassicOptions
 from .renderers.diffusion_options import DiffusionOptions
 from .renderers.frames import scan_keyframe_files
+from .run_flags import FlagSchema, RunFlag, build_parser, record
 from .schedule import FixedSchedule, KeyframeSchedule, ScheduleOptions, make_schedule
 
 Stage = Literal["first-keyframe", "keyframes", "full"]
@@ -47,19 +48,34 @@ class RunOptions:
     progress: ProgressMode = "bar"
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError (one line, exit 2) instead of printing usage and exiting."""
+class RunParser(argparse.ArgumentParser):
+    """argparse that raises UsageError (one line, exit 2) instead of printing usage and exiting; `schema`
+    holds the typed flags it was built from (`run_flags`)."""
+
+    schema: tuple[RunFlag, ...] = ()
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(f"{message}; see `rerender run --help`")
 
 
-def build_run_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+def build_run_parser() -> RunParser:
+    """`rerender run`'s parser, built from `run_flags()`; its `schema` holds those flags."""
+    p = RunParser(
         prog="rerender run",
         description="Re-render a video: keyframes are stylized, the frames between them propagated and blended. "
         "Every input frame comes out once, in order, with its timestamp.",
     )
+    p.schema = run_flags()
+    build_parser(p, p.schema)
+    return p
+
+
+def run_flags() -> tuple[RunFlag, ...]:
+    """Every flag of `rerender run`, in --help order."""
+    return record(_declare_run_flags)
+
+
+def _declare_run_flags(p: FlagSchema) -> None:
     p.add_argument(
         "-i",
         "--input",
@@ -232,7 +248,6 @@ def build_run_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="no progress output (same as --progress none); warnings still go to stderr",
     )
-    return p
 
 
 def _check_flow(spec: str) -> str:

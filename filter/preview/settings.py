@@ -2,7 +2,7 @@
 
 The page never validates anything itself: its fields are turned back into an argv list and handed to the
 job's own `parse_run_options`, so a bad value gets exactly the message `rerender run` would print. The fields
-are read from the run parser, so every flag the page shows is one the CLI has. Which options the page may
+are read from the run parser's typed schema (`RunFlag`), so every flag the page shows is one the CLI has. Which options the page may
 change at all is an allow-list (PAGE_OPTIONS), checked on what the run parser made of the page's flags.
 """
 
@@ -14,9 +14,10 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+from ..run_flags import by_spelling
 
 if TYPE_CHECKING:
-    from ..job import RunOptions
+    from ..run_options import RunOptions, RunParser
 
 # The flags the page shows as their own fields, in this order, when the run parser has them; every other
 # run flag stays in the free-text "more flags" field. `*style*`/`*classic*` flags (the classic renderer's
@@ -174,59 +175,52 @@ class FastPreview:
     steps: int = 8
 
 
-def _action_for(parser: argparse.ArgumentParser, flag: str) -> argparse.Action | None:
-    return parser._option_string_actions.get(flag)
-
-
-def _main_flag(action: argparse.Action) -> str:
-    longs = [s for s in action.option_strings if s.startswith("--")]
-    return longs[0] if longs else action.option_strings[0]
-
-
-def form_fields(parser: argparse.ArgumentParser) -> list[Field]:
+def form_fields(parser: RunParser) -> list[Field]:
     """The fields of the page's form: the run flags of SHOWN_FLAGS, the classic renderer's style flags
-    and the diffusion flags, each only if the parser knows it and it takes a value."""
+    and the diffusion flags, each only if the run parser's schema has it and it takes a value."""
+    flags = parser.schema
     names = list(SHOWN_FLAGS)
-    for action in parser._actions:
-        for option in action.option_strings:
+    for flag in flags:
+        for option in flag.names:
             if ("style" in option or "classic" in option) and option.startswith("--"):
                 names.append(option)
                 break
     names += DIFFUSION_FLAGS
+    by_name = by_spelling(flags)
     fields: list[Field] = []
-    seen: set[int] = set()
+    seen: set[str] = set()
     for name in names:
-        action = _action_for(parser, name)
-        if action is None or id(action) in seen or action.nargs == 0:
+        flag = by_name.get(name)
+        if flag is None or flag.dest in seen or not flag.takes_value:
             continue
-        seen.add(id(action))
-        default = action.default
+        seen.add(flag.dest)
+        default = flag.default
         fields.append(
             Field(
-                flag=name if name == "-K" else _main_flag(action),
+                flag=name if name == "-K" else flag.long_name,
                 label=name.lstrip("-"),
-                help=(action.help or "").replace("%(default)s", str(default)),
+                help=flag.help.replace("%(default)s", str(default)),
                 default="" if default is None or default is argparse.SUPPRESS else str(default),
-                choices=tuple(str(c) for c in action.choices) if action.choices else None,
-                fixed=action.dest not in PAGE_OPTIONS,
+                choices=flag.choices,
+                fixed=flag.dest not in PAGE_OPTIONS,
             )
         )
     return fields
 
 
-def _flag_of(token: str, fields: list[Field], parser: argparse.ArgumentParser) -> Field | None:
-    action = _action_for(parser, token)
-    if action is None:
+def _flag_of(token: str, fields: list[Field], parser: RunParser) -> Field | None:
+    by_name = by_spelling(parser.schema)
+    flag = by_name.get(token)
+    if flag is None:
         return None
     for field in fields:
-        if _action_for(parser, field.flag) is action:
+        other = by_name.get(field.flag)
+        if other is not None and other.dest == flag.dest:
             return field
     return None
 
 
-def split_run_argv(
-    argv: list[str], fields: list[Field], parser: argparse.ArgumentParser
-) -> tuple[dict[str, str], str]:
+def split_run_argv(argv: list[str], fields: list[Field], parser: RunParser) -> tuple[dict[str, str], str]:
     """Split the command line's run options into field values and the rest ("more flags"), so the page
     starts from exactly what the user typed. `-i` is left out: the input is fixed."""
     values: dict[str, str] = {}

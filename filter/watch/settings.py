@@ -15,19 +15,22 @@ is parsed by the run parser before any job starts.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RerenderError, UsageError
+from ..run_flags import RunFlag
 from .inbox_files import read_sidecar
 from .output import MUXER_SUFFIX
+
+if TYPE_CHECKING:
+    from ..run_options import RunParser
 
 # The daemon chooses these for every job.
 DAEMON_KEYS = frozenset({"input", "output", "out", "o", "i"})
@@ -183,20 +186,14 @@ def read_table(path: Path, what: str, *, sidecar: bool) -> ParsedTable:
 
 
 class FlagTable:
-    """The long flags of `rerender run`'s parser, to turn `key = value` pairs into argv."""
+    """The long flags of `rerender run` (its typed schema, `RunFlag`), to turn `key = value` pairs into argv."""
 
-    def __init__(self, parser: argparse.ArgumentParser) -> None:
-        self._by_key: dict[str, tuple[str, argparse.Action]] = {}
-        self._positional: set[str] = set()
-        for action in parser._actions:  # argparse has no public accessor for its actions
-            if not action.option_strings:
-                self._positional.add(_key(action.dest))
-                continue
-            if isinstance(action, argparse._HelpAction | argparse._VersionAction):
-                continue
-            longs = [s for s in action.option_strings if s.startswith("--")]
-            for option in longs:
-                self._by_key[_key(option)] = (option, action)
+    def __init__(self, flags: Iterable[RunFlag]) -> None:
+        self._by_key: dict[str, tuple[str, RunFlag]] = {}
+        for flag in flags:
+            for option in flag.spellings:
+                if option.startswith("--"):
+                    self._by_key[_key(option)] = (option, flag)
 
     def has(self, key: str) -> bool:
         return key in self._by_key
@@ -207,24 +204,22 @@ class FlagTable:
     def argv(self, values: dict[str, Any], where: Callable[[str], str]) -> list[str]:
         out: list[str] = []
         for key, value in values.items():
-            if key in self._positional:
-                raise UsageError(f"{where(key)} sets {key!r}, which is chosen by the watch daemon; remove it")
             if key not in self._by_key:
                 raise UsageError(
                     f"{where(key)} sets {key.replace('_', '-')!r}, which is not a flag of `rerender run`; "
                     f"expected one of: {', '.join(self.names())}"
                 )
-            option, action = self._by_key[key]
-            out += self._one(option, action, value, where(key))
+            option, flag = self._by_key[key]
+            out += self._one(option, flag, value, where(key))
         return out
 
     @staticmethod
-    def _one(option: str, action: argparse.Action, value: Any, where: str) -> list[str]:
-        if action.nargs == 0:  # store_true / store_false / store_const / count / BooleanOptionalAction
+    def _one(option: str, flag: RunFlag, value: Any, where: str) -> list[str]:
+        if not flag.takes_value:  # an on/off switch, or a --X/--no-X pair
             if not isinstance(value, bool):
                 raise UsageError(f"{where} sets {option[2:]!r} to {value!r}; expected true or false")
-            if isinstance(action, argparse.BooleanOptionalAction):
-                positive = next(s for s in action.option_strings if not s.startswith("--no-"))
+            if flag.negatable:
+                positive = flag.long_name
                 negative = "--no-" + positive[2:]
                 if option == negative:  # `no-poisson = true` is `--no-poisson`, `= false` is `--poisson`
                     positive, negative = negative, positive
@@ -234,9 +229,9 @@ class FlagTable:
             raise UsageError(f"{where} sets {option[2:]!r} to {str(value).lower()}; expected a value")
         if isinstance(value, list):
             items = [_scalar(v, option, where) for v in value]
-            if isinstance(action, argparse._AppendAction):
-                return [part for item in items for part in (f"{option}={item}",)]
-            if action.nargs in ("+", "*") or isinstance(action.nargs, int):
+            if flag.repeatable:
+                return [f"{option}={item}" for item in items]
+            if flag.nargs in ("+", "*") or isinstance(flag.nargs, int):
                 return [option, *items]
             raise UsageError(f"{where} gives a list for {option[2:]!r}; expected one value")
         return [f"{option}={_scalar(value, option, where)}"]
@@ -328,12 +323,12 @@ class SettingsSource:
     def __init__(
         self,
         preset: Path | None,
-        build_parser: Callable[[], argparse.ArgumentParser],
+        build_parser: Callable[[], RunParser],
         parse: Callable[[list[str]], Any],
         inbox: Path | None = None,
     ) -> None:
         self._parse = parse
-        self._flags = FlagTable(build_parser())
+        self._flags = FlagTable(build_parser().schema)
         self._preset_path = preset
         self._inbox = inbox
         self._preset: dict[str, Any] = {}
