@@ -1,7 +1,7 @@
 """Ranges of `rerender run`'s numeric options, checked once while the command line is parsed.
 
 Each range is an argparse `type`: a value outside it (or not a number, or not finite) becomes one sentence
-that names the flag and the range, exit status 2 (`job._Parser`). The same parser serves the CLI, the
+that names the flag and the range, exit status 2 (`cli_parser.OneLineParser`). The same parser serves the CLI, the
 watch daemon's sidecars and the preview's extra flags, so no path reaches the synthesizer or the decoder
 with an unchecked number.
 """

@@ -14,6 +14,7 @@ from typing import Literal
 from ..engines.flow import ESTIMATOR_MODULES, make_flow_estimator
 from ..native.params import SynthParams
 from . import option_ranges as ranges
+from .cli_parser import OneLineParser
 from .errors import UsageError
 from .graph import FilterOptions
 from .io import SinkOptions, add_io_arguments, sink_options_from_args
@@ -48,14 +49,11 @@ class RunOptions:
     progress: ProgressMode = "bar"
 
 
-class RunParser(argparse.ArgumentParser):
-    """argparse that raises UsageError (one line, exit 2) instead of printing usage and exiting; `schema`
-    holds the typed flags it was built from (`run_flags`)."""
+class RunParser(OneLineParser):
+    """The run parser (one-line errors, exit 2); `schema` holds the typed flags it was built from
+    (`run_flags`)."""
 
     schema: tuple[RunFlag, ...] = ()
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{message}; see `rerender run --help`")
 
 
 def build_run_parser() -> RunParser:

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from .. import job
+from ..cli_parser import OneLineParser
 from ..errors import InputError, UsageError
 from .server import PreviewServer
 from .session import PreviewSession
@@ -17,15 +18,8 @@ from .settings import FastPreview, command_line_fixed
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that raises UsageError (one line, exit 2) instead of printing usage and exiting."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(f"{message}; see `rerender preview --help`")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="rerender preview",
         allow_abbrev=False,  # every other flag belongs to `rerender run`; no prefix may be taken for ours
         description=(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from ..cli_parser import OneLineParser
 from ..errors import UsageError
 from .daemon import JobApi, Watcher, WatchOptions
 from .ledger import Ledger
@@ -24,13 +25,8 @@ MAX_JOBS = 64
 MAX_ATTEMPTS = 1000
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line through the CLI's error path, not argparse's exit
-        raise UsageError(f"{message}; see `rerender watch --help`")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = OneLineParser(
         prog="rerender watch",
         description="Re-render every clip dropped into INBOX (and its sub-folders) into OUTBOX. "
         "A clip is taken once its size and time stopped changing for --stable seconds; results appear in "
