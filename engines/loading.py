@@ -6,11 +6,9 @@ model's VAE (a diffusers folder or a single file). LoRA files are merged into th
 (kohya `lora_unet_*`/`lora_te_*` and diffusers/peft `unet.*.lora_A`/`lora.down` layouts; no peft needed).
 ControlNets come from a folder or a single file, each with its own scale.
 
-Whether a weights file is safe to read is decided by its content, never by its name (`read_checkpoint`): a
-safetensors file is recognised by its header and read as tensors; anything else goes through torch's
-restricted unpickler (`torch.load(weights_only=True)`), which reads plain state dicts (lllyasviel's ControlNet
-and annotator `.pth` files, torchvision's RAFT weights) and runs no code. A file that needs arbitrary code to
-load is refused unless `allow_pickle`. A model folder's weights are only ever read tensor-only.
+Whether a weights file is safe to read is decided by its content, never by its name (`engines/checkpoint.py`,
+`read_checkpoint`); LoRA merging is `engines/lora.py`. A model folder's weights are only ever read
+tensor-only.
 """
 
 from __future__ import annotations
@@ -19,15 +17,24 @@ import contextlib
 import json
 import pickle
 import re
-import struct
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .checkpoint import (  # noqa: F401 - re-exported: callers read weights through engines.loading
+    SAFETENSORS_DTYPES,
+    SAFETENSORS_HEADER_MAX,
+    NeedsCode,
+    _first_line,
+    folder_use_safetensors,
+    pickle_refusal,
+    read_checkpoint,
+    safetensors_header,
+)
 from .errors import ModelFileError
+from .lora import apply_lora  # noqa: F401 - re-exported
 from .runtime import ScheduleConfig
 from .tokenizer import MAX_LENGTH, clip_tokenizer, folder_tokenizer, has_tokenizer_files
 
@@ -36,13 +43,6 @@ SD15_CONFIGS = CONFIGS / "sd15"
 CONTROLNET_CONFIGS = CONFIGS / "controlnet_sd15"
 LDM_UNET_PREFIX = "model.diffusion_model."
 LDM_VAE_PREFIX = "first_stage_model."
-# The safetensors format: an 8-byte little-endian header length, then a JSON header of that length (the
-# safetensors library itself refuses headers above 100 MB, and so do we).
-SAFETENSORS_HEADER_MAX = 100_000_000
-SAFETENSORS_DTYPES = frozenset(
-    {"BOOL", "U8", "I8", "U16", "I16", "F16", "BF16", "U32", "I32", "F32", "U64", "I64", "F64",
-     "F8_E4M3", "F8_E5M2", "F8_E8M0", "F4", "F6_E2M3", "F6_E3M2", "C64"}
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -56,171 +56,6 @@ class ModelBundle:
     schedule: ScheduleConfig
     controlnets: tuple[tuple[torch.nn.Module, float], ...]
     source: str
-
-
-class NeedsCode(Exception):
-    """torch's restricted unpickler refused the file: it names something other than tensors and containers."""
-
-
-def safetensors_header(path: Path) -> dict | None:
-    """The parsed JSON header when `path` is a safetensors file by content, None when it is not one.
-
-    A file whose first bytes announce a safetensors header (a plausible length followed by `{`) but whose
-    header is not a valid one is an ModelFileError: it is neither safetensors nor anything else we read."""
-    size = path.stat().st_size
-    with path.open("rb") as handle:
-        prefix = handle.read(9)
-        if len(prefix) < 9:
-            return None
-        (length,) = struct.unpack("<Q", prefix[:8])
-        if not 2 <= length <= min(SAFETENSORS_HEADER_MAX, size - 8) or prefix[8:9] != b"{":
-            return None
-        handle.seek(8)
-        raw = handle.read(length)
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        header = None
-    data = size - 8 - length
-    if not isinstance(header, dict) or not all(
-        _valid_tensor_entry(value, data) for key, value in header.items() if key != "__metadata__"
-    ):
-        raise ModelFileError(
-            f"{path} starts like a safetensors file but its header is not valid; the file is damaged or "
-            "truncated: download it again"
-        )
-    return header
-
-
-def _valid_tensor_entry(entry: object, data_bytes: int) -> bool:
-    if not isinstance(entry, dict) or entry.get("dtype") not in SAFETENSORS_DTYPES:
-        return False
-    shape, offsets = entry.get("shape"), entry.get("data_offsets")
-    if not isinstance(shape, list) or not all(type(n) is int and n >= 0 for n in shape):
-        return False
-    if not isinstance(offsets, list) or len(offsets) != 2 or not all(type(n) is int for n in offsets):
-        return False
-    return 0 <= offsets[0] <= offsets[1] <= data_bytes
-
-
-def _torch_load(path: Path, allow_pickle: bool) -> object:
-    """torch's restricted loader first; the unrestricted one only when it refuses and `allow_pickle`. The
-    file is passed open, not by name: torch.load would pick a reader by the name's suffix."""
-    with warnings.catch_warnings(), path.open("rb") as handle:
-        warnings.simplefilter("ignore")  # torch's advice about pickle protocols; our errors are sentences
-        try:
-            return torch.load(handle, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            if not allow_pickle:
-                raise NeedsCode() from None
-        handle.seek(0)
-        return torch.load(handle, map_location="cpu", weights_only=False)
-
-
-def _tensors(state: object) -> dict[str, torch.Tensor]:
-    """The tensors of a loaded checkpoint: a state dict, or one under "state_dict" (Lightning checkpoints)."""
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        return {}
-    return {k: v for k, v in state.items() if isinstance(k, str) and isinstance(v, torch.Tensor)}
-
-
-def pickle_refusal(flag: str, path: Path, allow_pickle_offered: bool = True) -> ModelFileError:
-    how = (
-        "pass --allow-pickle if you trust the file"
-        if allow_pickle_offered
-        else "--allow-pickle does not apply here"
-    )
-    return ModelFileError(
-        f"{flag} {path} is a pickle checkpoint that needs code to load (torch's tensor-only loader refused it), "
-        f"and loading it runs arbitrary code; convert it to .safetensors or {how}"
-    )
-
-
-def read_checkpoint(
-    path: Path, allow_pickle: bool, flag_owner: str = "--model", allow_pickle_offered: bool = True
-) -> dict[str, torch.Tensor]:
-    """The tensors of one weights file, decided by content (module docstring); ModelFileError sentences."""
-    path = Path(path)
-    if not path.exists():
-        raise ModelFileError(
-            f"{flag_owner} {path} does not exist; give a .safetensors file or a diffusers folder"
-        )
-    if not path.is_file():
-        raise ModelFileError(f"{flag_owner} {path} is not a regular file; give a weights file")
-    try:
-        if safetensors_header(path) is not None:
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        elif _is_zip(path) or _starts_with_pickle_protocol(path):
-            state = _torch_load(path, allow_pickle)
-        else:
-            raise ModelFileError(f"{path} is neither a safetensors file nor a PyTorch weights file")
-    except NeedsCode:
-        raise pickle_refusal(flag_owner, path, allow_pickle_offered) from None
-    except ModelFileError as error:
-        raise ModelFileError(f"{flag_owner} {error}") from None
-    except Exception as error:  # a corrupt or foreign file: one sentence, no traceback
-        raise ModelFileError(
-            f"{flag_owner} {path} could not be read as a checkpoint ({_first_line(error)}); "
-            "give a .safetensors or PyTorch weights file"
-        ) from None
-    tensors = _tensors(state)
-    if not tensors:
-        raise ModelFileError(f"{flag_owner} {path} holds no tensors; give a weights file")
-    return tensors
-
-
-def folder_use_safetensors(folder: Path, flag: str) -> bool:
-    """Vet the weight files a diffusers/transformers `from_pretrained` would read in one component folder and
-    return its `use_safetensors`: True when the folder has `.safetensors` weights (the libraries then read
-    only those, and parsing safetensors runs no code); otherwise every `.bin` weights file is checked by
-    content here with torch's restricted unpickler (the libraries read them the same way), False."""
-    safetensors = [p for p in sorted(folder.glob("*.safetensors")) if p.is_file()]
-    for weights in safetensors:
-        try:
-            header = safetensors_header(weights)
-        except ModelFileError as error:
-            raise ModelFileError(f"{flag} {error}") from None
-        if header is None:
-            raise ModelFileError(f"{flag} {weights} is named .safetensors but is not a safetensors file")
-    if safetensors:
-        return True
-    for weights in sorted(folder.glob("*.bin")):
-        if not weights.is_file():
-            continue
-        try:
-            if safetensors_header(weights) is None:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    torch.load(str(weights), map_location="cpu", weights_only=True, mmap=_is_zip(weights))
-        except pickle.UnpicklingError:
-            raise ModelFileError(
-                f"{flag} {weights} is a pickle that needs code to load; the weights of a model folder are "
-                "only read tensor-only (--allow-pickle does not apply): convert them to .safetensors"
-            ) from None
-        except ModelFileError:
-            raise
-        except Exception as error:
-            raise ModelFileError(
-                f"{flag} {weights} could not be read as weights ({type(error).__name__})"
-            ) from None
-    return False
-
-
-def _is_zip(path: Path) -> bool:
-    """torch.save's format since torch 1.6: a zip archive."""
-    with path.open("rb") as handle:
-        return handle.read(4) == b"PK\x03\x04"
-
-
-def _starts_with_pickle_protocol(path: Path) -> bool:
-    """torch.save's legacy format and pickles of protocol 2 and later start with the PROTO opcode."""
-    with path.open("rb") as handle:
-        head = handle.read(2)
-    return len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5
 
 
 SUPPORTED_BETA_SCHEDULES = ("scaled_linear", "linear")
@@ -369,11 +204,6 @@ def _load_folder(folder: Path, local_only: bool, with_vae: bool = True):
     return unet, vae, text_encoder, schedule
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _text_encoder_from_ldm(state: dict[str, torch.Tensor], config_dir: Path):
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -512,89 +342,6 @@ def load_vae(spec: str, config_dir: Path, allow_pickle: bool):
             f"--vae {path} is not a VAE of the layout in {config_dir / 'vae'} ({_first_line(error)})"
         ) from None
     return vae.eval()
-
-
-# --- LoRA -----------------------------------------------------------------------------------------------------
-
-
-def _lora_targets(state: dict[str, torch.Tensor]) -> dict[tuple[str, str], dict[str, torch.Tensor]]:
-    """Group a LoRA file's tensors by (network, module key): {'down', 'up', 'alpha'}."""
-    groups: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
-    for key, value in state.items():
-        match = re.match(
-            r"^(lora_unet_|lora_te_|lora_te1_)(.+?)\.(lora_down\.weight|lora_up\.weight|alpha)$", key
-        )
-        if match:
-            net = "unet" if match.group(1) == "lora_unet_" else "text_encoder"
-            part = {"lora_down.weight": "down", "lora_up.weight": "up", "alpha": "alpha"}[match.group(3)]
-            groups.setdefault((net, match.group(2)), {})[part] = value
-            continue
-        match = re.match(
-            r"^(unet|text_encoder)\.(.+?)\.(lora_A\.weight|lora_B\.weight|lora\.down\.weight|lora\.up\.weight|alpha)$",
-            key,
-        )
-        if match:
-            part = {
-                "lora_A.weight": "down",
-                "lora.down.weight": "down",
-                "lora_B.weight": "up",
-                "lora.up.weight": "up",
-                "alpha": "alpha",
-            }[match.group(3)]
-            groups.setdefault((match.group(1), match.group(2)), {})[part] = value
-    return groups
-
-
-def _module_index(model: torch.nn.Module, underscored: bool) -> dict[str, torch.nn.Module]:
-    index = {}
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear | torch.nn.Conv2d):
-            index[name] = module
-            if underscored:
-                index[name.replace(".", "_")] = module
-                if not name.startswith("text_model."):
-                    index[("text_model." + name).replace(".", "_")] = module
-            elif not name.startswith("text_model."):
-                index["text_model." + name] = module
-    return index
-
-
-def apply_lora(unet, text_encoder, path: Path, scale: float, allow_pickle: bool = False) -> int:
-    """Merge W += scale · (alpha / rank) · up @ down into the matching layers; returns how many were changed."""
-    state = read_checkpoint(path, allow_pickle, "--lora")
-    groups = _lora_targets(state)
-    if not groups:
-        raise ModelFileError(
-            f"--lora {path} has no LoRA weights in a known layout (kohya lora_unet_* or diffusers)"
-        )
-    indexes = {
-        ("unet", True): _module_index(unet, True),
-        ("unet", False): _module_index(unet, False),
-        ("text_encoder", True): _module_index(text_encoder, True),
-        ("text_encoder", False): _module_index(text_encoder, False),
-    }
-    changed = 0
-    for (net, name), parts in groups.items():
-        if "down" not in parts or "up" not in parts:
-            raise ModelFileError(f"--lora {path}: {name} has no down/up pair")
-        module = indexes[(net, "." not in name)].get(name)
-        if module is None:
-            raise ModelFileError(f"--lora {path}: layer {name} is not in this model (is the LoRA for SD1.5?)")
-        down, up = parts["down"].float(), parts["up"].float()
-        rank = down.shape[0]
-        alpha = float(parts["alpha"]) if "alpha" in parts else float(rank)
-        if module.weight.ndim == 4:
-            delta = (up.flatten(1) @ down.flatten(1)).reshape(module.weight.shape)
-        else:
-            delta = up @ down
-        if delta.shape != module.weight.shape:
-            raise ModelFileError(
-                f"--lora {path}: {name} has shape {tuple(delta.shape)}, the model {tuple(module.weight.shape)}"
-            )
-        with torch.no_grad():
-            module.weight += (scale * alpha / rank) * delta.to(module.weight.dtype)
-        changed += 1
-    return changed
 
 
 # --- ControlNet -----------------------------------------------------------------------------------------------
