@@ -173,25 +173,7 @@ def temp_name(final: Path, pid: int | None = None) -> Path:
 
 def sweep_partials(folder: Path) -> list[Path]:
     """Remove this host's temporary outputs in `folder` whose writing process is gone; returns them."""
-    removed: list[Path] = []
-    host, uid = host_tag(), os.getuid()
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return removed
-    for entry in entries:
-        match = PARTIAL_RE.match(entry.name)
-        if match is None or match["host"] != host or pid_alive(int(match["pid"])):
-            continue
-        try:
-            info = entry.stat(follow_symlinks=False)
-            if not stat.S_ISREG(info.st_mode) or info.st_uid != uid:
-                continue
-            os.unlink(entry.path)
-        except OSError:
-            continue
-        removed.append(Path(entry.path))
-    return removed
+    return _sweep_dead(folder, "", PARTIAL_RE, stat.S_ISREG, os.unlink)
 
 
 def lavfi_folder_prefix() -> str:
@@ -202,12 +184,31 @@ def lavfi_folder_prefix() -> str:
 def sweep_lavfi_folders(parent: Path | None = None) -> list[Path]:
     """Remove this host's `rerender-lavfi-*` temporary folders whose process is gone; returns them."""
     parent = Path(tempfile.gettempdir()) if parent is None else parent
+    return _sweep_dead(parent, LAVFI_PREFIX, LAVFI_RE, stat.S_ISDIR, shutil.rmtree)
+
+
+def _sweep_dead(parent: Path, prefix: str, pattern: re.Pattern[str], is_kind, remove) -> list[Path]:
+    """Remove the entries of `parent` named by `pattern` (with `prefix`) that this host and user made, whose
+    process (the PID in the name) is gone and whose kind (`is_kind` of the mode, never a link) matches."""
     removed: list[Path] = []
     host, uid = host_tag(), os.getuid()
     try:
-        entries = [e for e in os.scandir(parent) if e.name.startswith(LAVFI_PREFIX)]
+        entries = [e for e in os.scandir(parent) if e.name.startswith(prefix)]
     except OSError:
         return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None or match["host"] != host or pid_alive(int(match["pid"])):
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not is_kind(info.st_mode) or info.st_uid != uid:
+                continue
+            remove(entry.path)
+        except OSError:
+            continue
+        removed.append(Path(entry.path))
+    return removed
     for entry in entries:
         match = LAVFI_RE.match(entry.name)
         if match is None or match["host"] != host or pid_alive(int(match["pid"])):
