@@ -141,15 +141,7 @@ def synthesize_cuda(
         target,
         style_w,
         guide_w,
-        patch_size=params.patch_size,
-        levels=levels,
-        search_vote_iters=params.search_vote_iters,
-        patchmatch_iters=params.patchmatch_iters,
-        uniformity=float(params.uniformity),
-        stop_threshold=params.stop_threshold,
-        extra_pass_3x3=params.extra_pass_3x3,
-        weighted_vote=params.vote == "weighted",
-        seed=params.seed,
+        **params.schedule_kwargs(levels),
         init_nnf=init_nnf,
     )
     stats = {

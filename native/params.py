@@ -112,6 +112,20 @@ class SynthParams:
                 f"threads must be None or an integer from 1 to {MAX_THREADS}, got {self.threads!r}."
             )
 
+    def schedule_kwargs(self, levels: int) -> dict:
+        """The search-vote schedule's arguments of the compiled executors (CPU and CUDA take the same)."""
+        return {
+            "patch_size": self.patch_size,
+            "levels": levels,
+            "search_vote_iters": self.search_vote_iters,
+            "patchmatch_iters": self.patchmatch_iters,
+            "uniformity": float(self.uniformity),
+            "stop_threshold": self.stop_threshold,
+            "extra_pass_3x3": self.extra_pass_3x3,
+            "weighted_vote": self.vote == "weighted",
+            "seed": self.seed,
+        }
+
 
 @dataclass(frozen=True, eq=False)
 class SynthResult:
