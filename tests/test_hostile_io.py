@@ -592,3 +592,15 @@ def test_a_terminal_device_is_refused_as_output(tmp_path):
     with open_source(media.normal_clip(tmp_path)) as src, pytest.raises(UsageError, match="is a terminal"):
         open_sink(node, src)
     assert stat.S_ISCHR(os.stat(node).st_mode)
+
+
+def test_process_ids_no_process_can_have_are_not_alive():
+    """A crafted temporary name or lock owner file can carry any number: 0 and -1 would make os.kill address
+    a process group or every process, and a number past the C int range raises; none of them is alive."""
+    import os
+
+    from rerender.filter.io.paths import pid_alive
+
+    assert pid_alive(os.getpid())
+    for pid in (0, -1, -12345, 10**30):
+        assert not pid_alive(pid), pid

@@ -46,15 +46,20 @@ def host_tag() -> str:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists here (a zombie counts as alive; so does another user's)."""
+    """Whether a process with this id exists here (a zombie counts as alive; so does another user's). Ids a
+    process cannot have (0, negative, beyond the C int range: from a crafted name or lock file) are not."""
+    if pid <= 0:
+        return False  # os.kill would address a process group (0) or every process (-1)
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    except (OverflowError, OSError):
-        return True  # cannot tell: keep the file
+    except OverflowError:
+        return False
+    except OSError:
+        return True  # cannot tell: keep it
     return True
 
 

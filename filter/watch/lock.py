@@ -23,6 +23,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io.paths import pid_alive
+
 LOCK_FOLDER = ".rerender-locks"
 
 
@@ -36,16 +38,6 @@ def _process_start(pid: int) -> str | None:
     # Field 22 (starttime) counted after the parenthesised command name, which may contain spaces.
     fields = stat[stat.rfind(")") + 2 :].split()
     return fields[19] if len(fields) > 19 else None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 @dataclass(frozen=True)
@@ -192,7 +184,7 @@ class ClipLocks:
             if pid == os.getpid():
                 # Our own pid but another token: a previous run that had the same pid (pid 1 in a container).
                 return owner.get("token") != self.owner.token
-            if not _pid_alive(pid):
+            if not pid_alive(pid):
                 return True
             start = owner.get("start")
             return start is not None and _process_start(pid) not in (None, start)
