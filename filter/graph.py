@@ -30,7 +30,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -51,6 +51,9 @@ from .schedule import (
     histogram_distance,
     make_schedule,
 )
+
+if TYPE_CHECKING:
+    from .schedule import SceneCut
 
 
 @dataclass(frozen=True)
@@ -146,11 +149,13 @@ class Filter:
         check_cancel: Callable[[], None] | None = None,
         on_progress: Callable[[], None] | None = None,
         schedule: KeyframeSchedule | None = None,
+        on_scene_cut: Callable[[SceneCut], None] | None = None,
     ):
         """`on_progress()` is called on the pushing thread when a keyframe starts rendering and every
         PROGRESS_TICK seconds while that thread waits for a gap, so a caller can report `work()` then.
         `schedule` decides where the keyframes go (a fresh one per stream; default: the uniform or
-        adaptive schedule of `options.schedule`)."""
+        adaptive schedule of `options.schedule`). `on_scene_cut(cut)` is called on the pushing thread for
+        each scene cut the schedule reports (`Plan.cuts`), before that plan's keyframes render."""
         self.renderer = renderer
         self.options = options
         self.schedule = schedule if schedule is not None else make_schedule(options.schedule)
@@ -164,6 +169,7 @@ class Filter:
         )
         self._on_keyframe = on_keyframe
         self._on_warning = on_warning
+        self._on_scene_cut = on_scene_cut
         self._cache = KeyframeCache(keyframe_cache) if keyframe_cache is not None else None
         self._check_cancel = check_cancel or (lambda: None)
         self.timings = Timings()
@@ -328,6 +334,9 @@ class Filter:
 
     def _apply(self, plan: Plan) -> None:
         """Render the plan's keyframes, each closing the gap of pending frames before it."""
+        if self._on_scene_cut is not None:
+            for cut in getattr(plan, "cuts", ()):
+                self._on_scene_cut(cut)
         for index in plan.keyframes:
             position = next((i for i, e in enumerate(self._pending) if e.frame.index == index), None)
             if position is None:
