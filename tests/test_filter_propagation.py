@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from fractions import Fraction
 from pathlib import Path
 
@@ -9,17 +10,20 @@ import cv2
 import numpy as np
 import pytest
 from media import texture
-from rerender.engines.flow import FlowPair
+from rerender.engines.flow import DISFlow, FlowPair, estimate_pair
 from rerender.filter.errors import UsageError
 from rerender.filter.frames import Frame
 from rerender.filter.graph import Filter, FilterOptions
 from rerender.filter.propagation import (
+    KeySide,
     PropagationOptions,
+    Timings,
     blend_weights,
     carry_nnf,
     edge_guide,
     inpaint_occluded,
     positional_ramp,
+    propagate_gap,
 )
 from rerender.filter.renderers.frames import FramesRenderer, scan_keyframe_files
 from rerender.filter.schedule import FixedSchedule, ScheduleOptions
@@ -175,6 +179,30 @@ def test_carried_nnf_moves_with_the_flow_and_stays_in_the_style():
     assert moved.dtype == np.int32
     assert moved[3, 5].tolist() == [3, 3]
     assert moved[..., 0].min() >= 0
+
+
+def moving_gap(n: int, width: int = 160, height: int = 128):
+    """Keyframes at 0 and n + 1 of the drifting test texture, n frames between them, DIS flow pairs."""
+    frames = [texture(i, width, height) for i in range(n + 2)]
+    dis = DISFlow()
+    pairs = [estimate_pair(dis, frames[i], frames[i + 1]) for i in range(n + 1)]
+    left = KeySide(frames[0], posterize(frames[0]))
+    right = KeySide(frames[-1], posterize(frames[-1]))
+    return left, right, frames[1:-1], pairs
+
+
+def test_a_gap_is_the_same_for_every_thread_count():
+    """A scale-out worker must reproduce a local run frame for frame: the whole gap (both chains, guides,
+    carried NNF, blend) is identical for 1, 2 and 4 synthesis threads, chains in parallel or not. The
+    frames are large enough (> 16384 pixels) that the finest level really runs on several threads."""
+    left, right, targets, pairs = moving_gap(3)
+    quick = SynthParams(search_vote_iters=3, patchmatch_iters=2)
+    runs = []
+    for threads, parallel in ((1, False), (2, True), (4, True), (None, True)):
+        opts = PropagationOptions(replace(quick, threads=threads), parallel_chains=parallel, inpaint_radius=5)
+        runs.append(propagate_gap(left, right, targets, pairs, opts, Timings()))
+    for run in runs[1:]:
+        assert all(np.array_equal(a, b) for a, b in zip(runs[0], run, strict=True))
 
 
 # -- the frames renderer -------------------------------------------------------------------------------

@@ -132,7 +132,7 @@ def test_thread_count_does_not_change_the_result():
     four = synthesize(style, guides, SynthParams(search_vote_iters=3, patchmatch_iters=2, threads=4))
     for r in (two, four):
         assert np.array_equal(one.nnf, r.nnf) and np.array_equal(one.image, r.image)
-        assert abs(float(r.error.mean()) - float(one.error.mean())) <= 1e-3 * float(one.error.mean()) + 1e-6
+        assert np.array_equal(one.error, r.error)  # bit for bit: a patch error is summed in one fixed order
 
 
 def test_two_threads_synthesise_at_once():
