@@ -25,7 +25,7 @@ from .renderers.classic import CLASSIC_STYLES, ClassicOptions
 from .renderers.diffusion_options import DiffusionOptions
 from .renderers.frames import scan_keyframe_files
 from .run_flags import FlagSchema, RunFlag, build_parser, record
-from .schedule import FixedSchedule, KeyframeSchedule, ScheduleOptions, make_schedule
+from .schedule import SCENE_CUT_THRESHOLD, FixedSchedule, KeyframeSchedule, ScheduleOptions, make_schedule
 
 Stage = Literal["first-keyframe", "keyframes", "full"]
 RendererName = Literal["classic", "frames", "diffusion"]
@@ -106,6 +106,14 @@ def _declare_run_flags(p: FlagSchema) -> None:
         "--no-scene-cuts",
         action="store_true",
         help="do not detect scene cuts (a cut starts a new anchor; default: detect them)",
+    )
+    g.add_argument(
+        "--scene-cut-threshold",
+        type=ranges.float_range(0, 1, low_open=True),
+        default=SCENE_CUT_THRESHOLD,
+        metavar="X",
+        help="a frame is a scene cut where the mean of its colour-histogram distance and its unmatched "
+        "(occluded) share, both 0..1, exceeds X; (0, 1], lower finds more cuts (default: %(default)s)",
     )
     g.add_argument(
         "--renderer",
@@ -292,7 +300,12 @@ def parse_run_options(argv: list[str]) -> RunOptions:
             poisson=args.poisson,
             blend_weights=args.blend_weights,
         )
-        schedule = ScheduleOptions(args.keyframe_interval, args.keyframes, scene_cuts=not args.no_scene_cuts)
+        schedule = ScheduleOptions(
+            args.keyframe_interval,
+            args.keyframes,
+            scene_cuts=not args.no_scene_cuts,
+            scene_cut_threshold=args.scene_cut_threshold,
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     filter_options = FilterOptions(

@@ -71,26 +71,47 @@ def histogram_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(cv2.compareHist(a, b, cv2.HISTCMP_BHATTACHARYYA))
 
 
+# The default `--scene-cut-threshold` (README, *Hard motion*: calibrated on bench/hard_motion.py's sequences).
+SCENE_CUT_THRESHOLD = 0.5
+
+
+@dataclass(frozen=True)
+class SceneCut:
+    """A scene cut the schedule found: frame `index` starts a new scene; the two measurements that made it
+    one (`Motion` of the frame against the one before)."""
+
+    index: int
+    histogram_distance: float
+    occluded_fraction: float
+
+    @property
+    def score(self) -> float:
+        return cut_score(self.histogram_distance, self.occluded_fraction)
+
+
+def cut_score(histogram_distance: float, occluded_fraction: float) -> float:
+    """How much a frame looks like the first of a new shot, 0 .. 1: the mean of its colour-histogram
+    distance to the previous frame and the share of its pixels the flow cannot match there."""
+    return 0.5 * (float(histogram_distance) + float(occluded_fraction))
+
+
 @dataclass(frozen=True)
 class SceneCutDetector:
-    """A cut is a large colour-histogram jump, or a moderate one where the flow fails (most pixels of the
-    new frame have no consistent match in the previous one).
+    """A cut is a frame whose `cut_score` exceeds `threshold`.
 
-    Calibrated on the shared Pexels clips at a 256 processing size: within a shot the histogram distance
-    stayed below 0.14 and the occluded fraction below 0.23; at artificial cuts between the clips they
-    were 0.88-0.92 and 0.995-1.0."""
+    A new shot changes the colours and leaves almost no pixel with a consistent match (occluded fraction
+    near 1); fast motion, pans and zooms within a shot leave most pixels matched and the colours alike, and
+    a shot's lighting change alone keeps the matches. Neither measurement decides alone: the mean needs
+    both to be high, or one to be near its maximum. Calibrated at a 256 and 512 processing size on the
+    harder test set (README, *Hard motion*)."""
 
-    histogram_threshold: float = 0.55
-    histogram_with_flow_threshold: float = 0.2
-    flow_failure_fraction: float = 0.6
+    threshold: float = SCENE_CUT_THRESHOLD
+
+    def score(self, motion: Motion) -> float:
+        return cut_score(motion.histogram_distance, motion.occluded_fraction)
 
     def is_cut(self, motion: Motion) -> bool:
-        if motion.histogram_distance > self.histogram_threshold:
-            return True
-        return (
-            motion.histogram_distance > self.histogram_with_flow_threshold
-            and motion.occluded_fraction > self.flow_failure_fraction
-        )
+        return self.score(motion) > self.threshold
 
 
 @dataclass(frozen=True)
@@ -99,7 +120,8 @@ class ScheduleOptions:
     mode: KeyframeMode = "uniform"
     scene_cuts: bool = True
     max_factor: float = 2.0  # adaptive: keyframe spacing stays within [K / max_factor, K * max_factor]
-    detector: SceneCutDetector = SceneCutDetector()
+    # A frame is a cut where its `cut_score` exceeds this (0 < X <= 1; 1 never fires).
+    scene_cut_threshold: float = SCENE_CUT_THRESHOLD
 
     def __post_init__(self) -> None:
         if self.interval < 1:
@@ -108,6 +130,16 @@ class ScheduleOptions:
             raise ValueError(f"keyframe mode must be uniform or adaptive; got {self.mode!r}")
         if self.max_factor < 1:
             raise ValueError(f"max_factor must be >= 1; got {self.max_factor}")
+        threshold = self.scene_cut_threshold
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+            raise ValueError(
+                f"--scene-cut-threshold must be a number in (0, 1] (1 never fires; --no-scene-cuts turns "
+                f"detection off); got {threshold!r}"
+            )
+
+    @property
+    def detector(self) -> SceneCutDetector:
+        return SceneCutDetector(float(self.scene_cut_threshold))
 
 
 @dataclass(frozen=True)
@@ -117,18 +149,22 @@ class Plan:
     `keyframes`: frame indices, increasing, among the frames since the last keyframe (the frame just
     decided included), that become keyframes now; each closes the gap of frames before it. `anchor`: the
     one of them that starts a new scene (the first frame of the stream or of a scene): cross-frame state
-    resets there and nothing propagates into it from an earlier keyframe. `warnings`: sentences for the
-    user (`finish` only)."""
+    resets there and nothing propagates into it from an earlier keyframe. `cuts`: the scene cuts the
+    schedule found while deciding this plan (each cut's frame is the plan's anchor; the first frame of the
+    stream is an anchor but no cut). `warnings`: sentences for the user (`finish` only)."""
 
     keyframes: tuple[int, ...] = ()
     anchor: int | None = None
     warnings: tuple[str, ...] = ()
+    cuts: tuple[SceneCut, ...] = ()
 
     def __post_init__(self) -> None:
         if any(b <= a for a, b in zip(self.keyframes, self.keyframes[1:], strict=False)):
             raise ValueError(f"plan keyframes must be increasing; got {self.keyframes}")
         if self.anchor is not None and self.anchor not in self.keyframes:
             raise ValueError(f"the anchor {self.anchor} must be one of the plan's keyframes {self.keyframes}")
+        if any(cut.index != self.anchor for cut in self.cuts):
+            raise ValueError(f"a plan's scene cuts must be its anchor {self.anchor}; got {self.cuts}")
 
 
 class KeyframeSchedule(Protocol):
@@ -167,8 +203,11 @@ class KeyframeSchedule(Protocol):
         ...
 
 
-def _is_cut(options: ScheduleOptions, motion: Motion | None) -> bool:
-    return motion is not None and options.scene_cuts and options.detector.is_cut(motion)
+def _cut(options: ScheduleOptions, index: int, motion: Motion | None) -> tuple[SceneCut, ...]:
+    """The scene cut at frame `index` as a one-element tuple, or () when there is none (or detection is off)."""
+    if motion is None or not options.scene_cuts or not options.detector.is_cut(motion):
+        return ()
+    return (SceneCut(index, motion.histogram_distance, motion.occluded_fraction),)
 
 
 def _uniform_after(total: int, interval: int, last_key: int | None, adaptive: bool) -> int:
@@ -198,10 +237,11 @@ class UniformSchedule:
 
     def decide(self, index: int, motion: Motion | None) -> Plan:
         previous, self._previous = self._previous, index
-        if previous is None or _is_cut(self.options, motion):
+        cut = _cut(self.options, index, motion)
+        if previous is None or cut:
             closing = (previous,) if self._since_key else ()
             self._since_key = 0
-            return Plan((*closing, index), anchor=index)
+            return Plan((*closing, index), anchor=index, cuts=cut)
         self._since_key += 1
         if self._since_key < self.options.interval:
             return Plan()
@@ -238,9 +278,10 @@ class AdaptiveSchedule:
         self._started = False
 
     def decide(self, index: int, motion: Motion | None) -> Plan:
-        if not self._started or _is_cut(self.options, motion):
+        cut = _cut(self.options, index, motion)
+        if not self._started or cut:
             self._started = True
-            return Plan((*self._close(), index), anchor=index)
+            return Plan((*self._close(), index), anchor=index, cuts=cut)
         self._waiting.append(index)
         position = self._planner.add(motion.cost if motion is not None else 0.0)
         if position is None:
