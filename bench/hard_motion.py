@@ -20,7 +20,12 @@ Part B (`--part pipeline`): the whole pipeline (classic renderer, both chains an
 each variant of the defaults (`--variants`: another occlusion rule, Poisson fusion off or on, frame weights): PSNR of all frames against the classic stylization applied to every frame, and the warp
 error of the output (as bench/filter.py). Quality numbers are deterministic; seconds are single runs.
 
+Part C (`--part cuts`): the scene-cut detector (filter/schedule.py) on every sequence, which must find no cut,
+and on two clips joined (every ordered pair of clips, each at 5x, cropped to one size), which must find
+exactly the join: each sequence's cuts, its largest cut score and the margin to `--scene-cut-threshold`.
+
     python bench/hard_motion.py --part occlusion
+    python bench/hard_motion.py --part cuts
     python bench/hard_motion.py --part pipeline --clips cottonbro --sequences speed5,pan
 """
 
@@ -41,7 +46,14 @@ from rerender.filter.frames import Frame
 from rerender.filter.graph import Filter, FilterOptions
 from rerender.filter.propagation import PropagationOptions
 from rerender.filter.renderers.classic import ClassicRenderer
-from rerender.filter.schedule import ScheduleOptions
+from rerender.filter.schedule import (
+    SCENE_CUT_THRESHOLD,
+    Motion,
+    ScheduleOptions,
+    colour_histogram,
+    histogram_distance,
+    make_schedule,
+)
 from rerender.native.params import SynthParams
 
 REPO = Path(__file__).resolve().parent.parent
@@ -163,6 +175,53 @@ def occlusion_rows(images: list[np.ndarray], k: int) -> list[tuple[str, str, flo
     return rows
 
 
+def cut_decisions(images: list[np.ndarray], threshold: float) -> tuple[list[int], list[float]]:
+    """The cuts a default uniform schedule finds on the sequence, and every frame's cut score (frame 0: 0)."""
+    schedule = make_schedule(ScheduleOptions(scene_cut_threshold=threshold))
+    dis, cuts, scores = DISFlow(), [], [0.0]
+    schedule.decide(0, None)
+    for i in range(1, len(images)):
+        pair = estimate_pair(dis, images[i - 1], images[i])
+        distance = histogram_distance(colour_histogram(images[i - 1]), colour_histogram(images[i]))
+        motion = Motion(distance, pair.occluded_fraction, pair.mean_motion, min(images[i].shape[:2]))
+        scores.append(schedule.options.detector.score(motion))
+        cuts += [cut.index for cut in schedule.decide(i, motion).cuts]
+    return cuts, scores
+
+
+def joined(first: list[np.ndarray], second: list[np.ndarray], n: int) -> tuple[list[np.ndarray], int]:
+    """The first clip at 5x for n // 2 frames, then the second at 5x, both cropped to their common size;
+    and the index of the second clip's first frame (the one true cut)."""
+    h = min(first[0].shape[0], second[0].shape[0])
+    w = min(first[0].shape[1], second[0].shape[1])
+    half = n // 2
+    images = speed(5)(first, half) + speed(5)(second, n - half)
+    return [_crop(image, (image.shape[1] - w) / 2, (image.shape[0] - h) / 2, w, h) for image in images], half
+
+
+def cut_rows(clip_frames: dict[str, list[np.ndarray]], names: list[str], n: int, threshold: float) -> None:
+    print(f"\n| clip | sequence | cuts found (expected) | largest score, frame | margin to {threshold} |")
+    print("|---|---|---|---|---|")
+    for short, frames in clip_frames.items():
+        for name in names:
+            cuts, scores = cut_decisions(SEQUENCES[name](frames, n), threshold)
+            at = int(np.argmax(scores))
+            print(
+                f"| {short} | {name} | {cuts or 'none'} (none) | {scores[at]:.3f}, {at} | {threshold - scores[at]:+.3f} |"
+            )
+    for a, first in clip_frames.items():
+        for b, second in clip_frames.items():
+            if a == b:
+                continue
+            images, join = joined(first, second, n)
+            cuts, scores = cut_decisions(images, threshold)
+            inside = max(s for i, s in enumerate(scores) if i != join)
+            print(
+                f"| {a} + {b} | joined at 5x | {cuts or 'none'} ([{join}]) | {scores[join]:.3f} at the join, "
+                f"{inside:.3f} elsewhere | {scores[join] - threshold:+.3f} |"
+            )
+
+
 def run_filter(images: list[np.ndarray], options: FilterOptions) -> list[np.ndarray]:
     filt = Filter(ClassicRenderer(), options)
     out = []
@@ -197,7 +256,8 @@ def main() -> int:
     p.add_argument("--media", type=Path, default=REPO.parent / "shared" / "media")
     p.add_argument("--clips", default="", help="comma-separated substrings of clip names (default: all)")
     p.add_argument("--sequences", default=",".join(SEQUENCES), help=f"among {', '.join(SEQUENCES)}")
-    p.add_argument("--part", choices=["occlusion", "pipeline", "both"], default="both")
+    p.add_argument("--part", choices=["occlusion", "pipeline", "both", "cuts"], default="both")
+    p.add_argument("--scene-cut-threshold", type=float, default=SCENE_CUT_THRESHOLD, help="part C")
     p.add_argument("--size", type=int, default=256, help="short side of the sequences (and processing)")
     p.add_argument("--length", type=int, default=31)
     p.add_argument("-K", type=int, default=10)
@@ -226,6 +286,12 @@ def main() -> int:
     if any(v not in VARIANTS for v in variants):
         print(f"bench/hard_motion.py: --variants among {list(VARIANTS)}; got {variants}", file=sys.stderr)
         return 2
+    if args.part == "cuts":
+        clip_frames = {
+            clip.name.split("-")[1]: decode(clip, frames_needed(args.length), args.size) for clip in clips
+        }
+        cut_rows(clip_frames, names, args.length, args.scene_cut_threshold)
+        return 0
     synth = SynthParams(search_vote_iters=args.search_vote_iters, patchmatch_iters=args.patchmatch_iters)
     if args.part in ("occlusion", "both"):
         print("\n| clip | sequence | pairs | rule | occluded | FB-flagged pixels within 3 levels |")
