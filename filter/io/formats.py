@@ -130,3 +130,8 @@ def default_pix_fmt(supported: list[str] | None, bit_depth: int, width: int, hei
         if name in supported:
             return name
     return supported[0]
+
+
+def sws_colorspace(colorspace: int) -> int | None:
+    """swscale's coefficient table is indexed by AVColorSpace; 'unspecified' and RGB use its default."""
+    return None if colorspace in (0, 2) else colorspace

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import UsageError
+from .messages import reason
 
 OutputKind = Literal["pipe", "stream", "file"]
 
@@ -91,7 +92,7 @@ def check_output(
     except FileNotFoundError:
         st = None
     except OSError as exc:
-        raise UsageError(f"-o {text}: cannot check the output ({_why(exc)}); choose another path") from None
+        raise UsageError(f"-o {text}: cannot check the output ({reason(exc)}); choose another path") from None
     if st is not None:
         if stat.S_ISDIR(st.st_mode):
             raise UsageError(f"-o {text} is a folder; expected a file name, e.g. {final / 'out.mp4'}")
@@ -214,19 +215,6 @@ def _sweep_dead(parent: Path, prefix: str, pattern: re.Pattern[str], is_kind, re
             continue
         removed.append(Path(entry.path))
     return removed
-    for entry in entries:
-        match = LAVFI_RE.match(entry.name)
-        if match is None or match["host"] != host or pid_alive(int(match["pid"])):
-            continue
-        try:
-            info = entry.stat(follow_symlinks=False)
-            if not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
-                continue
-            shutil.rmtree(entry.path)
-        except OSError:
-            continue
-        removed.append(Path(entry.path))
-    return removed
 
 
 def write_error(name: str, exc: BaseException) -> str:
@@ -241,9 +229,4 @@ def write_error(name: str, exc: BaseException) -> str:
         )
     if code == errno.EDQUOT:
         return f"writing {name} failed: the disk quota is used up; free some space or write elsewhere"
-    return f"writing {name} failed ({_why(exc)})"
-
-
-def _why(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return str(text).strip().rstrip(".").replace("\n", " ")
+    return f"writing {name} failed ({reason(exc)})"

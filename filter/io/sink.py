@@ -37,8 +37,11 @@ from .formats import (
     default_codec,
     default_pix_fmt,
 )
+from .formats import sws_colorspace as _sws_colorspace
+from .messages import reason as _reason
 from .options import check_encoder_settings
-from .source import Source, _packet_time, _reason, _sws_colorspace
+from .source import Source
+from .timestamps import packet_time as _packet_time
 
 
 @dataclass(frozen=True)
