@@ -16,9 +16,13 @@ makes the cut frame an anchor, so no propagation crosses it (decision 2). At the
 the frames left (uniform and adaptive: the last frame is a keyframe); frames after its last keyframe are
 propagated forward from it.
 
+How a gap propagates is the `GapRunner`'s business (gaps.py): a background thread by default, a cluster
+with `rerender.filter.cluster`. The options and the work report live in filter_options.py.
+
 Memory: the frames since the last keyframe (at most about K, or K * max_factor adaptive) with their flow
-pairs, plus one gap propagating in a background thread (`overlap`, so that the next keyframe renders
-meanwhile) and the frames that wait for `pull()`; never proportional to the video's length.
+pairs, plus the runner's window of unfinished gaps (one propagating in a background thread while the next
+is collected, `overlap`, so that the next keyframe renders meanwhile) and the frames that wait for
+`pull()`; never proportional to the video's length.
 """
 
 from __future__ import annotations
@@ -27,26 +31,36 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from concurrent.futures import Future, wait
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..engines.flow import FB_ONLY, FlowEstimator, FlowPair, OcclusionRule, estimate_pair, make_flow_estimator
+from ..engines.flow import FlowEstimator, FlowPair, estimate_pair, make_flow_estimator
 from ..native.synthesize import make_synthesizer
 from .errors import InputError
+from .filter_options import PROGRESS_TICK, FilterOptions, WorkDone
 from .frames import Frame
-from .geometry import Fit, ProcessingGeometry, to_depth, to_uint8
+from .gaps import (
+    GapCounters,
+    GapHooks,
+    GapProgress,
+    GapRunner,
+    GapTask,
+    InlineGapRunner,
+    ThreadGapRunner,
+    then,
+)
+from .geometry import ProcessingGeometry, to_depth, to_uint8
 from .keyframe_cache import KeyframeCache
-from .propagation import KeySide, PropagationOptions, Timings, propagate_gap
+from .propagation import KeySide, Timings
 from .renderers.base import KeyframeContext, KeyframeRenderer, RenderedKeyframe
 from .schedule import (
     KeyframeSchedule,
     Motion,
     Plan,
-    ScheduleOptions,
     colour_histogram,
     histogram_distance,
     make_schedule,
@@ -55,67 +69,7 @@ from .schedule import (
 if TYPE_CHECKING:
     from .schedule import SceneCut
 
-
-@dataclass(frozen=True)
-class FilterOptions:
-    # The uniform or adaptive schedule's settings; a `KeyframeSchedule` given to the Filter replaces them.
-    schedule: ScheduleOptions = field(default_factory=ScheduleOptions)
-    size: int = 512  # processing size: short side, a multiple of 64
-    fit: Fit = "pad"
-    propagate_at: Literal["processing", "output"] = "processing"
-    flow: str = "dis"
-    occlusion: OcclusionRule = FB_ONLY  # which pixels count as occluded between frames (engines/flow.py)
-    propagation: PropagationOptions = field(default_factory=PropagationOptions)
-    # False: keyframes only (the preview ladder's "keyframes" stage); in-between frames are not emitted.
-    propagate: bool = True
-    # Propagate each gap in a background thread while the next frames are decoded and the next keyframe
-    # is rendered (a diffusion keyframe then costs no propagation time); at most two gaps in flight.
-    overlap: bool = True
-    # False: an input whose short side is below `size` is processed at its own size (padded or cropped to
-    # multiples of 64), never scaled up; `rerender run` sets it only when --size is given.
-    upscale: bool = True
-
-    def __post_init__(self) -> None:
-        if self.propagate_at not in ("processing", "output"):
-            raise ValueError(f"--propagate-at must be processing or output; got {self.propagate_at!r}")
-
-
-# Seconds between `on_progress` calls while the pushing thread waits for a gap (back-pressure, flush).
-PROGRESS_TICK = 0.5
-
-
-@dataclass(frozen=True)
-class GapProgress:
-    """The gap propagating now: frames `first`..`last`, `steps` synthesis steps in all (one per frame per
-    chain), `done` of them finished, `seconds` since it started."""
-
-    first: int
-    last: int
-    steps: int
-    done: int
-    seconds: float
-
-    @property
-    def frames(self) -> int:
-        return self.last - self.first + 1
-
-
-@dataclass(frozen=True)
-class WorkDone:
-    """The Filter's units of work so far (`Filter.work()`), with the seconds each kind took: what progress
-    reports count and what the ETA is estimated from (progress.py)."""
-
-    frames_in: int  # frames pushed (converted, flow estimated, scheduled)
-    keyframes: int  # keyframes rendered
-    render_seconds: float
-    rendering: int | None  # the frame index of the keyframe being rendered now
-    synthesized: int  # synthesis steps finished, all chains and gaps (the gap now running included)
-    propagated: int  # in-between frames of finished gaps (synthesized from both sides and blended)
-    propagated_steps: int  # the synthesis steps those gaps took
-    propagation_seconds: float  # wall time of the finished gaps
-    gaps: int  # finished gaps
-    gap: GapProgress | None
-    wait_seconds: float  # the pushing thread's time waiting for gaps (back-pressure), not work of its own
+__all__ = ["PROGRESS_TICK", "Filter", "FilterOptions", "GapProgress", "GapRunner", "WorkDone"]
 
 
 @dataclass
@@ -150,23 +104,29 @@ class Filter:
         on_progress: Callable[[], None] | None = None,
         schedule: KeyframeSchedule | None = None,
         on_scene_cut: Callable[[SceneCut], None] | None = None,
+        gaps: GapRunner | None = None,
     ):
         """`on_progress()` is called on the pushing thread when a keyframe starts rendering and every
         PROGRESS_TICK seconds while that thread waits for a gap, so a caller can report `work()` then.
         `schedule` decides where the keyframes go (a fresh one per stream; default: the uniform or
         adaptive schedule of `options.schedule`). `on_scene_cut(cut)` is called on the pushing thread for
-        each scene cut the schedule reports (`Plan.cuts`), before that plan's keyframes render."""
+        each scene cut the schedule reports (`Plan.cuts`), before that plan's keyframes render. `gaps`
+        propagates the gaps (gaps.py; default: a background thread, or the pushing thread without
+        `options.overlap`, running this Filter's synthesizer); the Filter closes it in `close()`."""
         self.renderer = renderer
         self.options = options
         self.schedule = schedule if schedule is not None else make_schedule(options.schedule)
         self._flow = flow if flow is not None else make_flow_estimator(options.flow)
         # The synthesis backend is resolved once per filter (on the thread that builds it, which also fixes
         # the CUDA device when none is named); every gap's chains run this object, with no per-gap probe.
-        self._synthesizer = (
-            make_synthesizer(options.propagation.backend, options.propagation.device)
-            if options.propagate
-            else None
-        )
+        if gaps is None:
+            synthesizer = (
+                make_synthesizer(options.propagation.backend, options.propagation.device)
+                if options.propagate
+                else None
+            )
+            gaps = ThreadGapRunner(synthesizer) if options.overlap else InlineGapRunner(synthesizer)
+        self._gap_runner = gaps
         self._on_keyframe = on_keyframe
         self._on_warning = on_warning
         self._on_scene_cut = on_scene_cut
@@ -187,20 +147,12 @@ class Filter:
         # Outputs in input order: lists of ready (input, output) pairs, or a gap still propagating.
         self._outbox: deque[list[tuple[Frame, Frame]] | Future] = deque()
         self._current: deque[tuple[Frame, Frame]] = deque()
-        self._worker = ThreadPoolExecutor(1, thread_name_prefix="rerender-gap") if options.overlap else None
         self._abort = threading.Event()
         self._flushed = False
         self._on_progress = on_progress or (lambda: None)
-        self._work_lock = threading.Lock()
+        self._counters = GapCounters()
+        self._work_lock = self._counters.lock
         self._rendering: int | None = None
-        self._synthesized = 0
-        self._propagated = 0
-        self._propagated_steps = 0
-        self._propagation_seconds = 0.0
-        self._gaps = 0
-        self._gap: tuple[int, int, int, float, dict[int, int]] | None = (
-            None  # first, last, steps, start, calls
-        )
         self._wait_seconds = 0.0
 
     # -- public API ---------------------------------------------------------------------------------
@@ -268,29 +220,24 @@ class Filter:
     def close(self) -> None:
         """Stop a gap still propagating in the background (at its next frame) and release the thread."""
         self._abort.set()
-        if self._worker is not None:
-            self._worker.shutdown(wait=False, cancel_futures=True)
+        self._gap_runner.close()
 
     def work(self) -> WorkDone:
         """A snapshot of the work done so far (any thread may call it)."""
         now = time.perf_counter()
+        c = self._counters
         with self._work_lock:
-            gap = None
-            running = 0
-            if self._gap is not None:
-                first, last, steps, started, calls = self._gap
-                running = min(steps - 1, sum(max(0, c - 1) for c in calls.values()))
-                gap = GapProgress(first, last, steps, running, now - started)
+            running, gap = c.running(now)
             return WorkDone(
                 frames_in=self.frames_in,
                 keyframes=self.keyframe_count,
                 render_seconds=self.timings.seconds.get("render", 0.0),
                 rendering=self._rendering,
-                synthesized=self._synthesized + running,
-                propagated=self._propagated,
-                propagated_steps=self._propagated_steps,
-                propagation_seconds=self._propagation_seconds,
-                gaps=self._gaps,
+                synthesized=c.synthesized + running,
+                propagated=c.propagated,
+                propagated_steps=c.propagated_steps,
+                propagation_seconds=c.propagation_seconds,
+                gaps=c.gaps,
                 gap=gap,
                 wait_seconds=self._wait_seconds,
             )
@@ -414,57 +361,41 @@ class Filter:
             pairs = [None, *pairs[1:]]  # no left keyframe: the first pair is never used
         if right is None:
             pairs.append(None)
-        left_side = left.side if left is not None else None
-        right_side = right.side if right is not None else None
-        steps = len(gap) * ((left is not None) + (right is not None))
+        task = GapTask(
+            left=left.side if left is not None else None,
+            right=right.side if right is not None else None,
+            targets=tuple(entry.image for entry in gap),
+            pairs=tuple(pairs),
+            options=self.options.propagation,
+            first=gap[0].frame.index if gap else -1,
+            last=gap[-1].frame.index if gap else -1,
+        )
+        counters = self._counters
+        hooks = GapHooks(
+            timings=self.timings,
+            started=lambda: counters.started(task),
+            step=lambda: (self._check_stop(), counters.stepped(task)),
+            check=self._check_stop,
+        )
+        frames = [entry.frame for entry in gap]
 
-        def work() -> list[tuple[Frame, Frame]]:
-            started = time.perf_counter()
-            calls: dict[int, int] = {}
-
-            def check_step() -> None:
-                # propagate_gap calls its check before each synthesis step of each chain, so a chain's
-                # calls after its first count its finished steps (each chain runs on one thread).
-                self._check_stop()
-                with self._work_lock:
-                    ident = threading.get_ident()
-                    calls[ident] = calls.get(ident, 0) + 1
-
-            if gap:
-                with self._work_lock:
-                    self._gap = (gap[0].frame.index, gap[-1].frame.index, steps, started, calls)
-            try:
-                images = propagate_gap(
-                    left_side,
-                    right_side,
-                    [entry.image for entry in gap],
-                    pairs,
-                    self.options.propagation,
-                    self.timings,
-                    check_step,
-                    self._synthesizer,
-                )
-            finally:
-                seconds = time.perf_counter() - started
-                with self._work_lock:
-                    self._gap = None
+        def finish(images: list[np.ndarray]) -> list[tuple[Frame, Frame]]:
             # Wall time of the gap (the chains run in two threads: "synthesis" and "guides" are per-thread sums).
+            seconds = counters.ended(task)
             self.timings.add("propagation_wall", seconds)
-            with self._work_lock:
-                self._synthesized += steps
-                self._propagated += len(gap)
-                self._propagated_steps += steps
-                self._propagation_seconds += seconds
-                self._gaps += 1
-            return [self._output(entry.frame, image) for entry, image in zip(gap, images, strict=True)]
+            counters.finished(task, seconds)
+            return [self._output(frame, image) for frame, image in zip(frames, images, strict=True)]
 
-        if self._worker is None:
-            self._outbox.append(work())
-            return
-        self._outbox.append(self._worker.submit(work))
-        # Back-pressure: one gap propagates while the next one is collected; a third waits (bounded memory).
+        try:
+            submitted = self._gap_runner.submit(task, hooks)
+        except BaseException:
+            counters.ended(task)
+            raise
+        self._outbox.append(then(submitted, finish, lambda _: counters.ended(task)))
+        # Back-pressure: at most `window` gaps unfinished (one running while the next one is collected, for
+        # the local thread); beyond that the pushing thread waits for the oldest (bounded memory).
         running = [item for item in self._outbox if isinstance(item, Future) and not item.done()]
-        if len(running) > 1:
+        if len(running) >= self._gap_runner.window:
             started = time.perf_counter()
             while not wait(running[:1], PROGRESS_TICK).done:
                 self._on_progress()
