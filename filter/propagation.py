@@ -20,7 +20,6 @@ All images here are RGB uint8 in one propagation space (processing size by defau
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -32,7 +31,7 @@ import cv2
 import numpy as np
 
 from ..engines.flow import FlowPair, warp
-from ..native.params import Guide, SynthParams
+from ..native.params import Guide, SynthParams, default_threads
 from ..native.synthesize import Synthesizer, make_synthesizer
 from .schedule import Motion
 
@@ -87,12 +86,9 @@ class Timings:
 
 
 def chain_threads(parallel_chains: bool) -> int:
-    """Default threads per chain: the cores split between the two chains that run at once.
-
-    Two OpenMP teams that each want every core spin against each other (measured: a 64x64 synthesis
-    took 100 ms with all cores per chain on a busy 2-core machine, 12 ms with one)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // 2) if parallel_chains else cores
+    """Default threads per chain: the cores split between the chains that run at once, the same rule as
+    `synthesize()`'s default for one call (`rerender.native.params.default_threads`)."""
+    return default_threads(2 if parallel_chains else 1)
 
 
 def edge_guide(image: np.ndarray) -> np.ndarray:

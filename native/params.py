@@ -4,6 +4,7 @@ Rerender-A-Video pipeline's, Yang et al. 2023)."""
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from numbers import Real
 from typing import Literal
@@ -65,7 +66,7 @@ class Guide:
 class SynthParams:
     """Synthesis options. `pyramid_levels=None` uses the maximum the sizes allow (synthesis.md §2);
     `stop_threshold`: pixels whose estimate changed less than this since the last vote are not searched again
-    (synthesis.md §8); `threads=None` uses every core OpenMP sees."""
+    (synthesis.md §8); `threads=None`: `default_threads()`, every core this process may use."""
 
     patch_size: int = 5
     pyramid_levels: int | None = None
@@ -139,6 +140,18 @@ class SynthResult:
     stats: dict = field(
         default_factory=dict
     )  # CPU: wall seconds per phase and level, active pixels per iteration
+    # Patch distances computed (search candidates and error recomputation, synthesis.md §9): the work done,
+    # independent of the machine and its load. None where the backend does not count them (CUDA).
+    patch_evaluations: int | None = None
+
+
+def default_threads(concurrent: int = 1) -> int:
+    """Threads per synthesis when `concurrent` syntheses run at once: the cores this process may use (its
+    CPU affinity), split evenly, at least 1. `SynthParams(threads=None)` is `default_threads()`; the filter's
+    two parallel propagation chains take `default_threads(2)` each. Idle threads of the synthesizer sleep
+    (native/csrc/thread_pool.h), so the count is right on a busy machine as well."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, concurrent))
 
 
 # The Rerender-A-Video pipeline's settings (Yang et al. 2023), and our preset for video propagation when each frame

@@ -26,6 +26,7 @@ from rerender.native.params import (
     SynthParams,
     SynthResult,
     _check_uint8_image,
+    default_threads,
 )
 
 Backend = Literal["auto", "cpu", "cuda"]
@@ -124,7 +125,14 @@ class CpuSynthesizer:
 
     def __call__(self, style, guides, params: SynthParams = SynthParams(), init_nnf=None) -> SynthResult:
         image, error, nnf, stats = _run_cpu(self.module, *_prepare(style, guides, params, init_nnf))
-        return SynthResult(image=image, error=error, nnf=nnf, backend=self.backend, stats=stats)
+        return SynthResult(
+            image=image,
+            error=error,
+            nnf=nnf,
+            backend=self.backend,
+            stats=stats,
+            patch_evaluations=stats["patch_evaluations"],
+        )
 
 
 @dataclass(frozen=True)
@@ -232,7 +240,7 @@ def _run_cpu(
         style_w,
         guide_w,
         **params.schedule_kwargs(levels),
-        threads=params.threads or 0,
+        threads=params.threads or default_threads(),
         init_nnf=init_nnf,
         executor=executor,
     )

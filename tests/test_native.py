@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -299,6 +300,41 @@ def test_native_module_refuses_huge_thread_counts_without_crashing():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "refused: threads must be 1 to 256" in run.stdout
+
+
+def test_synthesis_threads_end_with_the_call():
+    # The synthesizer's own pool (native/csrc/thread_pool.h) instead of an OpenMP team: a finished synthesis
+    # leaves no thread behind (libgomp keeps its team alive, spinning, after every parallel region), and
+    # while one runs, its idle workers block in the kernel rather than spin.
+    code = (
+        "import os, threading, time\n"
+        "import numpy as np\n"
+        "from rerender.native import Guide, SynthParams, synthesize\n"
+        "tasks = lambda: len(os.listdir('/proc/self/task'))\n"
+        "rng = np.random.default_rng(0)\n"
+        "s = rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)\n"
+        "before = tasks()\n"
+        "res = synthesize(s, [Guide(s, s[::-1].copy(), 1.0)], SynthParams(search_vote_iters=2, "
+        "patchmatch_iters=1, threads=4), backend='cpu')\n"
+        "print('threads', res.stats['threads'], 'before', before, 'after', tasks())\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    words = run.stdout.split()
+    assert words[1] == "4"  # the finest level ran on four threads...
+    assert words[3] == words[5]  # ...and none of them outlived the call
+
+
+def test_default_threads_are_the_filters_rule():
+    from rerender.filter.propagation import chain_threads
+    from rerender.native.params import default_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert default_threads() == cores and default_threads(2) == max(1, cores // 2)
+    assert chain_threads(True) == default_threads(2) and chain_threads(False) == default_threads()
+    style = textured(140, 130, 3, seed=1)
+    res = synthesize(style, [Guide(style, style, 1.0)], SynthParams(search_vote_iters=1, patchmatch_iters=1))
+    assert res.stats["threads"] == default_threads()
 
 
 def test_native_module_refuses_images_beyond_the_size_limit():

@@ -146,6 +146,8 @@ static py::tuple result(const rr::SynthInputs& in, const rr::SynthOutputs& out) 
     stats["level_seconds"] = out.stats.level_seconds;
     stats["active_pixels"] = out.stats.active_pixels;
     stats["searched_pixels"] = out.stats.searched_pixels;
+    stats["patch_evaluations"] = out.stats.patch_evaluations;
+    stats["threads"] = out.stats.threads;
     return py::make_tuple(image, error, nnf, stats);
 }
 

@@ -109,11 +109,13 @@ RR_HD bool in_valid_source(const SynthView& v, int sx, int sy) {
 // Candidate acceptance of synthesis.md §5: the new source patch wins iff E_new + lambda*occ_new < E_cur + lambda*occ_cur.
 // The uniformity cost is O(1) (a precomputed map) and is evaluated *before* the SSD, so the SSD's early exit
 // uses the tightest bound; candidates whose occupancy alone loses are rejected without touching pixels.
-RR_HD bool try_candidate(const SynthView& v, int tx, int ty, int sx, int sy, Match& best) {
+// `evals` counts the patch distances computed (the work measure of synthesis.md §9).
+RR_HD bool try_candidate(const SynthView& v, int tx, int ty, int sx, int sy, Match& best, int& evals) {
     if (sx == best.x && sy == best.y) return false;
     const float oc = occ_cost(v, sx, sy);
     const float bound = best.cost - oc;
     if (bound <= 0.0f) return false;
+    ++evals;
     const float e = patch_error(v, tx, ty, sx, sy, bound);
     if (e < bound) {
         best.x = sx;
@@ -137,7 +139,8 @@ RR_HD Match current_match(const SynthView& v, const int* nnf, const float* err, 
 
 // One Jacobi propagation step with jump distance k (jump flood 4-2-1): the pixel tries the
 // matches of its four neighbours at distance k, shifted back by k. Reads nnf_in/err_in, returns the best.
-RR_HD Match propagate_pixel(const SynthView& v, const int* nnf_in, const float* err_in, int tx, int ty, int k) {
+RR_HD Match propagate_pixel(const SynthView& v, const int* nnf_in, const float* err_in, int tx, int ty, int k,
+                            int& evals) {
     Match best = current_match(v, nnf_in, err_in, tx, ty);
     const int dxs[4] = {-k, k, 0, 0};
     const int dys[4] = {0, 0, -k, k};
@@ -147,7 +150,7 @@ RR_HD Match propagate_pixel(const SynthView& v, const int* nnf_in, const float* 
         const size_t j = (size_t)ny * v.tw + nx;
         const int sx = nnf_in[2 * j] - dxs[n], sy = nnf_in[2 * j + 1] - dys[n];
         if (!in_valid_source(v, sx, sy)) continue;
-        try_candidate(v, tx, ty, sx, sy, best);
+        try_candidate(v, tx, ty, sx, sy, best, evals);
     }
     return best;
 }
@@ -155,7 +158,7 @@ RR_HD Match propagate_pixel(const SynthView& v, const int* nnf_in, const float* 
 // Random search (synthesis.md §7): one uniform sample per radius r = 1, 2, 4, ... < max(sw, sh), each in the square
 // around the current best (which earlier radii may have moved), clipped to the valid source area.
 RR_HD Match random_search_pixel(const SynthView& v, Match best, int tx, int ty, unsigned int seed,
-                                unsigned int pass) {
+                                unsigned int pass, int& evals) {
     const int maxr = v.sw > v.sh ? v.sw : v.sh;
     unsigned int h = pixel_stream(seed, pass, tx, ty);
     for (int rad = 1; rad < maxr; rad *= 2) {
@@ -165,7 +168,7 @@ RR_HD Match random_search_pixel(const SynthView& v, Match best, int tx, int ty, 
         const int sx = x0 + (int)(h % (unsigned int)(x1 - x0 + 1));
         h = hash32(h + 0xB5297A4DU);
         const int sy = y0 + (int)(h % (unsigned int)(y1 - y0 + 1));
-        try_candidate(v, tx, ty, sx, sy, best);
+        try_candidate(v, tx, ty, sx, sy, best, evals);
     }
     return best;
 }

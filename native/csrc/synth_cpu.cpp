@@ -1,4 +1,5 @@
-// CPU executor of the search-vote schedule (synth_driver.h) over the per-pixel functions of synth_core.h.
+// CPU executor of the search-vote schedule (synth_driver.h) over the per-pixel functions of synth_core.h,
+// run by the passively waiting threads of thread_pool.h.
 //
 // Differences from the reference CPU build that make it fast and deterministic (see README, Native synthesizer):
 // * passes are Jacobi steps (jump flood 4-2-1 propagation, then random search), parallel over rows; a pixel's
@@ -9,35 +10,35 @@
 // * channels are interleaved floats pre-multiplied by sqrt(weight) so a patch row is one contiguous dot.
 #include "synth_cpu.h"
 
-#include <omp.h>
+#include <sched.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <thread>
 
 #include "pyramid.h"
 #include "synth_core.h"
 #include "synth_driver.h"
+#include "thread_pool.h"
 
 namespace rr {
 namespace {
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-template <class F>
-void parallel_rows(int h, int threads, F&& f) {
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
-    for (int y = 0; y < h; ++y) f(y);
-}
+double now() { return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count(); }
 
 // Occupancy map Ω and the sum of Ω over each p x p source patch (synthesis.md §5), kept as exact integers:
 // occ[s] = sum over matched source positions m of (p - |dx|)(p - |dy|) with (dx, dy) = s - m, |dx|, |dy| < p,
 // i.e. the box filter applied twice to the match histogram. Rebuilt in O(|S|) or updated per changed match.
 class Occupancy {
   public:
-    Occupancy(int sw, int sh, int p, int threads) : sw_(sw), sh_(sh), p_(p), threads_(threads) {
+    Occupancy(int sw, int sh, int p) : sw_(sw), sh_(sh), p_(p) {
         hist_.assign((size_t)sw * sh, 0);
         a_.assign((size_t)sw * sh, 0);
         b_.assign((size_t)sw * sh, 0);
@@ -88,7 +89,7 @@ class Occupancy {
     }
     void box_h(const std::vector<int32_t>& in, std::vector<int32_t>& out) const {
         const int r = p_ / 2, w = sw_;
-        parallel_rows(sh_, threads_, [&](int y) {
+        for (int y = 0; y < sh_; ++y) {
             const int32_t* s = in.data() + (size_t)y * w;
             int32_t* d = out.data() + (size_t)y * w;
             int32_t acc = 0;
@@ -98,12 +99,12 @@ class Occupancy {
                 if (x - r - 1 >= 0) acc -= s[x - r - 1];
                 d[x] = acc;
             }
-        });
+        }
     }
     void box_v(const std::vector<int32_t>& in, std::vector<int32_t>& out) const {
         const int r = p_ / 2, w = sw_, h = sh_;
         const int chunk = 64, nchunks = (w + chunk - 1) / chunk;
-        parallel_rows(nchunks, threads_, [&](int c) {
+        for (int c = 0; c < nchunks; ++c) {
             const int x0 = c * chunk, x1 = std::min(w, x0 + chunk);
             int32_t acc[64];
             for (int x = x0; x < x1; ++x) acc[x - x0] = 0;
@@ -116,10 +117,10 @@ class Occupancy {
                     for (int x = x0; x < x1; ++x) acc[x - x0] -= in[(size_t)(y - r - 1) * w + x];
                 for (int x = x0; x < x1; ++x) out[(size_t)y * w + x] = acc[x - x0];
             }
-        });
+        }
     }
 
-    int sw_, sh_, p_, threads_;
+    int sw_, sh_, p_;
     std::vector<int32_t> hist_, a_, b_;
     std::vector<float> occ_;
     std::vector<size_t> changed_;
@@ -140,12 +141,12 @@ std::vector<float> pack(const Image8* style, int ns, const Image8& guide, int np
     return out;
 }
 
-// The CPU executor of the schedule in synth_driver.h: OpenMP over rows, with incremental votes, errors and
-// occupancy (each is exactly what a full recomputation would give, only cheaper).
+// The CPU executor of the schedule in synth_driver.h: rows in parallel on a RowPool, with incremental votes,
+// errors and occupancy (each is exactly what a full recomputation would give, only cheaper).
 class CpuExec {
   public:
-    CpuExec(const SynthInputs& in, const SynthConfig& cfg) : in_(in), cfg_(cfg) {
-        max_threads_ = cfg.threads > 0 ? cfg.threads : omp_get_max_threads();
+    CpuExec(const SynthInputs& in, const SynthConfig& cfg)
+        : in_(in), cfg_(cfg), max_threads_(cfg.threads > 0 ? cfg.threads : available_cores()), pool_(max_threads_) {
         ns_ = in.ns;
         np_ = ((in.ns + in.ng) + 3) / 4 * 4;
         for (int c = 0; c < in.ns; ++c) style_scale_[c] = std::sqrt(in.style_weights[c]);
@@ -163,6 +164,8 @@ class CpuExec {
         out.image = est_;
         out.error = err_;
         out.nnf.assign(nnf_.begin(), nnf_.begin() + 2 * n);
+        out.stats.patch_evaluations = evaluations_.load();
+        out.stats.threads = threads_;
     }
 
     // -- the executor interface of synth_driver.h ------------------------------------------------------
@@ -170,7 +173,7 @@ class CpuExec {
     int64_t source_pixels() const { return (int64_t)sw_ * sh_; }
 
     void begin_level(int l) {
-        level_t0_ = omp_get_wtime();
+        level_t0_ = now();
         const Image8& style = styles_[l];
         const Image8& sguide = sguides_[l];
         const Image8& tguide = tguides_[l];
@@ -198,7 +201,7 @@ class CpuExec {
         err_dirty_.assign(n, 1);
     }
 
-    void end_level() { stats_.level_seconds.push_back(omp_get_wtime() - level_t0_); }
+    void end_level() { stats_.level_seconds.push_back(now() - level_t0_); }
 
     void init_random(int r) {
         nnf_.assign(2 * (size_t)tw_ * th_, 0);
@@ -287,7 +290,7 @@ class CpuExec {
         if (!occ_ || occ_p_ != p || occ_sw_ != sw_ || occ_sh_ != sh_) {
             // Serial: O(|S|) integer box filters take about a millisecond; a parallel region plus its
             // barriers costs more than that on a busy machine.
-            occ_ = std::make_unique<Occupancy>(sw_, sh_, p, 1);
+            occ_ = std::make_unique<Occupancy>(sw_, sh_, p);
             occ_p_ = p;
             occ_sw_ = sw_;
             occ_sh_ = sh_;
@@ -304,10 +307,15 @@ class CpuExec {
         Timer t(stats_.error);
         const SynthView& v = view_;
         parallel_rows(th_, threads_, [&](int y) {
+            int64_t evals = 0;
             for (int x = 0; x < tw_; ++x) {
                 const size_t i = (size_t)y * tw_ + x;
-                if (all || err_dirty_[i]) err_[i] = patch_error(v, x, y, nnf_[2 * i], nnf_[2 * i + 1], kInf);
+                if (all || err_dirty_[i]) {
+                    err_[i] = patch_error(v, x, y, nnf_[2 * i], nnf_[2 * i + 1], kInf);
+                    ++evals;
+                }
             }
+            evaluations_ += evals;
         });
     }
 
@@ -324,11 +332,11 @@ class CpuExec {
     void pass_init() {
         const SynthView& v = view_;
         const int r = v.r;
-        pass([&](int x, int y) {
+        pass([&](int x, int y, int& evals) {
             Match best = current_match(v, nnf_.data(), err_.data(), x, y);
             int32_t sx, sy;
             init_candidate(x, y, r, sx, sy);
-            try_candidate(v, x, y, sx, sy, best);
+            try_candidate(v, x, y, sx, sy, best, evals);
             return best;
         });
     }
@@ -351,19 +359,24 @@ class CpuExec {
     void pass_propagate(int k) {
         const double tp = stats_.search;
         const SynthView& v = view_;
-        pass([&](int x, int y) { return propagate_pixel(v, nnf_.data(), err_.data(), x, y, k); });
+        pass([&](int x, int y, int& evals) { return propagate_pixel(v, nnf_.data(), err_.data(), x, y, k, evals); });
         stats_.propagation += stats_.search - tp;
     }
 
     void pass_random(unsigned int pid) {
         const SynthView& v = view_;
-        pass([&](int x, int y) {
+        pass([&](int x, int y, int& evals) {
             const Match cur = current_match(v, nnf_.data(), err_.data(), x, y);
-            return random_search_pixel(v, cur, x, y, cfg_.seed, pid);
+            return random_search_pixel(v, cur, x, y, cfg_.seed, pid, evals);
         });
     }
 
   private:
+    template <class F>
+    void parallel_rows(int h, int threads, F&& f) {
+        pool_.rows(h, threads, f);
+    }
+
     // The caller's finest-level NNF mapped to this level's target and source sizes.
     void init_candidate(int x, int y, int r, int32_t& sx, int32_t& sy) const {
         const int fx = std::min(in_.tw - 1, (int)((x + 0.5) * in_.tw / tw_));
@@ -437,13 +450,14 @@ class CpuExec {
     // One Jacobi pass: every active pixel computes its new match from (nnf_, err_) into (nnf2_, err2_).
     template <class F>
     void pass(F&& pixel) {
-        const double t0 = omp_get_wtime();
+        const double t0 = now();
         parallel_rows(th_, threads_, [&](int y) {
+            int evals = 0;
             for (int x = 0; x < tw_; ++x) {
                 const size_t i = (size_t)y * tw_ + x;
                 Match m;
                 if (search_[i]) {
-                    m = pixel(x, y);
+                    m = pixel(x, y, evals);
                 } else {
                     m.x = nnf_[2 * i];
                     m.y = nnf_[2 * i + 1];
@@ -453,11 +467,12 @@ class CpuExec {
                 nnf2_[2 * i + 1] = m.y;
                 err2_[i] = m.err;
             }
+            evaluations_ += evals;
         });
-        const double t1 = omp_get_wtime();
+        const double t1 = now();
         stats_.search += t1 - t0;
         if (occp_) occp_->update(nnf_.data(), nnf2_.data(), (size_t)tw_ * th_);
-        stats_.occupancy += omp_get_wtime() - t1;
+        stats_.occupancy += now() - t1;
         nnf_.swap(nnf2_);
         err_.swap(err2_);
     }
@@ -465,15 +480,19 @@ class CpuExec {
     struct Timer {
         double& sink;
         double t0;
-        explicit Timer(double& s) : sink(s), t0(omp_get_wtime()) {}
-        ~Timer() { sink += omp_get_wtime() - t0; }
+        explicit Timer(double& s) : sink(s), t0(now()) {}
+        ~Timer() { sink += now() - t0; }
     };
 
     SynthStats stats_;
     const SynthInputs& in_;
     SynthConfig cfg_;
     static constexpr size_t kMinPixelsPerThread = 16384;
-    int threads_ = 1, max_threads_ = 1, ns_ = 0, np_ = 0;
+    int threads_ = 1;
+    const int max_threads_;
+    RowPool pool_;
+    std::atomic<int64_t> evaluations_{0};
+    int ns_ = 0, np_ = 0;
     float style_scale_[8] = {0};
     std::vector<float> guide_scale_;
     std::vector<Image8> styles_, sguides_, tguides_;
@@ -492,6 +511,12 @@ class CpuExec {
 };
 
 }  // namespace
+
+int available_cores() {
+    cpu_set_t set;
+    if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+    return std::max(1u, std::thread::hardware_concurrency());
+}
 
 void synthesize_cpu(const SynthInputs& in, const SynthConfig& cfg, SynthOutputs& out) {
     CpuExec ex(in, cfg);

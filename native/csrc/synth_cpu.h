@@ -26,6 +26,8 @@ struct SynthStats {
     std::vector<double> level_seconds;    // coarsest first
     std::vector<int64_t> active_pixels;  // per search-vote iteration, all levels in order
     std::vector<int64_t> searched_pixels;  // per PatchMatch iteration, all levels in order
+    int64_t patch_evaluations = 0;        // patch distances computed (searches and error recomputation)
+    int threads = 1;                       // threads of the finest level (the caller's included)
 };
 
 struct SynthOutputs {

@@ -5,8 +5,6 @@
 #include "synth_kernels_exec.h"
 
 #include <dlfcn.h>
-#include <omp.h>
-
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -20,6 +18,7 @@
 // device launch below).
 #include "../cuda/synth_kernels.cu"
 #include "synth_driver.h"
+#include "thread_pool.h"
 
 namespace rr {
 namespace {
@@ -308,7 +307,7 @@ class KernelExec {
 // -- host launcher ---------------------------------------------------------------------------------------
 class HostLauncher {
   public:
-    explicit HostLauncher(int threads) : threads_(threads > 0 ? threads : omp_get_max_threads()) {}
+    explicit HostLauncher(int threads) : pool_(threads > 0 ? threads : available_cores()) {}
     void* alloc(size_t bytes) {
         void* p = std::calloc(bytes, 1);
         if (!p) throw std::bad_alloc();
@@ -325,8 +324,7 @@ class HostLauncher {
     template <class... P, class... A>
     void launch(void (*kernel)(P...), const char* /*name*/, int w, int h, A... args) {
         const int gx = (w + kBlock - 1) / kBlock, gy = (h + kBlock - 1) / kBlock;
-#pragma omp parallel for num_threads(threads_) schedule(dynamic, 1)
-        for (int by = 0; by < gy; ++by) {
+        pool_.rows(gy, pool_.threads(), [&](int by) {
             rr_kernels::blockDim = {kBlock, kBlock, 1};
             for (int bx = 0; bx < gx; ++bx) {
                 rr_kernels::blockIdx = {(unsigned)bx, (unsigned)by, 0};
@@ -336,11 +334,11 @@ class HostLauncher {
                         kernel(static_cast<P>(args)...);
                     }
             }
-        }
+        });
     }
 
   private:
-    int threads_;
+    RowPool pool_;
 };
 
 // -- CUDA driver API, loaded at run time -----------------------------------------------------------------

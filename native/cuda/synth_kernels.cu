@@ -92,7 +92,8 @@ __global__ void try_init(const float* src, const float* tgt, const float* occ, i
     PIXEL_XY(tw, th)
     const SynthView v = make_view(src, tgt, occ, sw, sh, tw, th, np, p, occ_scale);
     Match best = rr::current_match(v, nnf_in, err_in, x, y);
-    rr::try_candidate(v, x, y, init[2 * i], init[2 * i + 1], best);
+    int evals = 0;  // counted by the CPU executor only
+    rr::try_candidate(v, x, y, init[2 * i], init[2 * i + 1], best, evals);
     store(nnf_out, err_out, i, best);
 }
 
@@ -106,7 +107,8 @@ __global__ void propagate(const float* src, const float* tgt, const float* occ, 
         return;
     }
     const SynthView v = make_view(src, tgt, occ, sw, sh, tw, th, np, p, occ_scale);
-    store(nnf_out, err_out, i, rr::propagate_pixel(v, nnf_in, err_in, x, y, k));
+    int evals = 0;
+    store(nnf_out, err_out, i, rr::propagate_pixel(v, nnf_in, err_in, x, y, k, evals));
 }
 
 // Random search over all radii for one pixel (the CPU backend's schedule: one pass, radii ascending).
@@ -121,7 +123,8 @@ __global__ void random_search(const float* src, const float* tgt, const float* o
     }
     const SynthView v = make_view(src, tgt, occ, sw, sh, tw, th, np, p, occ_scale);
     const Match cur = rr::current_match(v, nnf_in, err_in, x, y);
-    store(nnf_out, err_out, i, rr::random_search_pixel(v, cur, x, y, seed, pass));
+    int evals = 0;
+    store(nnf_out, err_out, i, rr::random_search_pixel(v, cur, x, y, seed, pass, evals));
 }
 
 __global__ void vote(const unsigned char* style, int sw, int ns, const int* nnf, const float* err, int tw, int th,
