@@ -9,7 +9,8 @@
 
 from .args import add_io_arguments, check_dropped, sink_options_from_args
 from .formats import VideoInfo
-from .sink import Sink, SinkOptions, open_sink
+from .options import SinkOptions
+from .sink import Sink, open_sink
 from .source import Source, open_source
 
 __all__ = [

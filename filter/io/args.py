@@ -7,10 +7,10 @@ import os
 
 from ..errors import InputError, UsageError
 from .formats import default_codec
-from .options import DEFAULT_CRF, check_encoder_settings
+from .options import DEFAULT_CRF, SinkOptions, check_encoder_settings
 from .paths import check_output
-from .sink import SinkOptions, output_muxer
 from .source import Source
+from .target import output_muxer
 
 
 def add_io_arguments(parser: argparse.ArgumentParser) -> None:

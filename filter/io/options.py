@@ -1,4 +1,4 @@
-"""Checks of the encoder settings against what the chosen encoder really takes.
+"""The output's encoder settings: `SinkOptions`, checked against what the chosen encoder really takes.
 
 FFmpeg ignores an option no part of the encoder knows (`--encoder-option nonsense=1` would run as if it
 were not given) and libx264 clamps a CRF above 51 to 51 without a word, so both are checked here against
@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import av
 import av.error
@@ -22,6 +23,18 @@ AV_OPT_FLAG_ENCODING_PARAM = 1  # libavutil/opt.h
 # (x264 and x265 accept any float and clamp it to 51).
 CRF_RANGES = {"libx264": (0.0, 51.0), "libx264rgb": (0.0, 51.0), "libx265": (0.0, 51.0)}
 DEFAULT_CRF = 18.0
+
+
+@dataclass(frozen=True)
+class SinkOptions:
+    """Output settings (`-f`, `--codec`, `--crf`, `--pix-fmt`, `--encoder-option`, `--no-audio`)."""
+
+    format: str | None = None  # muxer; None = from the file extension, `nut` for `-`
+    codec: str | None = None  # None = libx264 (libvpx-vp9 for webm, rawvideo for y4m)
+    crf: float | None = 18  # applied when the encoder has a `crf` option
+    pix_fmt: str | None = None  # None = yuv420p, yuv420p10le for 10/12-bit input (4:4:4 for odd sizes)
+    encoder_options: tuple[tuple[str, str], ...] = ()
+    audio: bool = True  # False drops the audio streams (subtitles and data are still copied)
 
 
 def _context(codec_name: str):
