@@ -15,6 +15,7 @@ from ..engines.flow import ESTIMATOR_MODULES, make_flow_estimator
 from ..native.params import SynthParams
 from . import option_ranges as ranges
 from .cli_parser import OneLineParser
+from .cluster.options import RayOptions, declare_ray_flags, ray_options_from_args
 from .errors import UsageError
 from .graph import FilterOptions
 from .io import SinkOptions, add_io_arguments, sink_options_from_args
@@ -47,6 +48,7 @@ class RunOptions:
     keyframes_first_index: int = 0
     diffusion: DiffusionOptions | None = None
     progress: ProgressMode = "bar"
+    ray: RayOptions | None = None  # --ray: keyframes and gaps on a Ray cluster (cluster/)
 
 
 class RunParser(OneLineParser):
@@ -254,6 +256,7 @@ def _declare_run_flags(p: FlagSchema) -> None:
         action="store_true",
         help="no progress output (same as --progress none); warnings still go to stderr",
     )
+    declare_ray_flags(p)
 
 
 def _check_flow(spec: str) -> str:
@@ -330,6 +333,7 @@ def parse_run_options(argv: list[str]) -> RunOptions:
         keyframes_first_index=args.keyframes_first_index,
         diffusion=diffusion_options.from_args(args) if renderer == "diffusion" else None,
         progress="none" if args.quiet else args.progress,
+        ray=ray_options_from_args(args),
     )
 
 
