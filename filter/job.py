@@ -6,8 +6,8 @@ ladder's `stage`), so every program behaves the same for the same options. The o
 live in `run_options`, the renderer and its model cache in `renderer_cache`, `lavfi:` inputs in `lavfi`;
 this module re-exports their public names.
 
-Events (`on_event`, and what `--progress json` prints one per line): `start`, `keyframe`, `frame`,
-`warning`, `done` and `error`; see `run_job`.
+Events (`on_event`, and what `--progress json` prints one per line) are the dataclasses of `events`:
+start, keyframe, frame, progress, warning, note, scene_cut, done and error; see `run_job`.
 """
 
 from __future__ import annotations
@@ -23,6 +23,18 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, RerenderError, UsageError
+from .events import (
+    DoneEvent,
+    ErrorEvent,
+    FrameEvent,
+    JobEvent,
+    KeyframeEvent,
+    NoteEvent,
+    ProgressEvent,
+    SceneCutEvent,
+    StartEvent,
+    WarningEvent,
+)
 from .frames import Frame
 from .geometry import ProcessingGeometry
 from .graph import PROGRESS_TICK, Filter, FilterOptions
@@ -127,7 +139,7 @@ def processing_note(width: int, height: int, geometry: ProcessingGeometry, f: Fi
 def run_job(
     options: RunOptions,
     *,
-    on_event: Callable[[dict], None] | None = None,
+    on_event: Callable[[JobEvent], None] | None = None,
     cancel: threading.Event | None = None,
     on_frame: Callable[[Frame, np.ndarray], None] | None = None,
     on_keyframe: Callable[[int, np.ndarray, np.ndarray], None] | None = None,
@@ -156,10 +168,10 @@ def run_job(
 
     def warn(message: str) -> None:
         warnings.append(message)
-        emit({"event": "warning", "message": message})
+        emit(WarningEvent(message))
 
     def note(message: str) -> None:  # information a user should see once (e.g. which backend runs)
-        emit({"event": "note", "message": message})
+        emit(NoteEvent(message))
 
     def timed(stage_name: str, seconds: float) -> None:
         timings[stage_name] = timings.get(stage_name, 0.0) + seconds
@@ -184,7 +196,18 @@ def run_job(
             if options.renderer == "diffusion" and options.diffusion is not None:
                 for sentence in options.diffusion.notes():
                     warn(sentence)
-            renderer = make_renderer(options, canvas, renderers, geometry.short_side, note)
+            cluster = None
+            if options.ray is not None:  # keyframes on a Ray actor, gaps as Ray tasks (cluster/)
+                from .cluster.job import ray_job
+
+                cluster = stack.enter_context(
+                    ray_job(options, canvas, geometry.short_side, check=check_cancel, note=note, emit=emit)
+                )
+            renderer = (
+                cluster.renderer
+                if cluster is not None
+                else make_renderer(options, canvas, renderers, geometry.short_side, note)
+            )
             if stage == "keyframes":
                 f = replace(f, propagate=False)
             f = _resolve_synth_backend(f)
@@ -195,20 +218,19 @@ def run_job(
             if total is None and info.duration and rate and info.duration * rate < 10**9:
                 estimated = max(1, round(info.duration * rate))
             emit(
-                {
-                    "event": "start",
-                    "total": total,
-                    "input": options.input,
-                    "output": options.output if stage == "full" else None,
-                    "width": info.width,
-                    "height": info.height,
-                    "processing_size": [canvas[1], canvas[0]],
-                    "processing_note": processing_note(info.width, info.height, geometry, f),
-                    "renderer": renderer.name,
-                    "keyframe_interval": f.schedule.interval,
-                    "keyframes": f.schedule.mode,
-                    "stage": stage,
-                }
+                StartEvent(
+                    total=total,
+                    input=options.input,
+                    output=options.output if stage == "full" else None,
+                    width=info.width,
+                    height=info.height,
+                    processing_size=(canvas[1], canvas[0]),
+                    processing_note=processing_note(info.width, info.height, geometry, f),
+                    renderer=renderer.name,
+                    keyframe_interval=f.schedule.interval,
+                    keyframes=f.schedule.mode,
+                    stage=stage,
+                )
             )
 
             clock = time.perf_counter
@@ -256,24 +278,27 @@ def run_job(
                     mean_gap=w.propagated / w.gaps if w.gaps else max(0, f.schedule.interval - 1),
                 )
 
-            def report(event: dict, force: bool = True) -> None:
-                """Send `event` with the units of work, what runs now and the ETA (progress.py)."""
+            def report(make: Callable[..., JobEvent], force: bool = True) -> None:
+                """Send the event `make(eta=, activity=, work=)`: the units of work, what runs now and the
+                ETA (progress.py)."""
                 now = clock()
                 if not force and now - work.reported < PROGRESS_TICK:
                     return
                 work.reported = now
                 state = work_state()
                 eta = estimator.update(state)
-                event["eta"] = None if eta is None else round(max(0.0, eta), 1)
-                event["activity"] = state.activity()
-                event["work"] = state.to_json()
-                if total is None and state.total is not None:
-                    event["work"]["total_estimated"] = not work.read_all
-                emit(event)
+                estimated = (not work.read_all) if total is None and state.total is not None else None
+                emit(
+                    make(
+                        eta=None if eta is None else round(max(0.0, eta), 1),
+                        activity=state.activity(),
+                        work=state.counts(estimated),
+                    )
+                )
 
             def keyframe_done(index: int, source: np.ndarray, stylized: np.ndarray) -> None:
                 work.last_key = index
-                report({"event": "keyframe", "index": index, "count": filt.keyframe_count})
+                report(functools.partial(KeyframeEvent, index=index, count=filt.keyframe_count))
                 if on_keyframe is not None:
                     on_keyframe(index, source, stylized)
 
@@ -285,8 +310,10 @@ def run_job(
                 keyframe_cache=keyframe_cache,
                 check_cancel=check_cancel,
                 # A keyframe starts rendering (always reported), or the pushing thread waits for a gap.
-                on_progress=lambda: report({"event": "progress"}, force=filt.work().rendering is not None),
+                on_progress=lambda: report(ProgressEvent, force=filt.work().rendering is not None),
                 schedule=schedule,
+                gaps=cluster.gaps() if cluster is not None else None,
+                on_scene_cut=lambda cut: emit(SceneCutEvent.of(cut)),
             )
             stack.callback(filt.close)
             sink = (
@@ -306,7 +333,7 @@ def run_job(
                     except BlockingIOError:
                         if not final:
                             return
-                        report({"event": "progress"}, force=False)
+                        report(ProgressEvent, force=False)
                         continue
                     except EOFError:
                         return
@@ -321,13 +348,9 @@ def run_job(
                     elapsed = clock() - loop_started
                     fps = done / elapsed if elapsed > 0 else 0.0
                     report(
-                        {
-                            "event": "frame",
-                            "index": out.index,
-                            "done": done,
-                            "total": total,
-                            "fps": round(fps, 3),
-                        }
+                        functools.partial(
+                            FrameEvent, index=out.index, done=done, total=total, fps=round(fps, 3)
+                        )
                     )
 
             frames = src.frames()
@@ -348,7 +371,7 @@ def run_job(
                 spent -= after.wait_seconds - before.wait_seconds
                 work.read_seconds += max(0.0, spent)
                 drain()
-                report({"event": "progress"}, force=False)
+                report(ProgressEvent, force=False)
                 if stage == "first-keyframe" and filt.keyframe_count:
                     break
             work.read_all = True
@@ -371,20 +394,19 @@ def run_job(
                 f"{dropped} corrupt video packet(s) produced no frame; the output has the frames that decoded"
             )
         emit(
-            {
-                "event": "done",
-                "frames": done,
-                "keyframes": keyframes,
-                "seconds": round(seconds, 3),
-                "fps": round(done / seconds, 3) if seconds > 0 else None,
-                "dropped": dropped,
-                "output": None if output is None else str(output),
-            }
+            DoneEvent(
+                frames=done,
+                keyframes=keyframes,
+                seconds=round(seconds, 3),
+                fps=round(done / seconds, 3) if seconds > 0 else None,
+                dropped=dropped,
+                output=None if output is None else str(output),
+            )
         )
         return result
     except BaseException as exc:
         message = str(exc) if isinstance(exc, RerenderError) else f"{type(exc).__name__}: {exc}"
         if isinstance(exc, KeyboardInterrupt):
             message = "interrupted"
-        emit({"event": "error", "message": message})
+        emit(ErrorEvent(message))
         raise

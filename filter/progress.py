@@ -23,6 +23,19 @@ from typing import TextIO
 
 from tqdm import tqdm
 
+from .events import (
+    DoneEvent,
+    ErrorEvent,
+    FrameEvent,
+    JobEvent,
+    KeyframeEvent,
+    NoteEvent,
+    ProgressEvent,
+    SceneCutEvent,
+    StartEvent,
+    WarningEvent,
+    WorkCounts,
+)
 from .graph import GapProgress
 
 
@@ -72,16 +85,18 @@ class WorkState:
                 parts.append("reading")
         return "; ".join(parts)
 
-    def to_json(self) -> dict:
-        return {
-            "read": self.read,
-            "keyframes": self.keyframes,
-            "keyframes_total": self.keyframes_total,
-            "synthesized": self.synthesized,
-            "synthesis_total": self.synthesis_total,
-            "written": self.written,
-            "total": self.total,
-        }
+    def counts(self, total_estimated: bool | None = None) -> WorkCounts:
+        """The units as the events carry them (`total_estimated`: the total comes from the duration)."""
+        return WorkCounts(
+            read=self.read,
+            keyframes=self.keyframes,
+            keyframes_total=self.keyframes_total,
+            synthesized=self.synthesized,
+            synthesis_total=self.synthesis_total,
+            written=self.written,
+            total=self.total,
+            total_estimated=total_estimated,
+        )
 
 
 def _or_unknown(value: int | None) -> str:
@@ -160,8 +175,8 @@ class JsonProgress:
     def __init__(self, stream: TextIO | None = None):
         self.stream = stream or sys.stderr
 
-    def __call__(self, event: dict) -> None:
-        self.stream.write(json.dumps(event, separators=(",", ":")) + "\n")
+    def __call__(self, event: JobEvent) -> None:
+        self.stream.write(json.dumps(event.to_json(), separators=(",", ":")) + "\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -192,35 +207,31 @@ class BarProgress:
         else:
             print(message, file=self.stream, flush=True)
 
-    def __call__(self, event: dict) -> None:
-        kind = event.get("event")
-        if kind == "start":
-            if event.get("processing_note"):
-                self._write(f"rerender run: {event['processing_note']}")
+    def __call__(self, event: JobEvent) -> None:
+        if isinstance(event, StartEvent):
+            if event.processing_note:
+                self._write(f"rerender run: {event.processing_note}")
             self._bar = tqdm(
                 total=None,
                 file=self.stream,
                 dynamic_ncols=True,
                 desc="starting",
-                bar_format=self.BAR_FORMAT.format(renderer=event.get("renderer")),
+                bar_format=self.BAR_FORMAT.format(renderer=event.renderer),
                 unit="unit",
             )
-        elif kind in ("frame", "keyframe", "progress") and self._bar is not None and "work" in event:
-            work = event["work"]
-            done = sum(work.get(k) or 0 for k in ("read", "keyframes", "synthesized", "written"))
-            totals = [work.get(k) for k in ("total", "keyframes_total", "synthesis_total", "total")]
-            if all(t is not None for t in totals):
-                self._bar.total = max(done, sum(totals))
-            self._bar.n = done
-            written = f"{work.get('written')}/{_or_unknown(work.get('total'))} written"
-            eta = f"ETA {_clock(event.get('eta'))}" if work.get("total") is not None else "ETA ?"
-            self._bar.set_description_str(f"{event.get('activity', '')} | {written} | {eta}", refresh=False)
+        elif isinstance(event, FrameEvent | KeyframeEvent | ProgressEvent) and self._bar is not None:
+            work = event.work
+            planned = work.planned
+            if planned is not None:
+                self._bar.total = planned
+            self._bar.n = work.done
+            written = f"{work.written}/{_or_unknown(work.total)} written"
+            eta = f"ETA {_clock(event.eta)}" if work.total is not None else "ETA ?"
+            self._bar.set_description_str(f"{event.activity} | {written} | {eta}", refresh=False)
             self._bar.refresh()
-        elif kind == "warning":
-            self._write(f"rerender run: warning: {event.get('message')}")
-        elif kind == "note":
-            self._write(f"rerender run: {event.get('message')}")
-        elif kind in ("done", "error"):
+        elif isinstance(event, WarningEvent | NoteEvent | SceneCutEvent):
+            self._write(_line(event))
+        elif isinstance(event, DoneEvent | ErrorEvent):
             self.close()
 
     def close(self) -> None:
@@ -236,14 +247,21 @@ class QuietProgress:
     def __init__(self, stream: TextIO | None = None):
         self.stream = stream or sys.stderr
 
-    def __call__(self, event: dict) -> None:
-        if event.get("event") == "warning":
-            print(f"rerender run: warning: {event.get('message')}", file=self.stream, flush=True)
-        elif event.get("event") == "note":
-            print(f"rerender run: {event.get('message')}", file=self.stream, flush=True)
+    def __call__(self, event: JobEvent) -> None:
+        if isinstance(event, WarningEvent | NoteEvent | SceneCutEvent):
+            print(_line(event), file=self.stream, flush=True)
 
     def close(self) -> None:
         pass
+
+
+def _line(event: WarningEvent | NoteEvent | SceneCutEvent) -> str:
+    """The stderr line of an event that every human-readable mode prints."""
+    if isinstance(event, WarningEvent):
+        return f"rerender run: warning: {event.message}"
+    if isinstance(event, SceneCutEvent):
+        return f"rerender run: {event.sentence()}"
+    return f"rerender run: {event.message}"
 
 
 def make_progress(mode: str, stream: TextIO | None = None) -> JsonProgress | BarProgress | QuietProgress:

@@ -42,7 +42,11 @@ def test_run_default_size_processes_small_inputs_at_their_own_size(tmp_path):
     events: list[dict] = []
     keys: list[tuple[int, int]] = []
     options = parse_run_options(["-i", str(clip), "-o", str(out), "-K", "4", *FAST])
-    run_job(options, on_event=events.append, on_keyframe=lambda i, s, t: keys.append(t.shape[:2]))
+    run_job(
+        options,
+        on_event=lambda e: events.append(e.to_json()),
+        on_keyframe=lambda i, s, t: keys.append(t.shape[:2]),
+    )
     start = events[0]
     assert start["processing_size"] == [128, 64]  # 96x64 padded to 128x64: not 768x512
     assert start["processing_note"].startswith("processing at 128x64: the input's own size 96x64")

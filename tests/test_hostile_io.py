@@ -443,7 +443,7 @@ def test_corrupt_packets_are_counted_and_reported_as_a_warning_event(tmp_path):
         ["-i", str(clip), "-o", str(tmp_path / "out.mkv"), "-q", "--size", "64", "--threads", "1"]
         + ["--search-vote-iters", "1", "--patchmatch-iters", "1"]
     )
-    result = run_job(options, on_event=events.append)
+    result = run_job(options, on_event=lambda event: events.append(event.to_json()))
     assert result.dropped == 3 and result.frames == 21
     warnings = [e["message"] for e in events if e["event"] == "warning"]
     assert any("3 corrupt video packet" in w for w in warnings)

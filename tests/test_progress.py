@@ -10,16 +10,29 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from dataclasses import dataclass, field
 
 import pytest
 from media import corrupt_clip, write_clip
+from rerender.filter.events import (
+    BadEvent,
+    DoneEvent,
+    FrameEvent,
+    KeyframeEvent,
+    SceneCutEvent,
+    StartEvent,
+    WarningEvent,
+    from_json,
+)
 from rerender.filter.graph import GapProgress
 from rerender.filter.job import parse_run_options, run_job
 from rerender.filter.progress import EtaEstimator, WorkState, make_progress
 
 FAST = ["--size", "64", "--search-vote-iters", "1", "--patchmatch-iters", "1", "--pyramid-levels", "2"]
 FAST += ["--threads", "1"]
+CLI = [sys.executable, "-m", "rerender.filter.cli", "run"]
 
 
 @dataclass
@@ -203,7 +216,7 @@ def test_job_events_count_units_of_work_and_name_the_activity(tmp_path):
     clip = write_clip(tmp_path / "in.mp4", width=64, height=48, frames=11, audio=False)  # MP4: a frame count
     options = parse_run_options(["-i", str(clip), "-o", str(tmp_path / "out.mp4"), "-K", "5", *FAST])
     events: list[dict] = []
-    run_job(options, on_event=events.append)
+    run_job(options, on_event=lambda event: events.append(event.to_json()))
     work = [e for e in events if "work" in e]
     assert work and all({"eta", "activity", "work"} <= set(e) for e in work)
     last = work[-1]["work"]
@@ -241,7 +254,99 @@ def test_bar_shows_the_activity_and_the_processing_size_line_and_quiet_keeps_war
     assert [e["message"] for e in events if e["event"] == "warning"] == [
         "2 corrupt video packet(s) produced no frame; the output has the frames that decoded"
     ]
-    assert outputs["none"].splitlines() == [
+    # The clip's dropped packets make a jump that the schedule may take for a scene cut: a line of its own.
+    quiet = [line for line in outputs["none"].splitlines() if " scene cut at frame " not in line]
+    assert quiet == [
         "rerender run: warning: 2 corrupt video packet(s) produced no frame; the output has the frames that "
         "decoded"
     ]
+
+
+# -- typed events ------------------------------------------------------------------------------------------
+
+# The keys (in order) of each `--progress json` line, as they were when the events were plain dicts.
+JSON_KEYS = {
+    "start": ["event", "total", "input", "output", "width", "height", "processing_size", "processing_note",
+              "renderer", "keyframe_interval", "keyframes", "stage"],
+    "keyframe": ["event", "index", "count", "eta", "activity", "work"],
+    "frame": ["event", "index", "done", "total", "fps", "eta", "activity", "work"],
+    "progress": ["event", "eta", "activity", "work"],
+    "warning": ["event", "message"],
+    "note": ["event", "message"],
+    "scene_cut": ["event", "index", "histogram_distance", "occluded_fraction"],  # new with scene cuts
+    "done": ["event", "frames", "keyframes", "seconds", "fps", "dropped", "output"],
+}  # fmt: skip
+WORK_KEYS = ["read", "keyframes", "keyframes_total", "synthesized", "synthesis_total", "written", "total"]
+
+
+def test_progress_json_lines_keep_their_keys_and_round_trip_to_typed_events(tmp_path):
+    clip = corrupt_clip(tmp_path, frames=12, broken=2, audio=False)  # a warning event too
+    out = tmp_path / "out.mkv"
+    done = subprocess.run(
+        [*CLI, "-i", str(clip), "-o", str(out), "-K", "4", "--progress", "json", *FAST],
+        capture_output=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    lines = done.stderr.decode().splitlines()
+    seen = set()
+    for line in lines:
+        data = json.loads(line)
+        assert list(data) == JSON_KEYS[data["event"]], data
+        if "work" in data:
+            assert list(data["work"]) in (WORK_KEYS, [*WORK_KEYS, "total_estimated"])  # Matroska: estimated
+        event = from_json(data)
+        seen.add(type(event))
+        # The typed event prints the very same line.
+        assert json.dumps(event.to_json(), separators=(",", ":")) == line
+    assert {StartEvent, KeyframeEvent, FrameEvent, WarningEvent, DoneEvent} <= seen
+
+
+def test_events_from_json_refuse_what_is_not_an_event():
+    good = {"event": "warning", "message": "m"}
+    assert from_json(good) == WarningEvent("m")
+    for bad in (
+        [],
+        {"event": "nope"},
+        {"event": "warning"},
+        {"event": "warning", "message": 3},
+        {"event": "done", "frames": True, "keyframes": 1, "seconds": 1.0, "fps": None, "dropped": 0,
+         "output": None},
+        {"event": "progress", "eta": None, "activity": "", "work": {"read": 1}},
+        {"event": "scene_cut", "index": 3, "histogram_distance": float("nan"), "occluded_fraction": 0.5},
+    ):  # fmt: skip
+        with pytest.raises(BadEvent):
+            from_json(bad)
+
+
+def test_scene_cut_event_json_and_the_readable_reporters_say_it():
+    cut = SceneCutEvent(index=12, histogram_distance=0.75, occluded_fraction=0.5)
+    assert cut.to_json() == {"event": "scene_cut", "index": 12, "histogram_distance": 0.75,
+                             "occluded_fraction": 0.5}  # fmt: skip
+    assert from_json(cut.to_json()) == cut
+    for mode in ("bar", "none"):
+        stream = io.StringIO()
+        reporter = make_progress(mode, stream)
+        reporter(cut)
+        reporter.close()
+        assert stream.getvalue().startswith("rerender run: scene cut at frame 12 ("), mode
+
+
+CUT_CLIP = (
+    "lavfi:testsrc2=size=128x64:rate=10:duration=1[a];smptebars=size=128x64:rate=10:duration=1[b];"
+    "[a][b]concat[out0]"
+)  # a hard cut at frame 10
+
+
+def test_a_real_scene_cut_is_an_event_and_a_quiet_note(tmp_path):
+    base = [*CLI, "-i", CUT_CLIP, "-o", str(tmp_path / "out.mkv"), *FAST]
+    as_json = subprocess.run([*base, "--progress", "json"], capture_output=True, timeout=120)
+    assert as_json.returncode == 0, as_json.stderr.decode()
+    events = [from_json(json.loads(line)) for line in as_json.stderr.decode().splitlines()]
+    cuts = [e for e in events if isinstance(e, SceneCutEvent)]
+    assert [c.index for c in cuts] == [10]
+    assert 0 < cuts[0].histogram_distance <= 1 and 0 <= cuts[0].occluded_fraction <= 1
+    quiet = subprocess.run([*base, "-q"], capture_output=True, timeout=120)
+    assert quiet.returncode == 0
+    assert quiet.stderr.decode().splitlines() == [f"rerender run: {cuts[0].sentence()}"]
+    assert quiet.stderr.decode().startswith("rerender run: scene cut at frame 10 (")

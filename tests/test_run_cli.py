@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from media import texture, write_clip
 from rerender.filter.errors import UsageError
+from rerender.filter.events import DoneEvent, ErrorEvent, FrameEvent, StartEvent
 from rerender.filter.job import Cancelled, build_run_parser, parse_run_options, run_job
 
 FAST = ["--size", "64", "--search-vote-iters", "1", "--patchmatch-iters", "1", "--pyramid-levels", "2"]
@@ -162,7 +163,7 @@ def test_run_job_calls_back_in_order(tmp_path):
     assert [i for i, _ in keys] == [0, 4, 8] and all(s == (64, 128, 3) for _, s in keys)  # processing size
     assert result.frames == 9 and result.keyframes == 3 and result.output == tmp_path / "out.mp4"
     assert result.output.exists() and {"decode", "flow", "synthesis", "encode"} <= set(result.timings)
-    assert events[0]["event"] == "start" and events[-1]["event"] == "done"
+    assert isinstance(events[0], StartEvent) and isinstance(events[-1], DoneEvent)
 
 
 def test_cancel_stops_promptly_and_leaves_no_output(tmp_path):
@@ -172,14 +173,14 @@ def test_cancel_stops_promptly_and_leaves_no_output(tmp_path):
 
     def on_event(event):
         events.append(event)
-        if event["event"] == "frame" and event["index"] == 4:
+        if isinstance(event, FrameEvent) and event.index == 4:
             cancel.set()
 
     with pytest.raises(Cancelled):
         run_job(options, on_event=on_event, cancel=cancel)
     assert not (tmp_path / "out.mp4").exists()
-    assert events[-1]["event"] == "error"
-    assert max(e["index"] for e in events if e["event"] == "frame") < 8
+    assert isinstance(events[-1], ErrorEvent)
+    assert max(e.index for e in events if isinstance(e, FrameEvent)) < 8
 
 
 @pytest.mark.parametrize("stage,expected_keys", [("first-keyframe", [0]), ("keyframes", [0, 4, 8])])

@@ -48,7 +48,9 @@ def test_the_job_schedules_the_frames_renderer_from_its_folder(clip, tmp_path):
     assert isinstance(schedule, FixedSchedule) and schedule.expected_keyframes(FRAMES) == [1, 5]
     events: list[dict] = []
     rendered: list[int] = []
-    result = run_job(options, on_event=events.append, on_keyframe=lambda i, s, t: rendered.append(i))
+    result = run_job(
+        options, on_event=lambda e: events.append(e.to_json()), on_keyframe=lambda i, s, t: rendered.append(i)
+    )
     assert rendered == [1, 5] and result.frames == FRAMES  # the files, not -K 2
     assert any("frame 30" in w for w in result.warnings)
     # Progress plans with the same schedule: 2 keyframes; frame 0 (backward only) and 6-8 (forward only)

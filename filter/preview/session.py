@@ -24,6 +24,7 @@ import numpy as np
 
 from .. import job
 from ..errors import InputError, RerenderError, UsageError
+from ..events import FrameEvent, JobEvent, StartEvent
 from ..frames import Frame
 from .latest import LatestImages
 from .settings import (
@@ -58,14 +59,13 @@ def render_path(input_path: Path, output_dir: Path | None) -> Path:
     return candidate
 
 
-def _expected_keyframes(options: job.RunOptions, start: dict, stage: Stage) -> int | None:
+def _expected_keyframes(options: job.RunOptions, total: int | None, stage: Stage) -> int | None:
     """How many keyframes a stage renders when the run's keyframe schedule knows them up front (uniform K,
     the user's keyframe files) for the frame count of the job's start event; scene cuts may add some, and
     the adaptive schedule decides as it goes (None)."""
     if stage == "first-keyframe":
         return 1
-    total = start.get("total")
-    if not isinstance(total, int):
+    if total is None:
         return None
     keys = job.keyframe_schedule(options).expected_keyframes(total)
     return None if keys is None else len(keys)
@@ -244,24 +244,17 @@ class PreviewSession:
         keyframes: list[int] = []
         sheet = KeyframeSheet()
 
-        def on_event(event: dict) -> None:
-            name = event.get("event")
-            if name == "start":
+        def on_event(event: JobEvent) -> None:
+            if isinstance(event, StartEvent):
                 self._update(
                     run_id,
-                    total=event.get("total"),
-                    keyframes_expected=_expected_keyframes(options, event, stage),
-                    processing_size=event.get("processing_size"),
+                    total=event.total,
+                    keyframes_expected=_expected_keyframes(options, event.total, stage),
+                    processing_size=list(event.processing_size),
                 )
-            elif name == "frame" and stage == "full":
+            elif isinstance(event, FrameEvent) and stage == "full":
                 # In the keyframe stages only keyframes come out; their progress is counted in on_keyframe.
-                self._update(
-                    run_id,
-                    done=event.get("done"),
-                    total=event.get("total"),
-                    fps=event.get("fps"),
-                    eta=event.get("eta"),
-                )
+                self._update(run_id, done=event.done, total=event.total, fps=event.fps, eta=event.eta)
 
         def on_keyframe(index: int, source: np.ndarray, stylized: np.ndarray) -> None:
             keyframes.append(index)

@@ -20,11 +20,23 @@ import shutil
 import sqlite3
 import threading
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import InputError, RerenderError
+from ..events import DoneEvent, ErrorEvent, JobEvent, NoteEvent, StartEvent, WarningEvent
+from .events import (
+    ClipAbandoned,
+    ClipDone,
+    ClipFailed,
+    ClipJobEvent,
+    ClipRecovered,
+    ClipStarted,
+    DaemonMessage,
+    Skipped,
+    Watching,
+)
 from .inbox_files import OpenedClip, open_clip
 from .ledger import Ledger, Row
 from .lock import ClipLocks, Owner
@@ -129,12 +141,11 @@ class Watcher:
 
     def run(self) -> int:
         self.reporter.emit(
-            {
-                "event": "watching",
-                "message": f"{self.options.inbox} -> {self.options.outbox} ({self.owner.describe()})",
-                "inbox": str(self.options.inbox),
-                "outbox": str(self.options.outbox),
-            }
+            Watching(
+                message=f"{self.options.inbox} -> {self.options.outbox} ({self.owner.describe()})",
+                inbox=str(self.options.inbox),
+                outbox=str(self.options.outbox),
+            )
         )
         self._recover_all()
         hint = WakeHint.start(self.options.inbox, self.wake)
@@ -147,7 +158,7 @@ class Watcher:
                 for error in result.errors:
                     if error not in warned:  # a share that went away: said once, retried every poll
                         warned.add(error)
-                        self.reporter.emit({"event": "warning", "message": f"cannot scan {error}"})
+                        self.reporter.emit(DaemonMessage("warning", f"cannot scan {error}"))
                 stable = self.tracker.update(result.clips, complete=not result.errors)
                 waiting = 0
                 for clip in stable:
@@ -156,10 +167,10 @@ class Watcher:
                     try:
                         waiting += self._consider(clip)
                     except (OSError, sqlite3.Error, RerenderError) as exc:  # e.g. the share went away
-                        self.reporter.emit({"event": "warning", "message": f"{clip.rel}: {exc}"})
+                        self.reporter.emit(DaemonMessage("warning", f"{clip.rel}: {exc}"))
                     except Exception as exc:  # noqa: BLE001 - one clip's bug must not stop the others
                         message = f"{clip.rel}: {type(exc).__name__}: {exc}"
-                        self.reporter.emit({"event": "warning", "message": " ".join(message.split())})
+                        self.reporter.emit(DaemonMessage("warning", " ".join(message.split())))
                 if self.options.once:
                     busy = bool(self._running)
                     if not busy and not waiting and not self.tracker.unsettled(result.clips):
@@ -170,7 +181,7 @@ class Watcher:
         finally:
             hint.close()
             if self._stop_reason is not None:
-                self.reporter.emit({"event": "stopping", "message": self._stop_reason})
+                self.reporter.emit(DaemonMessage("stopping", self._stop_reason))
             # A signal, or an exception in the loop: abandon the running jobs cleanly.
             self._stop_reason = self._stop_reason or "the watch loop ended"
             self._cancel_running()
@@ -179,7 +190,7 @@ class Watcher:
             self._reap()
             self.locks.release_all()
             self.wake.close()
-            self.reporter.emit({"event": "stopped", "message": "ledger consistent, no job running"})
+            self.reporter.emit(DaemonMessage("stopped", "ledger consistent, no job running"))
         return 0
 
     # -- scheduling ------------------------------------------------------------------------------------------
@@ -263,11 +274,10 @@ class Watcher:
         output = f"{mark.get('outbox')}/{mark.get('output')}" if mark.get("output") else None
         self.ledger.adopt(row.id, mark.get("state", "done"), output, mark.get("error"))
         self.reporter.emit(
-            {
-                "event": "skipped",
-                "clip": row.path,
-                "message": f"{row.path}: already {mark.get('state')} by {mark.get('by')} into {mark.get('outbox')}",
-            }
+            Skipped(
+                clip=row.path,
+                message=f"{row.path}: already {mark.get('state')} by {mark.get('by')} into {mark.get('outbox')}",
+            )
         )
         return True
 
@@ -324,9 +334,7 @@ class Watcher:
             cache = layout.keyframe_cache(row.id)
             reused = len(list(cache.iterdir())) if cache.is_dir() else 0
             cache.mkdir(parents=True, exist_ok=True)
-            self.reporter.emit(
-                {"event": "start", "clip": rel, "attempt": row.attempts, "reused_keyframes": reused}
-            )
+            self.reporter.emit(ClipStarted(clip=rel, attempt=row.attempts, reused_keyframes=reused))
             job.log.append(
                 f"clip {rel} ({clip.size} bytes), attempt {row.attempts}, settings {row.settings_hash}"
             )
@@ -345,7 +353,7 @@ class Watcher:
             except self.api.cancelled:
                 layout.clear_staged_output(row.id)
                 self.ledger.requeue(row.id, count_attempt=False)
-                self.reporter.emit({"event": "abandoned", "clip": rel, "reason": "stopped by a signal"})
+                self.reporter.emit(ClipAbandoned(rel, "stopped by a signal"))
                 return
             except RerenderError as exc:
                 self._fail(row, rel, job.clip_words(str(exc)), job)
@@ -361,52 +369,48 @@ class Watcher:
             if job.cancel.is_set():
                 layout.clear_staged_output(row.id)
                 self.ledger.requeue(row.id, count_attempt=False)
-                self.reporter.emit({"event": "abandoned", "clip": rel, "reason": "stopped by a signal"})
+                self.reporter.emit(ClipAbandoned(rel, "stopped by a signal"))
                 return
             fsync_path(staged)
             if not self.locks.holds(rel):
                 layout.clear_staged_output(row.id)
-                self.reporter.emit(
-                    {"event": "abandoned", "clip": rel, "reason": "its lock was taken by another daemon"}
-                )
+                self.reporter.emit(ClipAbandoned(rel, "its lock was taken by another daemon"))
                 return
             final = self._commit(row, staged, frames)
             self.reporter.emit(
-                {
-                    "event": "done",
-                    "clip": rel,
-                    "output": layout.relative_output(final),
-                    "frames": frames,
+                ClipDone(
+                    clip=rel,
+                    output=layout.relative_output(final),
+                    frames=frames,
                     # Frames lost to corrupt packets: the output is shorter than the clip (the preset's
                     # `strict = true` makes such clips fail instead).
-                    "dropped": getattr(result, "dropped", 0),
-                    "seconds": self.ledger.get(row.id).seconds or 0.0,
-                }
+                    dropped=getattr(result, "dropped", 0),
+                    seconds=self.ledger.get(row.id).seconds or 0.0,
+                )
             )
             if self.options.done_action == "move":
                 layout.move_original(rel, "done")
         except Exception as exc:  # ledger or file-system failure around the job: keep the daemon alive
             job.log.append(traceback.format_exc())
-            self.reporter.emit({"event": "warning", "message": f"{rel}: {type(exc).__name__}: {exc}"})
+            self.reporter.emit(DaemonMessage("warning", f"{rel}: {type(exc).__name__}: {exc}"))
         finally:
             opened.close()
             logging.getLogger().removeHandler(handler)
             self.locks.release(rel)
             self.wake.set()
 
-    def _job_event(self, rel: str, job: _Running, event: dict[str, Any]) -> None:
-        kind = event.get("event")
-        if kind in ("start", "done"):
+    def _job_event(self, rel: str, job: _Running, event: JobEvent) -> None:
+        if isinstance(event, StartEvent | DoneEvent):
             # The daemon's own start/done events (with attempt, output) carry these; keep them in the log.
-            job.log.append(f"job {kind}: {event}")
-            if kind == "start":
-                self.reporter.emit({**event, "event": "job-start", "clip": rel})
+            job.log.append(f"job {event.KIND}: {event.to_json()}")
+            if isinstance(event, StartEvent):
+                self.reporter.emit(ClipJobEvent(rel, event))
             return
-        if isinstance(event.get("message"), str):
-            event = {**event, "message": job.clip_words(event["message"])}
-        if kind in ("error", "warning"):
-            job.log.append(f"job {kind}: {event.get('message')}")
-        self.reporter.emit({**event, "clip": rel})
+        if isinstance(event, WarningEvent | NoteEvent | ErrorEvent):
+            event = replace(event, message=job.clip_words(event.message))
+        if isinstance(event, WarningEvent | ErrorEvent):
+            job.log.append(f"job {event.KIND}: {event.message}")
+        self.reporter.emit(ClipJobEvent(rel, event))
 
     def _commit(self, row: Row, staged: Path, frames: int | None) -> Path:
         """Rename the staged output to its final name; the ledger knows the name before the rename."""
@@ -439,9 +443,7 @@ class Watcher:
         report = self.layout.write_report(rel, row.id, f"{reason}\n\n--- log ---\n{log}\n")
         self.ledger.failed(row.id, reason)
         self._mark(row, "failed", None, reason)
-        self.reporter.emit(
-            {"event": "failed", "clip": rel, "reason": reason, "report": self.layout.relative_output(report)}
-        )
+        self.reporter.emit(ClipFailed(rel, reason, self.layout.relative_output(report)))
         if self.options.done_action == "move":
             self.layout.move_original(rel, "failed")
 
@@ -486,13 +488,11 @@ class Watcher:
                 self.ledger.done(row.id, self.layout.relative_output(output), row.frames)
                 self._mark(row, "done", self.layout.relative_output(output), None)
                 self.layout.remove_staging(row.id)
-                self.reporter.emit({"event": "recovered", "clip": row.path, "action": "output was complete"})
+                self.reporter.emit(ClipRecovered(row.path, "output was complete"))
                 return self.ledger.get(row.id)
             if staged_there:
                 final = self._commit(row, staged, row.frames)
-                self.reporter.emit(
-                    {"event": "recovered", "clip": row.path, "action": f"finished renaming to {final.name}"}
-                )
+                self.reporter.emit(ClipRecovered(row.path, f"finished renaming to {final.name}"))
                 return self.ledger.get(row.id)
         self.layout.clear_staged_output(row.id)
         if row.attempts >= self.options.max_attempts:
@@ -503,9 +503,7 @@ class Watcher:
             self._fail(row, row.path, reason, None)
         else:
             self.ledger.requeue(row.id, count_attempt=True)
-            self.reporter.emit(
-                {"event": "recovered", "clip": row.path, "action": "re-queued after an interrupted run"}
-            )
+            self.reporter.emit(ClipRecovered(row.path, "re-queued after an interrupted run"))
         return self.ledger.get(row.id)
 
 

@@ -7,8 +7,21 @@ import json
 import sys
 import threading
 import time
-from typing import Any, Literal, TextIO
+from typing import Literal, TextIO
 
+from ..events import FrameEvent, JobEvent, WarningEvent
+from .events import (
+    ClipAbandoned,
+    ClipDone,
+    ClipFailed,
+    ClipJobEvent,
+    ClipRecovered,
+    ClipStarted,
+    DaemonMessage,
+    Skipped,
+    WatchEvent,
+    Watching,
+)
 from .ledger import Row
 
 
@@ -29,11 +42,11 @@ class Reporter:
         self._lock = threading.Lock()
         self._last: dict[str, float] = {}
 
-    def emit(self, event: dict[str, Any]) -> None:
+    def emit(self, event: WatchEvent) -> None:
         with self._lock:
             try:
                 if self.mode == "json":
-                    self._out.write(json.dumps(event, default=str) + "\n")
+                    self._out.write(json.dumps(event.to_json(), default=str) + "\n")
                     self._out.flush()
                     return
                 line = self._text(event)
@@ -44,37 +57,39 @@ class Reporter:
                 # Whoever read our output went away (or closed it): the daemon's work does not depend on it.
                 self.mode, self._out, self._err = "json", _Null(), _Null()
 
-    def _text(self, e: dict[str, Any]) -> str | None:
-        kind, clip = e.get("event"), e.get("clip", "")
-        if kind == "frame":
+    def _text(self, e: WatchEvent) -> str | None:
+        if isinstance(e, ClipJobEvent):
+            return self._job_text(e.clip, e.event)
+        if isinstance(e, ClipStarted):
+            resume = f", reusing {e.reused_keyframes} keyframes" if e.reused_keyframes else ""
+            return f"[start] {e.clip} (attempt {e.attempt}{resume})"
+        if isinstance(e, ClipDone):
+            self._last.pop(e.clip, None)
+            dropped = f", {e.dropped} corrupt packets dropped" if e.dropped else ""
+            return f"[done] {e.clip} -> {e.output} ({e.frames} frames, {e.seconds:.1f} s{dropped})"
+        if isinstance(e, ClipFailed):
+            return f"[failed] {e.clip}: {e.reason} (details: {e.report})"
+        if isinstance(e, ClipAbandoned):
+            return f"[abandoned] {e.clip}: {e.reason}; it will resume on the next start"
+        if isinstance(e, ClipRecovered):
+            return f"[recovered] {e.clip}: {e.action}"
+        if isinstance(e, DaemonMessage):
+            return f"[{e.kind}] {e.message}".rstrip()
+        if isinstance(e, Watching | Skipped):
+            return f"[{e.KIND}] {e.message}".rstrip()
+        return None
+
+    def _job_text(self, clip: str, e: JobEvent) -> str | None:
+        if isinstance(e, FrameEvent):
             now = time.monotonic()
-            if now - self._last.get(clip, 0.0) < self._every and e.get("done") != e.get("total"):
+            if now - self._last.get(clip, 0.0) < self._every and e.done != e.total:
                 return None
             self._last[clip] = now
-            total = e.get("total")
-            of = f"/{total}" if total else ""
-            eta = f", eta {e['eta']:.0f} s" if e.get("eta") is not None else ""
-            fps = f", {e['fps']:.1f} fps" if e.get("fps") is not None else ""
-            return f"[{e.get('done')}{of} frames{fps}{eta}] {clip}"
-        if kind == "start":
-            resume = f", reusing {e['reused_keyframes']} keyframes" if e.get("reused_keyframes") else ""
-            return f"[start] {clip} (attempt {e.get('attempt')}{resume})"
-        if kind == "done":
-            self._last.pop(clip, None)
-            dropped = f", {e['dropped']} corrupt packets dropped" if e.get("dropped") else ""
-            return (
-                f"[done] {clip} -> {e.get('output')} ({e.get('frames')} frames, {e.get('seconds', 0):.1f} s"
-                f"{dropped})"
-            )
-        if kind == "failed":
-            return f"[failed] {clip}: {e.get('reason')} (details: {e.get('report')})"
-        if kind == "abandoned":
-            return f"[abandoned] {clip}: {e.get('reason')}; it will resume on the next start"
-        if kind == "recovered":
-            return f"[recovered] {clip}: {e.get('action')}"
-        if kind in ("watching", "stopping", "stopped", "warning", "skipped"):
-            detail = e.get("message") or ""
-            return f"[{kind}] {detail}".rstrip()
+            of = f"/{e.total}" if e.total else ""
+            eta = f", eta {e.eta:.0f} s" if e.eta is not None else ""
+            return f"[{e.done}{of} frames, {e.fps:.1f} fps{eta}] {clip}"
+        if isinstance(e, WarningEvent):
+            return f"[warning] {e.message}".rstrip()
         return None  # keyframe events and others: JSON only
 
 

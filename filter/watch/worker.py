@@ -6,7 +6,7 @@ The daemon starts `python -m rerender.filter.watch.worker` and writes the reques
 (JSON with the `rerender run` argv, the keyframe cache and the two pipe descriptors; not on the command
 line, where every user's `ps` would show the prompts). The worker reads nothing but that: the job's
 events come back as JSON lines on one pipe (never pickles: the daemon does not load objects from a process
-that reads dropped files); the other pipe carries the daemon's cancel (one byte) and, by its end of file,
+that reads dropped files; `events.from_json` checks each line back into its typed event); the other pipe carries the daemon's cancel (one byte) and, by its end of file,
 the daemon's death, on which the worker exits at once (its successor recovers the clip). The clip's open
 descriptor is inherited under the same number, so the worker reads the file the daemon checked.
 """
@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import RerenderError
+from ..events import BadEvent, JobEvent, from_json
 
 # Lines of the worker's stderr kept for the clip's error report (a crash's traceback is printed there).
 STDERR_LINES = 60
@@ -53,7 +54,7 @@ def run_in_worker(
     argv: list[str],
     *,
     keyframe_cache: Path,
-    on_event: Callable[[dict[str, Any]], None],
+    on_event: Callable[[JobEvent], None],
     on_log: Callable[[str], None],
     cancel: threading.Event,
     cancelled: type[BaseException],
@@ -106,8 +107,12 @@ def run_in_worker(
                 if not isinstance(message, dict):
                     continue
                 kind = message.get("kind")
-                if kind == "event" and isinstance(message.get("event"), dict):
-                    on_event(message["event"])
+                if kind == "event":
+                    try:
+                        event = from_json(message.get("event"))
+                    except BadEvent:
+                        continue  # the worker speaks only the job's events; anything else is dropped
+                    on_event(event)
                 elif kind == "log":
                     on_log(str(message.get("line", "")))
                 elif kind in ("done", "cancelled", "failed"):
@@ -228,7 +233,7 @@ def main() -> int:
         options = parse_run_options(list(request["argv"]))
         result = run_job(
             options,
-            on_event=lambda event: send({"kind": "event", "event": event}),
+            on_event=lambda event: send({"kind": "event", "event": event.to_json()}),
             cancel=cancel,
             keyframe_cache=Path(request["keyframe_cache"]),
         )
