@@ -105,15 +105,26 @@ def declare_ray_flags(p: Any) -> None:
         help=f"gaps propagating at once, 1 to {MAX_GAPS_IN_FLIGHT}; bounds the driver's memory (default: "
         "enough for every CPU of the cluster)",
     )
+    g.add_argument(
+        "--ray-keep-models",
+        action="store_true",
+        help="the keyframe actors stay up with their model loaded after the job, for the next job on the "
+        "cluster (rerender watch --ray sets it; `ray stop` ends them; default: they end with the job)",
+    )
 
 
-RAY_FLAGS = ("--ray", "--ray-gpus-per-keyframe", "--ray-cpus-per-gap", "--ray-max-gaps")
+RAY_FLAGS = ("--ray", "--ray-gpus-per-keyframe", "--ray-cpus-per-gap", "--ray-max-gaps", "--ray-keep-models")
 
 
 def ray_options_from_args(args: Any) -> RayOptions | None:
     """The parsed flags' RayOptions (None without --ray); fails in one line when ray is not installed."""
     if args.ray is None:
-        given = (args.ray_gpus_per_keyframe, args.ray_cpus_per_gap, args.ray_max_gaps)
+        given = (
+            args.ray_gpus_per_keyframe,
+            args.ray_cpus_per_gap,
+            args.ray_max_gaps,
+            args.ray_keep_models or None,
+        )
         extra = [flag for flag, value in zip(RAY_FLAGS[1:], given, strict=True) if value is not None]
         if extra:
             raise UsageError(f"{extra[0]} is used with --ray only; add --ray [ADDRESS] or drop it")
@@ -126,4 +137,5 @@ def ray_options_from_args(args: Any) -> RayOptions | None:
         gpus_per_keyframe=args.ray_gpus_per_keyframe,
         cpus_per_gap=args.ray_cpus_per_gap,
         max_gaps=args.ray_max_gaps,
+        keep_models=args.ray_keep_models,
     )

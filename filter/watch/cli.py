@@ -75,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="a lock of another machine whose heartbeat stopped this long is taken over (default 120)",
     )
+    p.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="render each clip on this Ray cluster (host:port, or auto) instead of one local process; "
+        "the ledger stays here, with OUTBOX (needs pip install 'rerender[ray]')",
+    )
     return p
 
 
@@ -164,20 +170,42 @@ def _status(request: StatusRequest) -> int:
     return 0
 
 
-def _job_api() -> JobApi:
+def _job_api(ray: str | None = None) -> JobApi:
     from ..job import Cancelled, build_run_parser, parse_run_options
     from .worker import run_in_worker
 
+    if ray is None:
+        return JobApi(
+            build_parser=build_run_parser, parse=parse_run_options, run=run_in_worker, cancelled=Cancelled
+        )
+    # Every job's argv ends with the cluster flags (they win over a preset's): its keyframes and gaps run
+    # on the cluster, whose keyframe actors keep the model loaded for the next clip.
+    extra = ["--ray", ray, "--ray-keep-models"]
     return JobApi(
-        build_parser=build_run_parser, parse=parse_run_options, run=run_in_worker, cancelled=Cancelled
+        build_parser=build_run_parser,
+        parse=lambda argv: parse_run_options([*argv, *extra]),
+        run=lambda argv, **kwargs: run_in_worker([*argv, *extra], **kwargs),
+        cancelled=Cancelled,
     )
+
+
+def _ray_address(argv: list[str]) -> str | None:
+    """--ray's address, checked (and the ray extra required) before the daemon starts."""
+    address = build_parser().parse_args(argv).ray
+    if address is not None:
+        from ..cluster.options import RayOptions
+        from ..cluster.session import require_ray
+
+        RayOptions(address=address)
+        require_ray()
+    return address
 
 
 def main(argv: list[str]) -> int:
     parsed = parse_options(argv)
     if isinstance(parsed, StatusRequest):
         return _status(parsed)
-    watcher = Watcher(parsed, _job_api(), Reporter(parsed.progress))
+    watcher = Watcher(parsed, _job_api(_ray_address(argv)), Reporter(parsed.progress))
 
     def on_signal(signum, _frame):
         watcher.request_stop(f"{signal.Signals(signum).name}: abandoning the running jobs cleanly")
