@@ -7,7 +7,11 @@ inpainting r = 30). Fidelity = PSNR and MAE against cv2.stylization applied to e
 Configurations are run side by side on the same frames, so their ratios are comparable even on a busy machine.
 
     python bench/propagation.py [--frames 10] [--size 512] [--clips v1,v2,v3] [--configs paper,paper+init,fast]
-                                [--backend cpu|cuda]
+                                [--backend cpu|cuda] [--threads N]
+
+Besides wall and CPU seconds (noise on a busy machine) it reports what does not depend on the machine: the
+patch distances computed per frame (`SynthResult.patch_evaluations`) and the fidelity. Configurations run
+side by side on the same frames, so on an idle machine their time ratios are comparable in one run.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from rerender.filter.propagation import unchanged_pixels
 from rerender.native import PRESETS, Guide, SynthParams, synthesize
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
@@ -35,6 +40,7 @@ class Config:
     name: str
     params: SynthParams
     carry_nnf: bool  # start each frame from the previous frame's NNF moved along the flow
+    skip: int | None = None  # keep the carried match where the guides did not change (synthesis.md §11)
 
 
 CONFIGS = {
@@ -46,6 +52,19 @@ CONFIGS = {
         "6x4 (EbSynth defaults)", SynthParams(search_vote_iters=6, patchmatch_iters=4), False
     ),
     "12x2": Config("12x2", SynthParams(patchmatch_iters=2), False),
+    # Cost follows motion: pixels whose guides changed by at most `skip` levels keep the carried match.
+    "paper+skip0": Config("paper 12x6 + init_nnf + skip 0", PRESETS["paper"], True, 0),
+    "paper+skip2": Config("paper 12x6 + init_nnf + skip 2", PRESETS["paper"], True, 2),
+    "paper+skip4": Config("paper 12x6 + init_nnf + skip 4", PRESETS["paper"], True, 4),
+    "paper+skip8": Config("paper 12x6 + init_nnf + skip 8", PRESETS["paper"], True, 8),
+    "fast+skip2": Config("fast + skip 2", PRESETS["fast"], True, 2),
+    "fast+skip4": Config("fast + skip 4", PRESETS["fast"], True, 4),
+    "paper+3x3": Config("paper 12x6 + init_nnf + 3x3 pass", SynthParams(extra_pass_3x3=True), True),
+    "fast+3x3": Config(
+        "fast + 3x3 pass",
+        SynthParams(pyramid_levels=2, search_vote_iters=4, patchmatch_iters=2, extra_pass_3x3=True),
+        True,
+    ),
 }
 
 
@@ -148,24 +167,34 @@ def propagate(frames, key_style, steps, config: Config, threads: int | None, bac
     # The keyframe matches itself: the identity NNF, carried along the flow, starts the first frame.
     ys, xs = np.mgrid[0:h, 0:w]
     pos_tgt, prev_out, nnf = pos_src, key_style, np.dstack([xs, ys]).astype(np.int32)
-    outputs, seconds, cpu_seconds = [], [], []
+    outputs, seconds, cpu_seconds, evaluations, kept = [], [], [], [], []
+    previous = (key, edge(key), key_style, pos_src)  # the previous frame's target guides
     for j in range(1, len(frames)):
         step = steps[j - 1]
         pos_tgt = step.warp(pos_tgt)
+        current = (frames[j], edge(frames[j]), step.warp(prev_out), pos_tgt)
         guides = [
-            Guide(key, frames[j], GUIDE_WEIGHTS["colour"]),
-            Guide(edge(key), edge(frames[j]), GUIDE_WEIGHTS["edge"]),
-            Guide(key_style, step.warp(prev_out), GUIDE_WEIGHTS["temporal"]),
-            Guide(pos_src, pos_tgt, GUIDE_WEIGHTS["positional"]),
+            Guide(key, current[0], GUIDE_WEIGHTS["colour"]),
+            Guide(edge(key), current[1], GUIDE_WEIGHTS["edge"]),
+            Guide(key_style, current[2], GUIDE_WEIGHTS["temporal"]),
+            Guide(pos_src, current[3], GUIDE_WEIGHTS["positional"]),
         ]
         init = step.carry_nnf(nnf) if config.carry_nnf else None
+        keep = None
+        if init is not None and config.skip is not None:
+            keep = unchanged_pixels(
+                previous, current, step.back, step.occluded > 0, config.skip, params.patch_size
+            )
+            kept.append(float(keep.mean()))
+        previous = current
         t0, c0 = time.perf_counter(), time.process_time()
-        res = synthesize(key_style, guides, params, backend=backend, init_nnf=init)
+        res = synthesize(key_style, guides, params, backend=backend, init_nnf=init, keep=keep)
         seconds.append(time.perf_counter() - t0)
         cpu_seconds.append(time.process_time() - c0)  # all threads: robust to other load on the machine
+        evaluations.append(res.patch_evaluations or 0)
         prev_out, nnf = res.image, res.nnf
         outputs.append(res.image)
-    return outputs, seconds, cpu_seconds
+    return outputs, seconds, cpu_seconds, evaluations, kept
 
 
 def main() -> int:
@@ -188,13 +217,19 @@ def main() -> int:
         truth = [stylize(f) for f in frames[1:]]
         steps = [FlowStep(dis, frames[i - 1], frames[i]) for i in range(1, len(frames))]
         for config in configs:
-            outputs, seconds, cpu = propagate(frames, key_style, steps, config, args.threads, args.backend)
+            outputs, seconds, cpu, evals, kept = propagate(
+                frames, key_style, steps, config, args.threads, args.backend
+            )
             p = [psnr(o, t) for o, t in zip(outputs, truth, strict=True)]
             mae = [
                 float(np.abs(o.astype(int) - t.astype(int)).mean())
                 for o, t in zip(outputs, truth, strict=True)
             ]
-            rows.append((f"{clip} ({source})", config.name, np.mean(seconds), np.mean(cpu), np.mean(p), mae))
+            kept_mean = f"{100 * np.mean(kept):.0f}%" if kept else "-"
+            rows.append(
+                (f"{clip} ({source})", config.name, np.mean(seconds), np.mean(cpu), np.mean(evals) / 1e6,
+                 kept_mean, np.mean(p), mae)
+            )  # fmt: skip
             print(f"  done {clip} {config.name}: {np.mean(seconds):.2f} s/frame", flush=True)
     n = args.frames
     print(
@@ -202,11 +237,20 @@ def main() -> int:
         f"threads={args.threads or 'all'}"
     )
     print("wall = seconds per frame as measured now; cpu = CPU seconds per frame summed over all threads")
-    print(f"| clip | config | wall s/frame | cpu s/frame | PSNR mean (dB) | MAE f{n // 2} / f{n} |")
-    print("|---|---|---|---|---|---|")
-    for clip, name, wall, cpu, mean_p, mae in rows:
+    print(
+        "patch evaluations = millions of patch distances per frame; kept = pixels keeping the carried match"
+    )
+    print(
+        f"| clip | config | wall s/frame | cpu s/frame | patch evaluations (M) | kept | PSNR mean (dB) "
+        f"| MAE f{n // 2} / f{n} |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    for clip, name, wall, cpu, evals, kept, mean_p, mae in rows:
         mid = mae[max(0, n // 2 - 1)]
-        print(f"| {clip} | {name} | {wall:.2f} | {cpu:.2f} | {mean_p:.2f} | {mid:.2f} / {mae[-1]:.2f} |")
+        print(
+            f"| {clip} | {name} | {wall:.2f} | {cpu:.2f} | {evals:.1f} | {kept} | {mean_p:.2f} "
+            f"| {mid:.2f} / {mae[-1]:.2f} |"
+        )
     print(
         "reference EbSynth CPU build (README; 2 cores, 512x512): 12x6 36-42 s/frame, 6x4 13.6-16.9 s/frame;"
     )

@@ -64,6 +64,10 @@ class PropagationOptions:
     # Gradient-domain fusion in the blend (docs/method.md §4.2, the authors' formulation): off by default,
     # since it measured lower fidelity and a higher warp error on every hard-motion sequence (README).
     poisson: bool = False
+    # Cost follows motion (docs/synthesis.md §11): a pixel whose four target guides differ by at most this
+    # many levels from the previous frame's guides moved along the flow, over its whole patch and outside
+    # the occlusions, keeps its carried match without a search. None searches every pixel of every frame.
+    skip_unchanged: int | None = 2
     # Where in the gap a frame counts as being for the blend's distance weighting (`blend_weights`):
     # "frames" is the authors' formula; "motion" measured better on uneven motion (README).
     blend_weights: Literal["frames", "motion"] = "motion"
@@ -140,6 +144,27 @@ def inpaint_occluded(
     return out
 
 
+def unchanged_pixels(
+    previous: Sequence[np.ndarray],
+    current: Sequence[np.ndarray],
+    flow: np.ndarray,
+    occluded: np.ndarray,
+    tolerance: int,
+    patch_size: int,
+) -> np.ndarray:
+    """Pixels whose whole patch is unchanged since the previous frame (docs/synthesis.md §11): every guide of
+    the current frame within `tolerance` levels of the previous frame's guide moved along `flow` (nearest,
+    as the NNF is carried), and no pixel of the patch occluded. bool [H, W]."""
+    same = ~occluded
+    for before, now in zip(previous, current, strict=True):
+        moved = warp(before, flow, nearest=True)
+        diff = np.abs(moved.astype(np.int16) - now.astype(np.int16))
+        same &= (diff.max(axis=2) if diff.ndim == 3 else diff) <= tolerance
+    kernel = np.ones((patch_size, patch_size), np.uint8)
+    eroded = cv2.erode(same.astype(np.uint8), kernel, borderType=cv2.BORDER_REPLICATE)
+    return eroded.astype(bool)
+
+
 def carry_nnf(nnf: np.ndarray, flow: np.ndarray, style_size: tuple[int, int]) -> np.ndarray:
     """Move a nearest-neighbour field one frame along the flow (nearest sampling, clipped to the style)."""
     moved = warp(nnf.astype(np.float32), flow, nearest=True)
@@ -185,6 +210,8 @@ class PropagationChain:
         self._previous_output = key.stylized
         self._previous_positional = self._ramp
         self._previous_nnf = identity_nnf(h, w)
+        # The previous frame's target guides (colour, edge, temporal, positional): the keyframe's own at first.
+        self._previous_targets = (key.source, self._key_edge, key.stylized, self._ramp)
         threads = options.synth.threads or chain_threads(options.parallel_chains)
         self._params = replace(options.synth, threads=threads)
 
@@ -200,6 +227,13 @@ class PropagationChain:
             warp(self._previous_positional, flow, nearest=True), occluded, o.inpaint_radius
         )
         init_nnf = carry_nnf(self._previous_nnf, flow, self.key.stylized.shape[:2]) if o.carry_nnf else None
+        targets = (target, target_edge, temporal, positional)
+        keep = None
+        if init_nnf is not None and o.skip_unchanged is not None:
+            keep = unchanged_pixels(
+                self._previous_targets, targets, flow, occluded, o.skip_unchanged, self._params.patch_size
+            )
+        self._previous_targets = targets
         guides = [
             Guide(self.key.source, target, w.colour),
             Guide(self._key_edge, target_edge, w.edge),
@@ -208,7 +242,7 @@ class PropagationChain:
         ]
         self.timings.add("guides", time.perf_counter() - started)
         started = time.perf_counter()
-        result = self.synthesizer(self.key.stylized, guides, self._params, init_nnf)
+        result = self.synthesizer(self.key.stylized, guides, self._params, init_nnf, keep)
         self.timings.add("synthesis", time.perf_counter() - started)
         self._previous_output = result.image
         self._previous_positional = positional

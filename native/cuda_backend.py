@@ -131,7 +131,7 @@ def chain_synth(device: int):
 
 
 def synthesize_cuda(
-    style, source, target, style_w, guide_w, levels, params: SynthParams, init_nnf, device=None
+    style, source, target, style_w, guide_w, levels, params: SynthParams, init_nnf, keep=None, device=None
 ):
     """Same contract as the CPU binding: returns (image uint8, error float32, nnf int32, stats)."""
     synth = chain_synth(resolve_device(device))
@@ -143,6 +143,7 @@ def synthesize_cuda(
         guide_w,
         **params.schedule_kwargs(levels),
         init_nnf=init_nnf,
+        keep=keep,
     )
     stats = {
         "device": synth.device,

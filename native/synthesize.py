@@ -49,7 +49,7 @@ def _check_size(name: str, h: int, w: int) -> None:
         )
 
 
-def _validate(style, guides, params, init_nnf):
+def _validate(style, guides, params, init_nnf, keep=None):
     style = _check_uint8_image("style", style)
     hs, ws, ns = style.shape
     _check_size("style", hs, ws)
@@ -99,6 +99,12 @@ def _validate(style, guides, params, init_nnf):
         x, y = init_nnf[..., 0], init_nnf[..., 1]
         if x.min() < 0 or y.min() < 0 or x.max() >= ws or y.max() >= hs:
             raise ValueError(f"init_nnf holds (x, y) positions outside the {ws}x{hs} (width x height) style.")
+    if keep is not None:
+        if init_nnf is None:
+            raise ValueError("keep needs init_nnf: a kept pixel keeps its init_nnf match (synthesis.md §11).")
+        if not isinstance(keep, np.ndarray) or keep.shape != (ht, wt) or keep.dtype != np.bool_:
+            got = f"{keep.dtype} {keep.shape}" if isinstance(keep, np.ndarray) else type(keep).__name__
+            raise ValueError(f"keep must be a bool array of shape ({ht}, {wt}), got {got}.")
     return style, list(guides)
 
 
@@ -113,6 +119,7 @@ class Synthesizer(Protocol):
         guides: Sequence[Guide],
         params: SynthParams = SynthParams(),
         init_nnf: np.ndarray | None = None,
+        keep: np.ndarray | None = None,
     ) -> SynthResult: ...
 
 
@@ -123,8 +130,10 @@ class CpuSynthesizer:
     module: ModuleType
     backend: ClassVar[str] = "cpu"
 
-    def __call__(self, style, guides, params: SynthParams = SynthParams(), init_nnf=None) -> SynthResult:
-        image, error, nnf, stats = _run_cpu(self.module, *_prepare(style, guides, params, init_nnf))
+    def __call__(
+        self, style, guides, params: SynthParams = SynthParams(), init_nnf=None, keep=None
+    ) -> SynthResult:
+        image, error, nnf, stats = _run_cpu(self.module, *_prepare(style, guides, params, init_nnf, keep))
         return SynthResult(
             image=image,
             error=error,
@@ -145,8 +154,12 @@ class CudaSynthesizer:
     run: Callable[..., tuple]  # cuda_backend.synthesize_cuda
     backend: ClassVar[str] = "cuda"
 
-    def __call__(self, style, guides, params: SynthParams = SynthParams(), init_nnf=None) -> SynthResult:
-        image, error, nnf, stats = self.run(*_prepare(style, guides, params, init_nnf), device=self.device)
+    def __call__(
+        self, style, guides, params: SynthParams = SynthParams(), init_nnf=None, keep=None
+    ) -> SynthResult:
+        image, error, nnf, stats = self.run(
+            *_prepare(style, guides, params, init_nnf, keep), device=self.device
+        )
         return SynthResult(image=image, error=error, nnf=nnf, backend=self.backend, stats=stats)
 
 
@@ -173,19 +186,27 @@ def synthesize(
     backend: Backend = "auto",
     init_nnf: np.ndarray | None = None,
     device: str | int | None = None,
+    keep: np.ndarray | None = None,
 ) -> SynthResult:
     """Synthesize the target-sized image whose patches come from `style`, guided by `guides` (EbSynth).
 
     `device` ("cuda", "cuda:N" or N; None: torch's current device) picks the GPU of the CUDA backend. The GIL
     is released while the backend runs, so two calls can run in two threads at once (on CUDA each thread
     gets its own stream). Resolves the backend on every call: code that synthesizes many frames makes one
-    `make_synthesizer(backend, device)` and calls it."""
-    return make_synthesizer(backend, device)(style, guides, params, init_nnf)
+    `make_synthesizer(backend, device)` and calls it.
+
+    `init_nnf` (int32 [Ht, Wt, 2], (x, y) into the style) starts the search from a known field, e.g. the
+    previous frame's moved along the flow; `keep` (bool [Ht, Wt], with `init_nnf`) marks the pixels whose
+    guides did not change since that field was found: they keep its match at every level and are not
+    searched unless a changed neighbour moves their estimate, so the cost follows the changed area
+    (synthesis.md §11)."""
+    return make_synthesizer(backend, device)(style, guides, params, init_nnf, keep)
 
 
-def _prepare(style, guides, params: SynthParams, init_nnf) -> tuple:
-    """Checked, packed arguments of a backend: (style, source, target, style_w, guide_w, levels, params, init)."""
-    style, guides = _validate(style, guides, params, init_nnf)
+def _prepare(style, guides, params: SynthParams, init_nnf, keep=None) -> tuple:
+    """Checked, packed arguments of a backend: (style, source, target, style_w, guide_w, levels, params, init,
+    keep)."""
+    style, guides = _validate(style, guides, params, init_nnf, keep)
     ns = style.shape[2]
     source = np.ascontiguousarray(np.concatenate([g.source for g in guides], axis=2))
     target = np.ascontiguousarray(np.concatenate([g.target for g in guides], axis=2))
@@ -197,7 +218,8 @@ def _prepare(style, guides, params: SynthParams, init_nnf) -> tuple:
     max_levels = max_pyramid_levels(style.shape[:2], target.shape[:2], params.patch_size)
     levels = max_levels if params.pyramid_levels is None else min(params.pyramid_levels, max_levels)
     init = None if init_nnf is None else np.ascontiguousarray(init_nnf)
-    return (np.ascontiguousarray(style), source, target, style_w, guide_w, levels, params, init)
+    kept = None if keep is None else np.ascontiguousarray(keep, dtype=np.uint8)
+    return (np.ascontiguousarray(style), source, target, style_w, guide_w, levels, params, init, kept)
 
 
 def _pick_backend(backend: str) -> str:
@@ -212,13 +234,22 @@ def _pick_backend(backend: str) -> str:
 
 
 def _synthesize_cpu(
-    style, source, target, style_w, guide_w, levels, params: SynthParams, init_nnf, executor: str = "cpu"
+    style,
+    source,
+    target,
+    style_w,
+    guide_w,
+    levels,
+    params: SynthParams,
+    init_nnf,
+    keep=None,
+    executor: str = "cpu",
 ):
     """The CPU executor of the one schedule (synth_driver.h), or with executor="kernels-host" the CUDA kernels
     compiled for the host and sequenced exactly as on a GPU (what CI compares frame for frame)."""
     from rerender.native import _synth
 
-    return _run_cpu(_synth, style, source, target, style_w, guide_w, levels, params, init_nnf, executor)
+    return _run_cpu(_synth, style, source, target, style_w, guide_w, levels, params, init_nnf, keep, executor)
 
 
 def _run_cpu(
@@ -231,6 +262,7 @@ def _run_cpu(
     levels,
     params: SynthParams,
     init_nnf,
+    keep=None,
     executor: str = "cpu",
 ):
     return module.synthesize(
@@ -243,4 +275,5 @@ def _run_cpu(
         threads=params.threads or default_threads(),
         init_nnf=init_nnf,
         executor=executor,
+        keep=keep,
     )

@@ -66,6 +66,32 @@ def test_kernel_schedule_on_the_host_equals_the_cpu_backend_frame_for_frame(case
         assert (ce == ke).all(), f"{case} frame {i}: error maps differ"
 
 
+@pytest.mark.parametrize("case", ["paper-like", "weighted+3x3", "fast"])
+def test_kept_pixels_are_the_same_on_both_executors(case):
+    # synthesis.md §11: the kept region (here a block, so coarse levels keep part of it too) is decided
+    # per level by the shared per-pixel rule and re-activated by the stop-threshold mask alike.
+    params = CASES[case]
+    style, key, targets = chain(3, 61, 72, frames=3)
+    h, w = targets[0].shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w]
+    start = np.dstack([np.clip(xs + 1, 0, w - 1), np.clip(ys + 1, 0, h - 1)]).astype(np.int32)
+    keep = np.zeros((h, w), bool)
+    keep[5:50, 3:41] = True
+    nnf = {"cpu": start, "kernels-host": start}
+    for i, target in enumerate(targets):
+        guides = [Guide(key, target, 2.0)]
+        out = {}
+        for executor in ("cpu", "kernels-host"):
+            image, error, n, _ = _synthesize_cpu(
+                *_prepare(style, guides, params, nnf[executor], keep), executor=executor
+            )
+            out[executor] = (image, error, n)
+            nnf[executor] = n
+        (ci, ce, cn), (ki, ke, kn) = out["cpu"], out["kernels-host"]
+        assert (cn == kn).all(), f"{case} frame {i}: NNFs differ at {(cn != kn).any(-1).sum()} pixels"
+        assert (ci == ki).all() and (ce == ke).all(), f"{case} frame {i}"
+
+
 def test_host_kernels_follow_the_seed_and_the_init_nnf():
     # Not a tautology of the equality test: the host kernels must react to the inputs the schedule passes on.
     style, key, targets = chain(3, 48, 48, frames=1)

@@ -16,6 +16,7 @@ from rerender.filter.frames import Frame
 from rerender.filter.graph import Filter, FilterOptions
 from rerender.filter.propagation import (
     KeySide,
+    PropagationChain,
     PropagationOptions,
     Timings,
     blend_weights,
@@ -24,10 +25,12 @@ from rerender.filter.propagation import (
     inpaint_occluded,
     positional_ramp,
     propagate_gap,
+    unchanged_pixels,
 )
 from rerender.filter.renderers.frames import FramesRenderer, scan_keyframe_files
 from rerender.filter.schedule import FixedSchedule, ScheduleOptions
 from rerender.native.params import SynthParams
+from rerender.native.synthesize import make_synthesizer
 
 TB = Fraction(1, 25)
 
@@ -203,6 +206,62 @@ def test_a_gap_is_the_same_for_every_thread_count():
         runs.append(propagate_gap(left, right, targets, pairs, opts, Timings()))
     for run in runs[1:]:
         assert all(np.array_equal(a, b) for a, b in zip(runs[0], run, strict=True))
+
+
+def chain_cost(frames: list[np.ndarray], pairs: list[FlowPair], skip: int | None) -> tuple[int, list]:
+    """Patch distances computed by a forward chain over frames[1:] from frames[0] (posterized)."""
+    options = PropagationOptions(SynthParams(search_vote_iters=4, patchmatch_iters=3), skip_unchanged=skip)
+    chain = PropagationChain(
+        KeySide(frames[0], posterize(frames[0])), options, Timings(), make_synthesizer("cpu")
+    )
+    results = [
+        chain.step(frame, edge_guide(frame), pair.later_to_earlier, pair.occluded_later)
+        for frame, pair in zip(frames[1:], pairs, strict=True)
+    ]
+    return sum(r.patch_evaluations for r in results), results
+
+
+def test_a_still_sequence_costs_a_small_fraction_of_a_moving_one():
+    """docs/synthesis.md §11: where the guides did not change, the carried match is kept without search,
+    so the work (counted in patch distances, not time) follows the changed area."""
+    w, h = 160, 128
+    still = [texture(0, w, h)] * 4
+    zero = np.zeros((h, w, 2), np.float32)
+    none = np.zeros((h, w), bool)
+    still_pairs = [FlowPair(zero, zero, none, none)] * 3
+    moving = [texture(i, w, h) for i in range(4)]
+    dis = DISFlow()
+    moving_pairs = [estimate_pair(dis, moving[i], moving[i + 1]) for i in range(3)]
+
+    still_cost, still_results = chain_cost(still, still_pairs, skip=2)
+    moving_cost, _ = chain_cost(moving, moving_pairs, skip=2)
+    searched_still_cost, _ = chain_cost(still, still_pairs, skip=None)
+    # Searching every pixel, a still frame costs about a tenth of a moving one here (its matches are
+    # already right, so the convergence masks stop early); keeping them halves that again and more.
+    assert still_cost < 0.08 * moving_cost
+    assert still_cost < 0.6 * searched_still_cost
+    assert still_results[0].patch_evaluations < 0.02 * moving_cost / 3  # first step: all kept
+    key = posterize(still[0])
+    for r in still_results:  # nothing moved: the keyframe's stylization, unchanged
+        assert np.array_equal(r.image[4:-4, 4:-4], key[4:-4, 4:-4])
+
+
+def test_unchanged_pixels_follow_the_flow_and_skip_occlusions_and_patch_borders():
+    h, w = 40, 50
+    image = texture(1, w + 10, h)
+    before, now = image[:, :w], image[:, 3 : 3 + w]  # content moved left by 3
+    flow = np.zeros((h, w, 2), np.float32)
+    flow[..., 0] = 3  # a pixel of `now` was at x + 3 in `before`
+    occluded = np.zeros((h, w), bool)
+    occluded[10, 20] = True
+    kept = unchanged_pixels([before], [now], flow, occluded, tolerance=0, patch_size=5)
+    assert not kept[8:13, 18:23].any()  # every patch that holds the occluded pixel
+    assert kept[20:30, 5:40].all()
+    assert not kept[:, -4:].any()  # flow points outside the frame there: the clamped samples differ
+    edited = now.copy()
+    edited[30, 30] += 5
+    kept = unchanged_pixels([before], [edited], flow, occluded, tolerance=4, patch_size=3)
+    assert not kept[29:32, 29:32].any() and kept[25, 25]
 
 
 # -- the frames renderer -------------------------------------------------------------------------------

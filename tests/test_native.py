@@ -213,6 +213,32 @@ def test_stop_threshold_mask_searches_less_at_equal_quality():
     assert np.abs(masked.image.astype(int) - full.image.astype(int)).mean() < 2.0
 
 
+def test_kept_pixels_keep_the_callers_match_and_cost_only_their_error():
+    # synthesis.md §11: kept pixels take init_nnf's match at every level and are not searched; with every
+    # pixel kept and nothing to change, the work is one error evaluation per pixel and level.
+    style, target = shifted_pair(n=64, dx=3, dy=2)
+    h, w = target.shape[:2]
+    ys, xs = np.mgrid[0:h, 0:w]
+    init = np.dstack([np.clip(xs + 3, 2, w - 3), np.clip(ys + 2, 2, h - 3)]).astype(np.int32)
+    guides = [Guide(style, target, 6.0)]
+    params = SynthParams(search_vote_iters=4, patchmatch_iters=2)
+    kept = synthesize(style, guides, params, init_nnf=init, keep=np.ones((h, w), bool))
+    searched = synthesize(style, guides, params, init_nnf=init)
+    assert np.array_equal(kept.nnf, init)
+    levels = len(kept.stats["level_seconds"])
+    assert kept.patch_evaluations <= sum((h >> k) * (w >> k) for k in range(levels))
+    assert searched.patch_evaluations > 5 * kept.patch_evaluations
+    # Half kept: the other half is searched and the kept half still holds its matches away from the seam (a
+    # kept pixel is searched again only when a changed neighbour moves its estimate: the seam, and the
+    # border rows whose clamped matches fit badly).
+    half = np.zeros((h, w), bool)
+    half[:, : w // 2] = True
+    mixed = synthesize(style, guides, params, init_nnf=init, keep=half)
+    inner = (slice(4, -4), slice(0, w // 2 - 8))
+    assert np.array_equal(mixed.nnf[inner], init[inner])
+    assert kept.patch_evaluations < mixed.patch_evaluations < searched.patch_evaluations
+
+
 def test_available_backends_reports_cpu_and_a_reason_for_cuda():
     info = available_backends()
     assert info["cpu"] is None
@@ -237,6 +263,16 @@ def test_available_backends_reports_cpu_and_a_reason_for_cuda():
         (lambda s, t: synthesize(s, [Guide(s, t, 1.0)], init_nnf=np.zeros((6, 6, 2), np.int64)), "int32"),
         (lambda s, t: synthesize(s, [Guide(s, t, 1.0)], init_nnf=np.full((6, 6, 2), 9, np.int32)), "outside"),
         (lambda s, t: synthesize(s, [Guide(s, t, 1.0)], backend="metal"), "'auto', 'cpu' or 'cuda'"),
+        (lambda s, t: synthesize(s, [Guide(s, t, 1.0)], keep=np.ones((6, 6), bool)), "keep needs init_nnf"),
+        (
+            lambda s, t: synthesize(
+                s,
+                [Guide(s, t, 1.0)],
+                init_nnf=np.full((6, 6, 2), 2, np.int32),
+                keep=np.ones((6, 6), np.uint8),
+            ),
+            "bool array of shape",
+        ),
         (lambda s, t: Guide(s, t[:, :, :1], 1.0), "same number of channels"),
         (lambda s, t: Guide(s, t, -1.0), "weight"),
         (lambda s, t: SynthParams(patch_size=4), "odd integer"),

@@ -49,6 +49,7 @@ struct Call {
     U8 style, source_guide, target_guide;
     F32 style_weights, guide_weights;
     std::optional<I32> init_nnf;
+    std::optional<U8> keep;
     rr::SynthInputs in{};
     rr::SynthConfig cfg;
 };
@@ -117,6 +118,16 @@ static void parse(Call& c, int patch_size, int levels, int search_vote_iters, in
                 throw std::invalid_argument("init_nnf holds coordinates outside the style image.");
         in.init_nnf = d;
     }
+    in.keep = nullptr;
+    if (c.keep) {
+        const U8& keep = *c.keep;
+        if (!c.init_nnf) throw std::invalid_argument("keep needs init_nnf: kept pixels keep its matches.");
+        if (keep.ndim() != 2 || keep.shape(0) != in.th || keep.shape(1) != in.tw)
+            throw std::invalid_argument("keep must have shape (target height, target width).");
+        for (py::ssize_t i = 0; i < keep.size(); ++i)
+            if (keep.data()[i] > 1) throw std::invalid_argument("keep must hold 0 and 1 only.");
+        in.keep = keep.data();
+    }
     rr::SynthConfig& cfg = c.cfg;
     cfg.patch_size = patch_size;
     cfg.levels = levels;
@@ -154,10 +165,11 @@ static py::tuple result(const rr::SynthInputs& in, const rr::SynthOutputs& out) 
 static py::tuple synthesize(U8 style, U8 source_guide, U8 target_guide, F32 style_weights, F32 guide_weights,
                             int patch_size, int levels, int search_vote_iters, int patchmatch_iters,
                             float uniformity, int stop_threshold, bool extra_pass_3x3, bool weighted_vote,
-                            uint32_t seed, int threads, std::optional<I32> init_nnf, const std::string& executor) {
+                            uint32_t seed, int threads, std::optional<I32> init_nnf, const std::string& executor,
+                            std::optional<U8> keep) {
     if (executor != "cpu" && executor != "kernels-host")
         throw std::invalid_argument("executor must be 'cpu' or 'kernels-host', got '" + executor + "'.");
-    Call c{style, source_guide, target_guide, style_weights, guide_weights, init_nnf};
+    Call c{style, source_guide, target_guide, style_weights, guide_weights, init_nnf, keep};
     parse(c, patch_size, levels, search_vote_iters, patchmatch_iters, uniformity, stop_threshold, extra_pass_3x3,
           weighted_vote, seed, threads);
     rr::SynthOutputs out;
@@ -174,8 +186,8 @@ static py::tuple synthesize(U8 style, U8 source_guide, U8 target_guide, F32 styl
 static py::tuple cuda_run(rr::CudaSynth& self, U8 style, U8 source_guide, U8 target_guide, F32 style_weights,
                           F32 guide_weights, int patch_size, int levels, int search_vote_iters, int patchmatch_iters,
                           float uniformity, int stop_threshold, bool extra_pass_3x3, bool weighted_vote,
-                          uint32_t seed, std::optional<I32> init_nnf) {
-    Call c{style, source_guide, target_guide, style_weights, guide_weights, init_nnf};
+                          uint32_t seed, std::optional<I32> init_nnf, std::optional<U8> keep) {
+    Call c{style, source_guide, target_guide, style_weights, guide_weights, init_nnf, keep};
     parse(c, patch_size, levels, search_vote_iters, patchmatch_iters, uniformity, stop_threshold, extra_pass_3x3,
           weighted_vote, seed, 0);
     rr::SynthOutputs out;
@@ -192,7 +204,8 @@ PYBIND11_MODULE(_synth, m) {
           py::arg("style_weights"), py::arg("guide_weights"), py::arg("patch_size"), py::arg("levels"),
           py::arg("search_vote_iters"), py::arg("patchmatch_iters"), py::arg("uniformity"),
           py::arg("stop_threshold"), py::arg("extra_pass_3x3"), py::arg("weighted_vote"), py::arg("seed"),
-          py::arg("threads"), py::arg("init_nnf") = py::none(), py::arg("executor") = "cpu");
+          py::arg("threads"), py::arg("init_nnf") = py::none(), py::arg("executor") = "cpu",
+          py::arg("keep") = py::none());
     m.def("cuda_devices", []() {
         py::list out;
         for (const auto& d : rr::cuda_devices()) out.append(py::make_tuple(d.name, d.major, d.minor));
@@ -207,7 +220,7 @@ PYBIND11_MODULE(_synth, m) {
              py::arg("style_weights"), py::arg("guide_weights"), py::arg("patch_size"), py::arg("levels"),
              py::arg("search_vote_iters"), py::arg("patchmatch_iters"), py::arg("uniformity"),
              py::arg("stop_threshold"), py::arg("extra_pass_3x3"), py::arg("weighted_vote"), py::arg("seed"),
-             py::arg("init_nnf") = py::none())
+             py::arg("init_nnf") = py::none(), py::arg("keep") = py::none())
         .def_property_readonly("device", &rr::CudaSynth::device)
         .def_property_readonly("stream", &rr::CudaSynth::stream_handle)
         .def_property_readonly("pooled_bytes", &rr::CudaSynth::pooled_bytes)

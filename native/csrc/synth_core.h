@@ -218,6 +218,18 @@ RR_HD bool improved_significantly(const int* nnf, const int* nnf_before, const f
 }
 constexpr int kConvergenceRadius = 2;
 
+// Is level pixel (x, y) kept (synthesis.md §11)? It is when every full-resolution pixel it covers is: at a level
+// `shift` halvings below the full size, the pixel covers [x << shift, (x + 1) << shift) per axis.
+RR_HD bool kept_at_level(const unsigned char* keep, int tw_full, int th_full, int shift, int x, int y) {
+    const int x0 = x << shift, y0 = y << shift;
+    const int x1 = (x + 1) << shift < tw_full ? (x + 1) << shift : tw_full;
+    const int y1 = (y + 1) << shift < th_full ? (y + 1) << shift : th_full;
+    for (int fy = y0; fy < y1; ++fy)
+        for (int fx = x0; fx < x1; ++fx)
+            if (!keep[(size_t)fy * tw_full + fx]) return false;
+    return true;
+}
+
 // Stop-threshold test (synthesis.md §8): did any style channel of this pixel change by >= threshold since the last vote?
 RR_HD bool style_changed(const unsigned char* a, const unsigned char* b, int ns, int threshold, size_t i) {
     for (int c = 0; c < ns; ++c) {

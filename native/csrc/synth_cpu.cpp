@@ -174,6 +174,7 @@ class CpuExec {
 
     void begin_level(int l) {
         level_t0_ = now();
+        level_ = l;
         const Image8& style = styles_[l];
         const Image8& sguide = sguides_[l];
         const Image8& tguide = tguides_[l];
@@ -245,6 +246,18 @@ class CpuExec {
     }
 
     void reset_active() { std::fill(active_.begin(), active_.end(), 1); }
+
+    void keep_carried(int r) {
+        const int shift = std::max(0, cfg_.levels - 1 - level_);
+        parallel_rows(th_, threads_, [&](int y) {
+            for (int x = 0; x < tw_; ++x) {
+                const size_t i = (size_t)y * tw_ + x;
+                const bool kept = kept_at_level(in_.keep, in_.tw, in_.th, shift, x, y);
+                if (kept) init_candidate(x, y, r, nnf_[2 * i], nnf_[2 * i + 1]);
+                active_[i] = kept ? 0 : 1;
+            }
+        });
+    }
 
     // Voting (synthesis.md §6). A plain vote of a pixel depends only on the matches within the patch radius, so after the
     // first vote of a level only pixels near a changed match are re-voted (the others would get the same value).
@@ -496,7 +509,7 @@ class CpuExec {
     float style_scale_[8] = {0};
     std::vector<float> guide_scale_;
     std::vector<Image8> styles_, sguides_, tguides_;
-    int sw_ = 0, sh_ = 0, tw_ = 0, th_ = 0, ptw_ = 0, pth_ = 0;
+    int sw_ = 0, sh_ = 0, tw_ = 0, th_ = 0, ptw_ = 0, pth_ = 0, level_ = 0;
     double level_t0_ = 0;
     const Image8* style_ = nullptr;
     std::unique_ptr<Occupancy> occ_;
@@ -520,7 +533,7 @@ int available_cores() {
 
 void synthesize_cpu(const SynthInputs& in, const SynthConfig& cfg, SynthOutputs& out) {
     CpuExec ex(in, cfg);
-    run_schedule(ex, cfg, in.init_nnf != nullptr);
+    run_schedule(ex, cfg, in.init_nnf != nullptr, in.init_nnf != nullptr && in.keep != nullptr);
     ex.finish(out);
 }
 

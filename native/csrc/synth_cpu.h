@@ -18,6 +18,7 @@ struct SynthInputs {
     const float* style_weights;  // [ns] per-channel weights (already split, synthesis.md §4)
     const float* guide_weights;  // [ng]
     const int32_t* init_nnf;     // [th][tw][2] or null
+    const uint8_t* keep;         // [th][tw] 0/1 or null: pixels whose init_nnf match is kept (synthesis.md §11)
 };
 
 // Where the time went (wall seconds) and how much of the target the stop-threshold mask kept searching.

@@ -41,6 +41,9 @@ constexpr int kMaxLevels = 16;
 //   void upsample_nnf(int r)               the previous level's NNF x2 plus parity
 //   void clamp_nnf(int r)                  matches kept r pixels inside the source
 //   void reset_active()                    every pixel active (stop-threshold mask)
+//   void keep_carried(int r)               the caller's kept pixels (all of the full-resolution pixels under a
+//                                          level pixel kept) take the caller's match and are inactive, the
+//                                          others active (synthesis.md §11)
 //   void vote(int p, bool weighted, bool first)
 //   void update_masks(int r, bool stop_mask)  after a vote: stop mask (if stop_mask) and dirty errors
 //   void begin_iteration(int p, bool occupancy, float occ_scale)  occupancy rebuilt, view set
@@ -56,10 +59,17 @@ constexpr int kMaxLevels = 16;
 //   void end_level()
 //   int level_pixels(), source_pixels()    sizes of the current level
 template <class Exec>
-void solve_level(Exec& ex, const SynthConfig& cfg, bool has_init, int level, int p, float uniformity) {
+void solve_level(Exec& ex, const SynthConfig& cfg, bool has_init, bool has_keep, int level, int p,
+                 float uniformity) {
     const int r = p / 2;
     ex.clamp_nnf(r);  // the 3x3 pass inherits matches of the larger patch
-    ex.reset_active();
+    // Cost follows the changed area (synthesis.md §11): where the caller says the guides did not change, its
+    // carried match is kept and not searched; the stop-threshold mask below re-activates a kept pixel only
+    // when its estimate moves (a changed neighbour's patches overlap it).
+    if (has_keep)
+        ex.keep_carried(r);
+    else
+        ex.reset_active();
     // Uniformity (synthesis.md §5): lambda * (occupancy sum / p^2) / omega*, omega* = |T| / |S| * p^2.
     const float n = (float)ex.level_pixels();
     const float omega = n / (float)ex.source_pixels() * (float)p * (float)p;
@@ -89,8 +99,9 @@ void solve_level(Exec& ex, const SynthConfig& cfg, bool has_init, int level, int
 }
 
 // Coarse to fine over the pyramid (synthesis.md §3); the 3x3 pass of synthesis.md §3 step 5 runs at the finest level as level L.
+// `has_keep` (only with `has_init`): the caller marked pixels whose carried match is kept (synthesis.md §11).
 template <class Exec>
-void run_schedule(Exec& ex, const SynthConfig& cfg, bool has_init) {
+void run_schedule(Exec& ex, const SynthConfig& cfg, bool has_init, bool has_keep) {
     const int L = cfg.levels;
     const int r = cfg.patch_size / 2;
     for (int l = 0; l < L; ++l) {
@@ -101,8 +112,8 @@ void run_schedule(Exec& ex, const SynthConfig& cfg, bool has_init) {
             ex.init_from_caller(r);
         else
             ex.init_random(r);
-        solve_level(ex, cfg, has_init, l, cfg.patch_size, cfg.uniformity);
-        if (l == L - 1 && cfg.extra_pass_3x3) solve_level(ex, cfg, has_init, L, 3, 0.0f);
+        solve_level(ex, cfg, has_init, has_keep, l, cfg.patch_size, cfg.uniformity);
+        if (l == L - 1 && cfg.extra_pass_3x3) solve_level(ex, cfg, has_init, has_keep, L, 3, 0.0f);
         ex.end_level();
     }
 }

@@ -28,7 +28,7 @@ constexpr int kBlock = 16;  // 16 x 16 threads per block, one thread per pixel
 // -- buffers ---------------------------------------------------------------------------------------------
 // Named slots that grow to the largest request and are reused afterwards (per level and across frames).
 enum Slot : int {
-    kStyleFull, kSGuideFull, kTGuideFull, kInitFull, kScales,
+    kStyleFull, kSGuideFull, kTGuideFull, kInitFull, kKeepFull, kScales,
     kSrc, kTgt, kNnf, kNnf2, kNnfPm, kInitLevel, kErr, kErr2, kErrPm,
     kEst, kPrevEst, kActive, kChanged, kSearch, kRows, kHist, kHistTmp, kOcc,
     kPyramid,  // kPyramid + 3 * level + {0: style, 1: source guide, 2: target guide}
@@ -120,6 +120,7 @@ class KernelExec {
         sguide_[L - 1] = upload(kSGuideFull, in.source_guide, S * ng_);
         tguide_[L - 1] = upload(kTGuideFull, in.target_guide, T * ng_);
         if (in.init_nnf) init_full_ = (int*)upload(kInitFull, in.init_nnf, 2 * T * sizeof(int32_t));
+        if (in.keep) keep_full_ = upload(kKeepFull, in.keep, T);
         for (int l = L - 2; l >= 0; --l) {
             const int sw = lw_[l][0], sh = lw_[l][1], tw = lw_[l][2], th = lw_[l][3];
             style_[l] = buf<unsigned char>(kPyramid + 3 * l, (size_t)sw * sh * ns_);
@@ -179,6 +180,12 @@ class KernelExec {
     void clamp_nnf(int r) { RR_LAUNCH(clamp_nnf, tw_, th_, nnf_, tw_, th_, sw_, sh_, r); }
 
     void reset_active() { dev_.memset(active_, 1, (size_t)tw_ * th_); }
+
+    void keep_carried(int r) {
+        map_init(init_level_, r);
+        RR_LAUNCH(keep_carried, tw_, th_, keep_full_, in_.tw, in_.th, std::max(0, cfg_.levels - 1 - level_),
+                  init_level_, nnf_, active_, tw_, th_);
+    }
 
     void vote(int p, bool weighted, bool /*first*/) {
         std::swap(est_, prev_est_);
@@ -300,6 +307,7 @@ class KernelExec {
           *err_pm_ = nullptr, *occ_ = nullptr;
     int *nnf_ = nullptr, *nnf2_ = nullptr, *nnf_pm_ = nullptr, *init_full_ = nullptr, *init_level_ = nullptr,
         *hist_ = nullptr, *hist_tmp_ = nullptr;
+    const unsigned char* keep_full_ = nullptr;
     unsigned char *est_ = nullptr, *prev_est_ = nullptr, *active_ = nullptr, *changed_ = nullptr,
                   *search_ = nullptr, *rows_ = nullptr;
 };
@@ -581,7 +589,7 @@ void synthesize_kernels_host(const SynthInputs& in, const SynthConfig& cfg, Synt
     HostLauncher dev(cfg.threads);
     Pool<HostLauncher> pool(dev);
     KernelExec<HostLauncher> ex(dev, pool, in, cfg);
-    run_schedule(ex, cfg, in.init_nnf != nullptr);
+    run_schedule(ex, cfg, in.init_nnf != nullptr, in.init_nnf != nullptr && in.keep != nullptr);
     ex.finish(out);
 }
 
@@ -663,7 +671,7 @@ void CudaSynth::run(const SynthInputs& in, const SynthConfig& cfg, SynthOutputs&
     ContextScope scope(state_->context);
     try {
         KernelExec<DeviceLauncher> ex(*state_->launcher, *state_->pool, in, cfg);
-        run_schedule(ex, cfg, in.init_nnf != nullptr);
+        run_schedule(ex, cfg, in.init_nnf != nullptr, in.init_nnf != nullptr && in.keep != nullptr);
         ex.finish(out);
     } catch (...) {
         // Leave the stream idle so the pool can be reused (or freed) safely after the error.

@@ -127,6 +127,18 @@ __global__ void random_search(const float* src, const float* tgt, const float* o
     store(nnf_out, err_out, i, rr::random_search_pixel(v, cur, x, y, seed, pass, evals));
 }
 
+// Kept pixels (synthesis.md §11) take the caller's match (already mapped to this level) and leave the search.
+__global__ void keep_carried(const unsigned char* keep, int tw_full, int th_full, int shift, const int* init,
+                             int* nnf, unsigned char* active, int tw, int th) {
+    PIXEL_XY(tw, th)
+    const bool kept = rr::kept_at_level(keep, tw_full, th_full, shift, x, y);
+    if (kept) {
+        nnf[2 * i] = init[2 * i];
+        nnf[2 * i + 1] = init[2 * i + 1];
+    }
+    active[i] = kept ? 0 : 1;
+}
+
 __global__ void vote(const unsigned char* style, int sw, int ns, const int* nnf, const float* err, int tw, int th,
                      int r, int weighted, const float* style_scale, unsigned char* est, float* tgt, int np) {
     PIXEL_XY(tw, th)
