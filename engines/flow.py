@@ -52,11 +52,28 @@ class DISFlow:
     estimates flow builds its own estimator.
     """
 
-    def __init__(self, preset: DisPreset = "medium"):
+    def __init__(
+        self,
+        preset: DisPreset = "medium",
+        refinement_iterations: int | None = None,
+        smoothness: float | None = None,
+    ):
+        """`refinement_iterations` and `smoothness` override the preset's variational refinement (its
+        iteration count, 0 to 100, and the smoothness weight alpha, 0 to 1000)."""
         if preset not in _DIS_PRESETS:
             raise ValueError(f"DIS preset must be one of {', '.join(_DIS_PRESETS)}; got {preset!r}")
         self.name = f"dis:{preset}"
         self._dis = cv2.DISOpticalFlow_create(_DIS_PRESETS[preset])
+        if refinement_iterations is not None:
+            if not 0 <= refinement_iterations <= 100:
+                raise ValueError(f"DIS refinement iterations must be 0..100; got {refinement_iterations}")
+            self._dis.setVariationalRefinementIterations(int(refinement_iterations))
+            self.name += f",refine={refinement_iterations}"
+        if smoothness is not None:
+            if not 0 < smoothness <= 1000:
+                raise ValueError(f"DIS smoothness must be in (0, 1000]; got {smoothness}")
+            self._dis.setVariationalRefinementAlpha(float(smoothness))
+            self.name += f",alpha={smoothness:g}"
 
     def estimate(self, image: np.ndarray, reference: np.ndarray) -> np.ndarray:
         if image.shape != reference.shape:

@@ -118,3 +118,19 @@ def test_photometric_rule_needs_both_frames_and_bounded_values():
         OcclusionRule(photometric=300.0)
     with pytest.raises(ValueError, match="alpha"):
         OcclusionRule(alpha=-1.0)
+
+
+def test_dis_refinement_settings_smooth_the_flow_of_a_gradient_and_are_validated():
+    earlier, later = gradient_pair(8)
+    plain = estimate_pair(DISFlow(), earlier, later)
+    refined = estimate_pair(DISFlow(refinement_iterations=20, smoothness=40.0), earlier, later)
+    assert DISFlow(refinement_iterations=20, smoothness=40.0).name == "dis:medium,refine=20,alpha=40"
+    # The refined flow differs, and flags fewer pixels of the moved gradient (its flow is smoother there).
+    assert not np.array_equal(plain.later_to_earlier, refined.later_to_earlier)
+    smooth = np.zeros(later.shape[:2], bool)
+    smooth[:, 24:70] = True
+    assert refined.occluded_later[smooth].mean() <= plain.occluded_later[smooth].mean()
+    with pytest.raises(ValueError, match="refinement iterations"):
+        DISFlow(refinement_iterations=1000)
+    with pytest.raises(ValueError, match="smoothness"):
+        DISFlow(smoothness=0.0)
