@@ -71,10 +71,18 @@ class PropagationOptions:
     # Where in the gap a frame counts as being for the blend's distance weighting (`blend_weights`):
     # "frames" is the authors' formula; "motion" measured better on uneven motion (README).
     blend_weights: Literal["frames", "motion"] = "motion"
+    # The blend pulls the `keyframe_pull_reach` frames on each side of a keyframe towards the keyframe
+    # carried along the flow, by up to this share (`pull_towards_keyframes`); 0 turns it off.
+    keyframe_pull: float = 0.0
+    keyframe_pull_reach: int = 2
 
     def __post_init__(self) -> None:
         if self.blend_weights not in ("frames", "motion"):
             raise ValueError(f"--blend-weights must be frames or motion; got {self.blend_weights!r}")
+        if not 0.0 <= self.keyframe_pull <= 1.0:
+            raise ValueError(f"keyframe_pull must be a share in 0..1; got {self.keyframe_pull!r}")
+        if not 1 <= self.keyframe_pull_reach <= 100:
+            raise ValueError(f"keyframe_pull_reach must be 1..100 frames; got {self.keyframe_pull_reach!r}")
 
 
 class Timings:
@@ -353,9 +361,73 @@ def blend_gap(
     pairs: Sequence[FlowPair],
     options: PropagationOptions,
     timings: Timings,
+    keys: tuple[np.ndarray | None, np.ndarray | None] | None = None,
 ) -> list[np.ndarray]:
     """Per-frame blend in time order; the selection mask is carried forward along the flow (docs/method.md
-    §4.2)."""
+    §4.2). `keys`: the stylized left and right keyframes (None where a side is missing); with
+    `options.keyframe_pull` the frames next to them are pulled towards them (`pull_towards_keyframes`)."""
+    images = _blend_frames(forward_results, backward_results, pairs, options, timings)
+    if keys is not None and options.keyframe_pull > 0:
+        started = time.perf_counter()
+        images = pull_towards_keyframes(
+            images, keys, pairs, options.keyframe_pull, options.keyframe_pull_reach
+        )
+        timings.add("blend", time.perf_counter() - started)
+    return images
+
+
+def pull_towards_keyframes(
+    images: Sequence[np.ndarray],
+    keys: tuple[np.ndarray | None, np.ndarray | None],
+    pairs: Sequence[FlowPair],
+    strength: float,
+    reach: int,
+) -> list[np.ndarray]:
+    """Soften the keyframe "pop" without touching the keyframe: the `reach` frames on each side of a
+    keyframe are mixed with the keyframe's stylized image carried to them along the flow, with weight
+    strength * (reach - d + 1) / reach at d frames from it, only where the carried pixels were never
+    occluded on the way (the mask is feathered over a few pixels so no seam shows).
+
+    `images` are a gap's n blended frames; `keys` its stylized left and right keyframes (None: no side);
+    `pairs` as in `blend_weights`."""
+    out = [np.asarray(image) for image in images]
+    n = len(out)
+    left, right = keys
+    # (keyframe, positions walked away from it, the flow and occlusion of each step into the next position)
+    sides = []
+    if left is not None:
+        sides.append((left, range(n), lambda t: (pairs[t].later_to_earlier, pairs[t].occluded_later)))
+    if right is not None:
+        sides.append(
+            (
+                right,
+                range(n - 1, -1, -1),
+                lambda t: (pairs[t + 1].earlier_to_later, pairs[t + 1].occluded_earlier),
+            )
+        )
+    for key, positions, step in sides:
+        carried = key
+        lost = np.zeros(key.shape[:2], bool)
+        for d, t in enumerate(positions, 1):
+            if d > reach:
+                break
+            flow, occluded = step(t)
+            carried = warp(carried, flow)
+            lost = warp(lost, flow, nearest=True) | occluded
+            trusted = cv2.GaussianBlur((~lost).astype(np.float32), (7, 7), 0)
+            weight = (strength * (reach - d + 1) / reach) * trusted[..., None]
+            mixed = out[t].astype(np.float32) * (1 - weight) + carried.astype(np.float32) * weight
+            out[t] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    return out
+
+
+def _blend_frames(
+    forward_results: list,
+    backward_results: list,
+    pairs: Sequence[FlowPair],
+    options: PropagationOptions,
+    timings: Timings,
+) -> list[np.ndarray]:
     from ..native.blend import BlendParams, blend_pair
 
     n = len(forward_results)

@@ -226,3 +226,56 @@ def test_invalid_blend_input_is_a_value_error(kwargs, message):
 def test_blend_params_are_validated():
     with pytest.raises(ValueError, match="three finite numbers"):
         BlendParams(poisson_weights=(1.0, 2.0))
+
+
+def _still_pairs(n: int, h: int, w: int, occluded: np.ndarray | None = None):
+    from rerender.engines.flow import FlowPair
+
+    zero = np.zeros((h, w, 2), np.float32)
+    mask = np.zeros((h, w), bool) if occluded is None else occluded
+    return [FlowPair(zero, zero, mask, mask) for _ in range(n + 1)]
+
+
+def test_keyframe_pull_carries_the_keyframe_into_its_neighbours_where_nothing_was_occluded():
+    from rerender.filter.propagation import pull_towards_keyframes
+
+    h, w, n = 40, 48, 4
+    frames = [smooth_rgb(h, w, seed) for seed in range(n)]
+    left, right = smooth_rgb(h, w, 10), smooth_rgb(h, w, 11)
+    occluded = np.zeros((h, w), bool)
+    occluded[:, 24:] = True  # the right half has no match anywhere in the gap
+    pairs = _still_pairs(n, h, w, occluded)
+    out = pull_towards_keyframes(frames, (left, right), pairs, 1.0, 2)
+    # Full strength one frame from a keyframe: the keyframe itself where the pixels were matched (away from
+    # the feathered edge of the mask); half of it two frames away; the occluded half untouched.
+    assert np.array_equal(out[0][:, :18], left[:, :18]) and np.array_equal(out[-1][:, :18], right[:, :18])
+    half = (frames[1][:, :18].astype(np.float32) + left[:, :18]) / 2
+    assert np.abs(out[1][:, :18] - half).max() <= 1
+    for t in range(n):
+        assert np.array_equal(out[t][:, 30:], frames[t][:, 30:])
+    # Without strength nothing changes; the inputs are never written.
+    assert all(
+        np.array_equal(a, b)
+        for a, b in zip(pull_towards_keyframes(frames, (left, right), pairs, 0.0, 2), frames, strict=True)
+    )
+    only_left = pull_towards_keyframes(frames, (left, None), pairs, 1.0, 1)
+    assert np.array_equal(only_left[-1], frames[-1]) and np.array_equal(only_left[0][:, :18], left[:, :18])
+
+
+def test_blend_gap_pulls_only_when_asked():
+    from rerender.filter.propagation import PropagationOptions, Timings, blend_gap
+
+    h, w, n = 32, 32, 3
+    forward = [result(smooth_rgb(h, w, s), np.ones((h, w))) for s in range(n)]
+    backward = [result(smooth_rgb(h, w, 5 + s), np.ones((h, w))) for s in range(n)]
+    keys = (smooth_rgb(h, w, 20), smooth_rgb(h, w, 21))
+    pairs = _still_pairs(n, h, w)
+    plain = blend_gap(forward, backward, pairs, PropagationOptions(), Timings())
+    same = blend_gap(forward, backward, pairs, PropagationOptions(keyframe_pull=0.0), Timings(), keys=keys)
+    pulled = blend_gap(forward, backward, pairs, PropagationOptions(keyframe_pull=1.0), Timings(), keys=keys)
+    assert all(np.array_equal(a, b) for a, b in zip(plain, same, strict=True))
+    assert np.array_equal(pulled[0], keys[0]) and np.array_equal(pulled[-1], keys[1])
+    with pytest.raises(ValueError, match="keyframe_pull"):
+        PropagationOptions(keyframe_pull=1.5)
+    with pytest.raises(ValueError, match="keyframe_pull_reach"):
+        PropagationOptions(keyframe_pull_reach=0)
