@@ -4,8 +4,8 @@ Frames leave as `Frame`s: RGB at the input's size, uint8 for 8-bit and uint16 (f
 10/12-bit pixel formats, with the decoder's pts and the stream's time_base untouched (timestamps.py).
 Audio, subtitle and data packets met while demuxing wait in a queue until the Sink remuxes them.
 
-Colour: the YUV->RGB conversion is told the frame's matrix and range explicitly (PyAV
-#1430/#2149/#2230 are all wrong-colour bugs from implicit defaults); the Sink uses the same tags back.
+Colour: the YUV->RGB conversion is told the frame's matrix and range explicitly (PyAV's implicit
+defaults give wrong colours); the Sink uses the same tags back.
 
 The container is opened under demuxers.py's policy; stream_info.py describes the video stream.
 """

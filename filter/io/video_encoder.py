@@ -66,7 +66,7 @@ class VideoEncoder:
             # pts. Without B-frames dts == pts, so nothing shifts.
             encoder_options["bf"] = "0"
         if codec_name == "libx264":
-            # Byte-identical output run to run on AVX-512 CPUs (x264.py says what was measured).
+            # Byte-identical output run to run on AVX-512 CPUs (x264.py says why).
             encoder_options = x264.with_reproducible_asm(encoder_options, x264.cpu_flags())
         try:
             stream = container.add_stream(codec_name, options=encoder_options)

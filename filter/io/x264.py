@@ -1,13 +1,10 @@
 """Reproducible libx264 output on CPUs with AVX-512.
 
-Measured on this project's machine (AMD EPYC with AVX-512, 2 vCPUs): with x264's AVX-512 routines,
-encoding the same YUV frames with `threads=1` gave up to four different bitstreams in five encodes once
-other threads (the synthesizer's OpenMP pool) had run in the process; with x264 limited to AVX2 and below
-(`x264-params=asm=...`) fifteen of fifteen encodes, and three whole `rerender run` jobs, were
-byte-identical. The frames handed to the encoder were identical every time (lossless outputs never
-differed). Whether the cause is x264's AVX-512 code or the virtual machine's handling of AVX-512 state is
-not known; the cap costs little (encoding is under 0.1% of a run), so it is the default where AVX-512 is
-present. A user's own `asm` setting (in `x264-params` or `x264opts`) is left as given.
+With x264's AVX-512 routines, encoding the same frames could give different bitstreams once other
+threads (the synthesizer's pool) had run in the process; limited to AVX2 and below, every encode was
+byte-identical (README, *Video I/O*, "Reproducible bytes", has the measurement and the command). The cap
+is the default where AVX-512 is present; a user's own `asm` setting (in `x264-params` or `x264opts`) is
+left as given.
 """
 
 from __future__ import annotations
