@@ -8,7 +8,12 @@ per-frame stylization, the output warp error and the pop (bench/hard_motion.py `
 the steps into and out of a keyframe over that of the steps between two propagated frames). Quality numbers
 are deterministic.
 
+`--occluded-only`: instead, the share of each gap's in-between pixels that neither chain can carry from its
+keyframe (occluded on the way from the left keyframe and on the way from the right one): what only the
+synthesis invents (from the inpainted guides) whichever propagation the blend selects.
+
     python bench/keyframe_pops.py --clips antoni,koolshooters --sequences speed5,pan
+    python bench/keyframe_pops.py --clips antoni,cottonbro,koolshooters --sequences speed5,pan --occluded-only
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np  # noqa: E402
 from hard_motion import SEQUENCES, decode, frames_needed, quality  # noqa: E402
 from propagation import stylize  # noqa: E402
-from rerender.engines.flow import DISFlow, estimate_pair  # noqa: E402
+from rerender.engines.flow import DISFlow, estimate_pair, warp  # noqa: E402
 from rerender.filter.propagation import (  # noqa: E402
     KeySide,
     PropagationChain,
@@ -62,6 +68,25 @@ def chains(images, keys, options):
     return gaps
 
 
+def lost_in_both(images, keys) -> list[float]:
+    """Per gap, the mean share of in-between pixels occluded on the way from both keyframes."""
+    dis = DISFlow()
+    pairs = [estimate_pair(dis, a, b) for a, b in zip(images, images[1:], strict=False)]
+    shares = []
+    for left, right in zip(keys, keys[1:], strict=False):
+        n = right - left - 1
+        from_left, lost = [], np.zeros(images[0].shape[:2], bool)
+        for t in range(left + 1, right):
+            lost = warp(lost, pairs[t - 1].later_to_earlier, nearest=True) | pairs[t - 1].occluded_later
+            from_left.append(lost)
+        from_right, lost = [None] * n, np.zeros(images[0].shape[:2], bool)
+        for t in range(right - 1, left, -1):
+            lost = warp(lost, pairs[t].earlier_to_later, nearest=True) | pairs[t].occluded_earlier
+            from_right[t - left - 1] = lost
+        shares.append(float(np.mean([(a & b).mean() for a, b in zip(from_left, from_right, strict=True)])))
+    return shares
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--media", type=Path, default=REPO.parent / "shared" / "media")
@@ -70,6 +95,7 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=256)
     ap.add_argument("-K", type=int, default=10)
     ap.add_argument("--gaps", type=int, default=2)
+    ap.add_argument("--occluded-only", action="store_true")
     ap.add_argument("--settings", default="0:1,0.5:1,0.5:2,1:2,0.7:3", help="strength:reach, comma-separated")
     args = ap.parse_args()
     if not args.media.is_dir():
@@ -78,8 +104,12 @@ def main() -> int:
     settings = [(float(a), int(b)) for a, b in (s.split(":") for s in args.settings.split(","))]
     length = args.gaps * args.K + 1
     keys = list(range(0, length, args.K))
-    print("| clip | sequence | pull strength, reach | PSNR (dB) | warp error | pop |")
-    print("|---|---|---|---|---|---|")
+    if args.occluded_only:
+        print("| clip | sequence | pixels lost in both chains, per gap |")
+        print("|---|---|---|")
+    else:
+        print("| clip | sequence | pull strength, reach | PSNR (dB) | warp error | pop |")
+        print("|---|---|---|---|---|---|")
     for clip in sorted(args.media.glob("*.mp4")):
         if not any(c in clip.name for c in args.clips.split(",")):
             continue
@@ -87,6 +117,10 @@ def main() -> int:
         short = clip.name.split("-")[1]
         for name in args.sequences.split(","):
             images = SEQUENCES[name](frames, length)
+            if args.occluded_only:
+                shares = ", ".join(f"{100 * share:.1f}%" for share in lost_in_both(images, keys))
+                print(f"| {short} | {name} | {shares} |", flush=True)
+                continue
             reference = [stylize(image) for image in images]
             options = PropagationOptions()
             gaps = chains(images, keys, options)
