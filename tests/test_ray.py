@@ -229,10 +229,11 @@ def test_the_diffusion_renderer_runs_on_an_actor_that_loads_the_model_once(clust
     model = tiny_models.write_diffusers_folder(tmp_path / "sd", tiny_models.build_components())
     source = _write_clip(tmp_path / "short.mkv", frames=7, width=64, height=64)
     reports = []
-    for run in range(2):  # two jobs: the second finds the model loaded on the actor
+    for run in range(2):  # two jobs: the second finds the model loaded on the (kept) actor
         argv = [
             "-i", str(source), "-o", str(tmp_path / f"d{run}.mkv"), "--codec", "ffv1", "--model", str(model),
             "--prompt", "a cat", "--size", "64", "-K", "3", "--steps", "2", "--progress", "none", "--ray",
+            "--ray-keep-models",
         ]  # fmt: skip
         result, captured, events = _run(argv)
         assert result.frames == 7 and len(captured) == 7

@@ -1,9 +1,11 @@
 """Keyframes rendered on Ray actors that keep the renderer loaded (`KeyframeWorker`), and the renderer the
 Filter sees on the driver (`RayKeyframeRenderer`).
 
-One actor per keyframe slot (a GPU share, or a node without GPUs), named in the `rerender` namespace so
-that every job connected to the cluster finds it; its model loads on its first keyframe and stays loaded
-for the next ones and the next jobs with the same model. A job takes the slot with the fewest jobs open.
+A job's keyframes go to one actor, whose model loads on its first keyframe and stays loaded for the next
+ones. By default the actor is the job's own and ends with it. With `--ray-keep-models` (what `rerender
+watch --ray` sets) there is one actor per keyframe slot (a GPU share, or a node without GPUs), named and
+detached in the `rerender` namespace, so that the next jobs on the cluster find the model loaded; a job
+takes the slot with the fewest jobs open.
 An actor that dies is restarted by Ray and the keyframe is sent again (`max_restarts`, `max_task_retries`);
 the new actor rebuilds the scene's anchor state first (workers.py). The keyframes of one job stay a chain
 on one actor: each needs the scene's anchor and the previous keyframe (docs/scale-out.md).
@@ -31,9 +33,18 @@ INFO_TIMEOUT = 30.0
 
 
 def keyframe_actor(ray: ModuleType, plan: ClusterPlan, keep: bool) -> tuple[str, Any]:
-    """(name, handle) of the keyframe actor for a new job: a slot with no actor yet gets one; otherwise the
+    """(name, handle) of the keyframe actor for a new job. Without `keep`, an actor of the job's own that
+    ends with it. With `keep`, a named, detached one: a slot with no actor yet gets one; otherwise the
     actor with the fewest open jobs."""
     cls = ray.remote(KeyframeWorker)
+    resources: dict[str, Any] = {
+        "num_cpus": 0,  # the slot is its GPU share; on CPUs the gap tasks hold the cores
+        "num_gpus": plan.gpus_per_keyframe,
+        "max_restarts": ACTOR_RESTARTS,
+        "max_task_retries": ACTOR_RESTARTS,
+    }
+    if not keep:
+        return f"{ACTOR_PREFIX}job", cls.options(**resources).remote()
     existing: list[tuple[str, Any]] = []
     for slot in range(plan.keyframe_actors):
         name = f"{ACTOR_PREFIX}{slot}"
@@ -42,18 +53,8 @@ def keyframe_actor(ray: ModuleType, plan: ClusterPlan, keep: bool) -> tuple[str,
             continue
         except ValueError:
             pass
-        options: dict[str, Any] = {
-            "name": name,
-            "namespace": NAMESPACE,
-            "get_if_exists": True,
-            "num_cpus": 0,  # the slot is its GPU share; on CPUs the gap tasks hold the cores
-            "num_gpus": plan.gpus_per_keyframe,
-            "max_restarts": ACTOR_RESTARTS,
-            "max_task_retries": ACTOR_RESTARTS,
-        }
-        if keep:
-            options["lifetime"] = "detached"
-        return name, cls.options(**options).remote()
+        named = {"name": name, "namespace": NAMESPACE, "get_if_exists": True, "lifetime": "detached"}
+        return name, cls.options(**resources, **named).remote()
     infos = ray.get([handle.info.remote() for _, handle in existing], timeout=INFO_TIMEOUT)
     best = min(range(len(existing)), key=lambda i: infos[i].get("jobs", 0))
     return existing[best]
@@ -74,7 +75,7 @@ class RayKeyframeRenderer:
         on_note: Callable[[str], None],
         book: WorkerBook,
     ):
-        self.name = options.renderer
+        self.name = options.renderer.name
         self._ray = ray
         self._options = options
         self._canvas = canvas
@@ -83,7 +84,8 @@ class RayKeyframeRenderer:
         self._on_note = on_note
         self._book = book
         self._job = uuid.uuid4().hex
-        self.actor_name, self._actor = keyframe_actor(ray, plan, options_keep(options))
+        self._keep = options_keep(options)
+        self.actor_name, self._actor = keyframe_actor(ray, plan, self._keep)
 
     def render(self, frame: np.ndarray, context: KeyframeContext) -> np.ndarray:
         ref = self._actor.render.remote(
@@ -107,12 +109,16 @@ class RayKeyframeRenderer:
         return info
 
     def close(self) -> None:
-        """Drop this job's renderer on the actor (the model stays loaded) and record the actor's report."""
+        """Record the actor's report; then drop this job's renderer on a kept actor (the model stays
+        loaded), or end the job's own actor."""
         try:
-            self._ray.get(self._actor.close.remote(self._job), timeout=INFO_TIMEOUT)
             self.info()
+            if self._keep:
+                self._ray.get(self._actor.close.remote(self._job), timeout=INFO_TIMEOUT)
         except Exception:  # noqa: BLE001 - a dead actor has nothing of the job left to drop
             pass
+        if not self._keep:
+            self._ray.kill(self._actor)
 
 
 def options_keep(options: RunOptions) -> bool:
