@@ -256,3 +256,45 @@ def test_without_ray_the_flag_fails_in_one_line_naming_the_extra(tmp_path):
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and RAY_MISSING in lines[0] and "pip install 'rerender[ray]'" in lines[0]
     assert not (tmp_path / "out.mkv").exists()
+
+
+def _keyframe_actor_pids() -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "cmdline").read_bytes().startswith(b"ray::KeyframeWorker"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def test_a_killed_keyframe_actor_restarts_and_the_frames_stay_the_same(cluster, clip, local):
+    out = clip.with_name("actor.mkv")
+    killed: list[int] = []
+
+    def kill_actor(index: int, source, stylized) -> None:
+        if index == 28 and not killed:  # mid-scene: the next keyframe needs the scene's anchor state
+            killed.extend(_keyframe_actor_pids())
+            for pid in killed:
+                os.kill(pid, signal.SIGKILL)
+
+    result, captured, events = _run(_argv(clip, out, "--ray"), on_keyframe=kill_actor)
+    assert len(killed) == 1
+    _same_output(local, out, captured)
+    (actor,) = [e for e in events if isinstance(e, WorkersEvent)][-1].keyframes
+    assert actor["pid"] != killed[0] and actor["rebuilt"] == 1  # restarted, anchor state rebuilt once
+
+
+def test_cancel_stops_a_ray_job_and_leaves_no_output(cluster, clip):
+    out = clip.with_name("cancelled.mkv")
+    cancel = threading.Event()
+
+    def on_keyframe(index: int, source, stylized) -> None:
+        if index == 16:
+            cancel.set()
+
+    with pytest.raises(job.Cancelled):
+        _run(_argv(clip, out, "--ray"), cancel=cancel, on_keyframe=on_keyframe)
+    assert not out.exists()
