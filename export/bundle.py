@@ -51,7 +51,7 @@ UNET_CONFIG_KEYS = (
 # size-dependent Python branches of diffusers' UNet/VAE take the same way for every multiple of 64, which
 # the parity tests check at sizes other than the traced one.
 TRACE_SIZE = (64, 64)
-# Networks whose weights a LoRA changes (engines/loading.py apply_lora): their engines are refittable.
+# Networks whose weights a LoRA changes (engines/lora.py apply_lora): their engines are refittable.
 LORA_NETWORKS = ("unet", "text_encoder")
 
 Progress = Callable[[str], None]
