@@ -42,6 +42,7 @@ from .io import open_sink, open_source
 from .lavfi import LAVFI_PREFIX, open_lavfi
 from .progress import EtaEstimator, WorkState
 from .renderer_cache import RendererCache, make_renderer
+from .renderers.diffusion_options import DiffusionOptions
 from .run_options import (
     DEFAULT_SIZE,
     ProgressMode,
@@ -193,8 +194,8 @@ def run_job(
             f = options.filter
             geometry = ProcessingGeometry.for_input(info.height, info.width, f.size, f.fit, upscale=f.upscale)
             canvas = geometry.canvas
-            if options.renderer == "diffusion" and options.diffusion is not None:
-                for sentence in options.diffusion.notes():
+            if isinstance(options.renderer, DiffusionOptions):
+                for sentence in options.renderer.notes():
                     warn(sentence)
             cluster = None
             if options.ray is not None:  # keyframes on a Ray actor, gaps as Ray tasks (cluster/)

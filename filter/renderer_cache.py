@@ -12,8 +12,8 @@ from contextlib import contextmanager
 
 from .errors import UsageError
 from .renderers.base import KeyframeRenderer
-from .renderers.classic import ClassicRenderer
-from .renderers.frames import FramesRenderer
+from .renderers.classic import ClassicOptions, ClassicRenderer
+from .renderers.frames import FramesOptions, FramesRenderer
 from .run_options import RunOptions
 
 
@@ -86,15 +86,12 @@ def make_renderer(
     input's short side scaled to it (`ProcessingGeometry.short_side`; default: the --size option). With
     `renderers`, the diffusion renderer's networks come from (and stay in) that cache."""
     f = options.filter
-    if options.renderer == "classic":
-        return ClassicRenderer(options.classic)
-    if options.renderer == "frames":
+    chosen = options.renderer
+    if isinstance(chosen, ClassicOptions):
+        return ClassicRenderer(chosen)
+    if isinstance(chosen, FramesOptions):
         size = f.size if short_side is None else short_side
-        return FramesRenderer(options.keyframes_dir, options.keyframes_first_index, size, f.fit)
-    if options.diffusion is None:
-        raise UsageError(
-            "the diffusion renderer needs --model PATH (a diffusers folder or .safetensors file)"
-        )
+        return FramesRenderer(chosen.keyframes_dir, chosen.first_index, size, f.fit)
     if importlib.util.find_spec("rerender.filter.renderers.diffusion") is None:
         raise UsageError(
             "the diffusion renderer is not available in this build; use --renderer classic or --renderer frames"
@@ -102,6 +99,6 @@ def make_renderer(
     module = importlib.import_module("rerender.filter.renderers.diffusion")
     model = None
     if renderers is not None:
-        key = module.model_key(options.diffusion, processing_size)
-        model = renderers.get(key, lambda: module.load_model(options.diffusion, processing_size, on_note))
-    return module.DiffusionRenderer.from_options(options.diffusion, processing_size, model, on_note)
+        key = module.model_key(chosen, processing_size)
+        model = renderers.get(key, lambda: module.load_model(chosen, processing_size, on_note))
+    return module.DiffusionRenderer.from_options(chosen, processing_size, model, on_note)

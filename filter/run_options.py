@@ -1,7 +1,11 @@
 """The options of one re-rendering job (`RunOptions`) and `rerender run`'s parser that builds them from argv.
 
-`parse_run_options` is the one argv → options mapping: the CLI, the watch-folder daemon and the preview
-server all call it, so every program validates and words its messages the same way.
+`RunOptions` is a tree of frozen dataclasses, the job's API: input and output (`sink`), the filter
+(`FilterOptions`: geometry, `--flow`, the schedule and the propagation) and the keyframe renderer, one
+dataclass per renderer (`ClassicOptions`, `FramesOptions` with its keyframes folder, `DiffusionOptions` with
+its model), so a keyframes folder without the frames renderer or a model without the diffusion renderer
+cannot be built. Each dataclass checks its own values when it is made, in sentences that name the CLI flag.
+`parse_run_options` is the argv → options mapping of `rerender run`.
 """
 
 from __future__ import annotations
@@ -11,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..engines.flow import ESTIMATOR_MODULES, make_flow_estimator
 from ..native.params import SynthParams
 from . import option_ranges as ranges
 from .cli_parser import OneLineParser
 from .cluster.options import RayOptions, declare_ray_flags, ray_options_from_args
 from .errors import UsageError
+from .flow_spec import FlowSpec
 from .graph import FilterOptions
 from .io import SinkOptions, add_io_arguments, sink_options_from_args
 from .lavfi import LAVFI_PREFIX, lavfi_graph
@@ -24,13 +28,28 @@ from .propagation import PropagationOptions
 from .renderers import diffusion_options
 from .renderers.classic import CLASSIC_STYLES, ClassicOptions
 from .renderers.diffusion_options import DiffusionOptions
-from .renderers.frames import scan_keyframe_files
-from .run_flags import FlagSchema, RunFlag, build_parser, record
+from .renderers.frames import FramesOptions, scan_keyframe_files
+from .run_flags import EVERYWHERE, VALUE, FlagSchema, RunFlag, Use, build_parser, record
 from .schedule import SCENE_CUT_THRESHOLD, FixedSchedule, KeyframeSchedule, ScheduleOptions, make_schedule
 
 Stage = Literal["first-keyframe", "keyframes", "full"]
 RendererName = Literal["classic", "frames", "diffusion"]
+RendererOptions = ClassicOptions | FramesOptions | DiffusionOptions
 ProgressMode = Literal["bar", "json", "none"]
+# The `Use` of the video I/O flags (declared in io/args.py, which other commands share): the encode's
+# quality is the clip's business; the container is an output location (a sidecar picks one the watch
+# daemon knows); raw encoder options can name files to write; the input demuxer decides how the input is
+# read (a playlist could pull in other files).
+IO_USES = {
+    "format": Use("output", sidecar=True),
+    "input_format": VALUE,
+    "codec": EVERYWHERE,
+    "crf": EVERYWHERE,
+    "pix_fmt": EVERYWHERE,
+    "encoder_option": Use("encoder_option"),
+    "no_audio": EVERYWHERE,
+    "strict": EVERYWHERE,
+}
 DEFAULT_SIZE = 512  # the processing short side when --size is not given (and the input is at least this)
 
 
@@ -42,12 +61,26 @@ class RunOptions:
     sink: SinkOptions = field(default_factory=SinkOptions)
     strict: bool = False  # fail when corrupt packets made frames drop
     filter: FilterOptions = field(default_factory=FilterOptions)
-    renderer: RendererName = "classic"
-    classic: ClassicOptions = field(default_factory=ClassicOptions)
-    keyframes_dir: Path | None = None
-    keyframes_first_index: int = 0
-    diffusion: DiffusionOptions | None = None
+    renderer: RendererOptions = field(default_factory=ClassicOptions)
     progress: ProgressMode = "bar"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.renderer, RendererOptions):
+            raise TypeError(
+                f"renderer must be ClassicOptions, FramesOptions or DiffusionOptions; got {self.renderer!r}"
+            )
+        if self.input != "-" and self.input == self.output:
+            raise UsageError("-o must differ from -i: the input would be overwritten while it is read")
+        if self.input.startswith(LAVFI_PREFIX):
+            lavfi_graph(self.input)
+        if self.progress not in ("bar", "json", "none"):
+            raise UsageError(f"--progress expects bar, json or none; got {self.progress!r}")
+
+    @property
+    def diffusion(self) -> DiffusionOptions | None:
+        """The diffusion renderer's options, when that is the renderer."""
+        return self.renderer if isinstance(self.renderer, DiffusionOptions) else None
+
     ray: RayOptions | None = None  # --ray: keyframes and gaps on a Ray cluster (cluster/)
 
 
@@ -83,11 +116,17 @@ def _declare_run_flags(p: FlagSchema) -> None:
         metavar="PATH",
         help="input video, '-' for standard input, or lavfi:GRAPH for an FFmpeg test source "
         "(e.g. lavfi:testsrc2=size=640x360:rate=25:duration=2)",
+        use=Use("input"),
     )
     p.add_argument(
-        "-o", "--output", required=True, metavar="PATH", help="output video, or '-' for standard output"
+        "-o",
+        "--output",
+        required=True,
+        metavar="PATH",
+        help="output video, or '-' for standard output",
+        use=Use("output"),
     )
-    add_io_arguments(p)
+    add_io_arguments(p.using(IO_USES))
     g = p.add_argument_group("keyframes and propagation")
     g.add_argument(
         "-K",
@@ -96,6 +135,7 @@ def _declare_run_flags(p: FlagSchema) -> None:
         default=10,
         metavar="K",
         help=f"frames between keyframes, 1 to {ranges.MAX_KEYFRAME_INTERVAL} (default: %(default)s)",
+        use=EVERYWHERE,
     )
     g.add_argument(
         "--keyframes",
@@ -103,11 +143,13 @@ def _declare_run_flags(p: FlagSchema) -> None:
         default="uniform",
         help="uniform: every K frames; adaptive: more where motion/occlusion is large, about one per K on "
         "average (default: %(default)s)",
+        use=EVERYWHERE,
     )
     g.add_argument(
         "--no-scene-cuts",
         action="store_true",
         help="do not detect scene cuts (a cut starts a new anchor; default: detect them)",
+        use=EVERYWHERE,
     )
     g.add_argument(
         "--scene-cut-threshold",
@@ -116,18 +158,21 @@ def _declare_run_flags(p: FlagSchema) -> None:
         metavar="X",
         help="a frame is a scene cut where the mean of its colour-histogram distance and its unmatched "
         "(occluded) share, both 0..1, exceeds X; (0, 1], lower finds more cuts (default: %(default)s)",
+        use=EVERYWHERE,
     )
     g.add_argument(
         "--renderer",
         choices=["classic", "frames", "diffusion"],
         default=None,
         help="keyframe renderer (default: diffusion when --model is given, else classic)",
+        use=EVERYWHERE,
     )
     g.add_argument(
         "--keyframes-dir",
         type=Path,
         metavar="DIR",
         help="frames renderer: folder of stylized keyframes (no default; needed by --renderer frames)",
+        use=Use("read_path", sidecar=True, paths="whole"),
     )
     g.add_argument(
         "--keyframes-first-index",
@@ -136,12 +181,14 @@ def _declare_run_flags(p: FlagSchema) -> None:
         metavar="N",
         help="frames renderer: the number in the first frame's file name, 0 or more (default: %(default)s; "
         "1 for ffmpeg's %%04d)",
+        use=EVERYWHERE,
     )
     g.add_argument(
         "--classic-style",
         choices=CLASSIC_STYLES,
         default="stylization",
         help="classic renderer look (default: %(default)s)",
+        use=EVERYWHERE,
     )
     g.add_argument(
         "--classic-sigma-s",
@@ -149,6 +196,7 @@ def _declare_run_flags(p: FlagSchema) -> None:
         default=60.0,
         metavar="PIXELS",
         help="classic: spatial extent in pixels, (0, 200] (default: %(default)s)",
+        use=EVERYWHERE,
     )
     g.add_argument(
         "--classic-sigma-r",
@@ -156,6 +204,7 @@ def _declare_run_flags(p: FlagSchema) -> None:
         default=0.45,
         metavar="R",
         help="classic: colour extent as a fraction of the colour range, (0, 1] (default: %(default)s)",
+        use=EVERYWHERE,
     )
     g.add_argument(
         "--size",
@@ -165,23 +214,27 @@ def _declare_run_flags(p: FlagSchema) -> None:
         help=f"processing size: the short side in pixels, a multiple of 64 from 64 to {ranges.MAX_SHORT_SIDE} "
         f"(default: the input's own short side, at most {DEFAULT_SIZE}; an input is scaled up only when "
         "--size is given)",
+        use=EVERYWHERE,
     )
     g.add_argument(
         "--fit",
         choices=["pad", "crop"],
         default="pad",
         help="keep the aspect ratio by padding or cropping to multiples of 64 (default: %(default)s)",
+        use=EVERYWHERE,
     )
     g.add_argument(
         "--propagate-at",
         choices=["processing", "output"],
         default="processing",
         help="propagate at the processing size and resize, or at the output size (default: %(default)s)",
+        use=EVERYWHERE,
     )
     g.add_argument(
         "--flow",
         default="dis",
         help="optical flow: dis, dis:fast, dis:ultrafast, raft:WEIGHTS (default: %(default)s)",
+        use=Use("read_path", sidecar=True, page=True, paths="flow", checkpoint=True),
     )
     g.add_argument(
         "--threads",
@@ -190,6 +243,7 @@ def _declare_run_flags(p: FlagSchema) -> None:
         metavar="N",
         help=f"threads per synthesis chain, 1 to {ranges.max_threads()} (default: the cores split between "
         "the two chains)",
+        use=EVERYWHERE,
     )
     g.add_argument(
         "--synth-backend",
@@ -197,6 +251,7 @@ def _declare_run_flags(p: FlagSchema) -> None:
         default="auto",
         help="patch synthesizer: auto takes cuda when a GPU and the CUDA build are there, else cpu "
         "(default: %(default)s)",
+        use=EVERYWHERE,
     )
     g.add_argument(
         "--patch-size",
@@ -204,6 +259,7 @@ def _declare_run_flags(p: FlagSchema) -> None:
         default=5,
         metavar="PIXELS",
         help=f"synthesis patch side in pixels, odd, 3 to {ranges.MAX_PATCH_SIZE} (default: %(default)s)",
+        use=EVERYWHERE,
     )
     g.add_argument(
         "--search-vote-iters",
@@ -212,6 +268,7 @@ def _declare_run_flags(p: FlagSchema) -> None:
         metavar="N",
         help=f"search-and-vote iterations per pyramid level, 1 to {ranges.MAX_SEARCH_VOTE_ITERS} "
         "(default: %(default)s)",
+        use=EVERYWHERE,
     )
     g.add_argument(
         "--patchmatch-iters",
@@ -219,6 +276,7 @@ def _declare_run_flags(p: FlagSchema) -> None:
         default=6,
         metavar="N",
         help=f"PatchMatch iterations per search, 1 to {ranges.MAX_PATCHMATCH_ITERS} (default: %(default)s)",
+        use=EVERYWHERE,
     )
     g.add_argument(
         "--pyramid-levels",
@@ -227,6 +285,7 @@ def _declare_run_flags(p: FlagSchema) -> None:
         metavar="N",
         help=f"synthesis pyramid levels, 1 to {ranges.MAX_PYRAMID_LEVELS} (default: as many as the "
         "processing size allows)",
+        use=EVERYWHERE,
     )
     g.add_argument(
         "--poisson",
@@ -234,6 +293,7 @@ def _declare_run_flags(p: FlagSchema) -> None:
         default=False,
         help="gradient-domain (Poisson) fusion in the blend, as the authors' -ps (default: off: it measured "
         "lower fidelity and more flicker, see README)",
+        use=EVERYWHERE,
     )
     g.add_argument(
         "--blend-weights",
@@ -241,53 +301,49 @@ def _declare_run_flags(p: FlagSchema) -> None:
         default=PropagationOptions.blend_weights,
         help="how near a frame is to each keyframe when the two propagations are blended: by frame "
         "position (the paper) or by the motion between them (default: %(default)s)",
+        use=EVERYWHERE,
     )
-    diffusion_options.add_arguments(p)
+    diffusion_options.add_arguments(p.using(diffusion_options.USES, default=EVERYWHERE))
     out = p.add_argument_group("progress")
     out.add_argument(
         "--progress",
         choices=["bar", "json", "none"],
         default="bar",
         help="stderr progress format; warnings are printed with every format (default: %(default)s)",
+        use=VALUE,
     )
     out.add_argument(
         "-q",
         "--quiet",
         action="store_true",
         help="no progress output (same as --progress none); warnings still go to stderr",
+        use=VALUE,
     )
     declare_ray_flags(p)
 
 
-def _check_flow(spec: str) -> str:
-    name = spec.partition(":")[0]
-    if name == "dis":
-        make_flow_estimator(spec)  # cheap; validates the preset
-    elif name not in ESTIMATOR_MODULES:
+def _renderer(args: argparse.Namespace) -> RendererOptions:
+    """The renderer's options; flags of another renderer than the chosen one are refused (the tree has no
+    place for them)."""
+    name = args.renderer or ("diffusion" if args.model else "classic")
+    if name != "diffusion" and args.model:
         raise UsageError(
-            f"--flow expects dis, dis:fast, dis:ultrafast or {', '.join(ESTIMATOR_MODULES)}:ARG; got {spec!r}"
+            "--model is used by the diffusion renderer only; drop it or use --renderer diffusion"
         )
-    return spec
+    if name != "frames" and args.keyframes_dir is not None:
+        raise UsageError("--keyframes-dir is used by the frames renderer only; add --renderer frames")
+    if name == "frames":
+        return FramesOptions(args.keyframes_dir, args.keyframes_first_index)
+    if name == "diffusion":
+        return diffusion_options.from_args(args)
+    return ClassicOptions(args.classic_style, args.classic_sigma_s, args.classic_sigma_r)
 
 
 def parse_run_options(argv: list[str]) -> RunOptions:
     args = build_run_parser().parse_args(argv)
-    renderer = args.renderer or ("diffusion" if args.model else "classic")
-    if renderer != "diffusion" and args.model:
-        raise UsageError(
-            "--model is used by the diffusion renderer only; drop it or use --renderer diffusion"
-        )
-    if renderer == "frames" and args.keyframes_dir is None:
-        raise UsageError("--renderer frames needs --keyframes-dir DIR, a folder of stylized keyframes")
-    if renderer != "frames" and args.keyframes_dir is not None:
-        raise UsageError("--keyframes-dir is used by the frames renderer only; add --renderer frames")
     # The numeric flags' ranges are their argparse types (option_ranges.py), checked while parsing.
-    if args.input != "-" and args.input == args.output:
-        raise UsageError("-o must differ from -i: the input would be overwritten while it is read")
-    if args.input.startswith(LAVFI_PREFIX):
-        lavfi_graph(args.input)
     try:
-        classic = ClassicOptions(args.classic_style, args.classic_sigma_s, args.classic_sigma_r)
+        renderer = _renderer(args)
         synth = SynthParams(
             patch_size=args.patch_size,
             pyramid_levels=args.pyramid_levels,
@@ -316,7 +372,7 @@ def parse_run_options(argv: list[str]) -> RunOptions:
         size=DEFAULT_SIZE if args.size is None else args.size,
         fit=args.fit,
         propagate_at=args.propagate_at,
-        flow=_check_flow(args.flow),
+        flow=str(FlowSpec.parse(args.flow)),
         propagation=propagation,
         upscale=args.size is not None,  # an explicit --size is honoured even above the input's size
     )
@@ -328,10 +384,6 @@ def parse_run_options(argv: list[str]) -> RunOptions:
         strict=args.strict,
         filter=filter_options,
         renderer=renderer,
-        classic=classic,
-        keyframes_dir=args.keyframes_dir,
-        keyframes_first_index=args.keyframes_first_index,
-        diffusion=diffusion_options.from_args(args) if renderer == "diffusion" else None,
         progress="none" if args.quiet else args.progress,
         ray=ray_options_from_args(args),
     )
@@ -339,7 +391,7 @@ def parse_run_options(argv: list[str]) -> RunOptions:
 
 def keyframe_schedule(options: RunOptions) -> KeyframeSchedule:
     """A fresh keyframe schedule for one run: the user's keyframe files (frames renderer) or -K/--keyframes."""
-    if options.renderer == "frames":
-        files = scan_keyframe_files(options.keyframes_dir, options.keyframes_first_index)
+    if isinstance(options.renderer, FramesOptions):
+        files = scan_keyframe_files(options.renderer.keyframes_dir, options.renderer.first_index)
         return FixedSchedule(frozenset(files))
     return make_schedule(options.filter.schedule)

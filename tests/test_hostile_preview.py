@@ -124,12 +124,14 @@ def test_the_allow_list_names_run_options():
     """Every option the page may change is one `rerender run` has (a renamed option is caught here, not
     silently fixed by the command line)."""
     from rerender.filter.job import build_run_parser
-    from rerender.filter.preview.settings import PAGE_OPTIONS, PAGE_VALUES
+    from rerender.filter.preview.settings import page_options
 
-    dests = set(vars(build_run_parser().parse_args(["-i", "in.mp4", "-o", "out.mp4"])))
-    assert PAGE_OPTIONS <= dests, sorted(PAGE_OPTIONS - dests)
-    assert set(PAGE_VALUES) <= PAGE_OPTIONS
-    assert not {"input", "output", "format", "input_format", "allow_pickle", "model", "lora"} & PAGE_OPTIONS
+    parser = build_run_parser()
+    allowed = page_options(parser.schema)
+    dests = set(vars(parser.parse_args(["-i", "in.mp4", "-o", "out.mp4"])))
+    assert allowed <= dests, sorted(allowed - dests)
+    assert {"keyframe_interval", "prompt", "steps", "flow", "control", "codec"} <= allowed
+    assert not {"input", "output", "format", "input_format", "allow_pickle", "model", "lora"} & allowed
 
 
 @pytest.mark.parametrize(

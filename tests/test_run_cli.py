@@ -17,6 +17,7 @@ from media import texture, write_clip
 from rerender.filter.errors import UsageError
 from rerender.filter.events import DoneEvent, ErrorEvent, FrameEvent, StartEvent
 from rerender.filter.job import Cancelled, build_run_parser, parse_run_options, run_job
+from rerender.filter.renderers.classic import ClassicOptions
 
 FAST = ["--size", "64", "--search-vote-iters", "1", "--patchmatch-iters", "1", "--pyramid-levels", "2"]
 FAST += ["--threads", "1"]
@@ -147,7 +148,7 @@ def test_parser_has_io_filter_and_diffusion_flags():
     with pytest.raises(UsageError, match="--model is used by the diffusion renderer only"):
         parse_run_options(["-i", "a.mp4", "-o", "b.mp4", "--renderer", "classic", "--model", "m"])
     options = parse_run_options(["-i", "a.mp4", "-o", "b.mp4", "--keyframes", "adaptive"])
-    assert options.renderer == "classic" and options.filter.schedule.mode == "adaptive"
+    assert isinstance(options.renderer, ClassicOptions) and options.filter.schedule.mode == "adaptive"
 
 
 def test_run_job_calls_back_in_order(tmp_path):
@@ -360,3 +361,62 @@ def test_dropped_stream_warnings_reach_every_reporter(tmp_path):
     events = [json.loads(line) for line in as_json.stderr.decode().splitlines()]  # every line is JSON
     warnings = [e["message"] for e in events if e["event"] == "warning"]
     assert warnings == [line.removeprefix("rerender run: warning: ") for line in lines]
+
+
+# -- the options tree --------------------------------------------------------------------------------------
+
+
+def test_the_renderer_is_one_dataclass_per_renderer_and_invalid_combinations_cannot_be_built(tmp_path):
+    from dataclasses import replace
+
+    from rerender.filter.renderers.diffusion_options import DiffusionOptions
+    from rerender.filter.renderers.frames import FramesOptions
+    from rerender.filter.run_options import RunOptions
+
+    keys = tmp_path / "keys"
+    frames = parse_run_options(
+        ["-i", "a.mp4", "-o", "b.mp4", "--renderer", "frames", "--keyframes-dir", str(keys)]
+    )
+    assert frames.renderer == FramesOptions(keys, 0) and frames.diffusion is None
+    diffusion = parse_run_options(["-i", "a.mp4", "-o", "b.mp4", "--model", "m", "--steps", "7"])
+    assert isinstance(diffusion.renderer, DiffusionOptions) and diffusion.renderer.steps == 7
+    # A keyframes folder lives only in FramesOptions, a model only in DiffusionOptions: there is no field
+    # for either on another renderer, and the renderer must be one of the three.
+    with pytest.raises(TypeError):
+        ClassicOptions(keyframes_dir=keys)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        RunOptions("a.mp4", "b.mp4", renderer="frames")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="--keyframes-dir"):
+        FramesOptions(None)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="--keyframes-first-index"):
+        FramesOptions(keys, -1)
+    with pytest.raises(UsageError, match="-o must differ from -i"):
+        replace(frames, output="a.mp4")  # every copy is checked again
+    for argv, message in (
+        (["--keyframes-dir", str(keys)], "--keyframes-dir is used by the frames renderer only"),
+        (["--renderer", "classic", "--model", "m"], "--model is used by the diffusion renderer only"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            parse_run_options(["-i", "a.mp4", "-o", "b.mp4", *argv])
+
+
+@pytest.mark.parametrize(
+    "text,weights,error",
+    [
+        ("dis", None, None),
+        ("dis:fast", None, None),
+        ("dis:", None, None),
+        ("raft:/w/raft.pth", "/w/raft.pth", None),
+        ("dis:slowest", None, "preset"),
+        ("farneback", None, "--flow expects dis"),
+    ],
+)
+def test_flow_is_parsed_in_one_place(text, weights, error):
+    from rerender.filter.flow_spec import FlowSpec
+
+    if error is not None:
+        with pytest.raises(UsageError, match=error):
+            FlowSpec.parse(text)
+        return
+    spec = FlowSpec.parse(text)
+    assert spec.weights == weights and FlowSpec.parse(str(spec)) == spec

@@ -92,7 +92,8 @@ class PreviewSession:
         self.fields = form_fields(self.parser)
         self.initial_values, self.initial_extra = split_run_argv(run_argv, self.fields, self.parser)
         # What the command line set and the run parser's defaults, with the output every check uses: the page
-        # may change only PAGE_OPTIONS; every other option keeps one of these values.
+        # may change only the options the schema lets it (`page_options`); every other option keeps one of
+        # these values.
         self._check_output = str(workdir / "check.mp4")
         self._fixed = self.parser.parse_args([*run_argv, "-o", self._check_output])
         self._defaults = self.parser.parse_args(["-i", str(input_path), "-o", self._check_output])

@@ -2,19 +2,22 @@
 
 The page never validates anything itself: its fields are turned back into an argv list and handed to the
 job's own `parse_run_options`, so a bad value gets exactly the message `rerender run` would print. The fields
-are read from the run parser's typed schema (`RunFlag`), so every flag the page shows is one the CLI has. Which options the page may
-change at all is an allow-list (PAGE_OPTIONS), checked on what the run parser made of the page's flags.
+are read from the run parser's typed schema (`RunFlag`), so every flag the page shows is one the CLI has.
+Which options the page may change at all is the schema's too (`page_options`, `run_flags.page_may_set`),
+checked on what the run parser made of the page's flags.
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
-from ..run_flags import by_spelling
+from ..renderers.diffusion_options import DiffusionOptions
+from ..run_flags import RunFlag, by_spelling, page_may_set
 
 if TYPE_CHECKING:
     from ..run_options import RunOptions, RunParser
@@ -32,81 +35,23 @@ DIFFUSION_FLAGS = (
     "--seed",
     "--model",
 )
-# The run options the page may change, by their parsed name (argparse `dest`), whatever spelling set them
-# (`-K5`, `--keyframe-interval=5`, an abbreviation argparse accepts). None of them names a file or a folder
-# or decides what the server reads and how it writes. Every option not listed here (the input and output,
-# the container, the input demuxer, encoder options, --model, --vae, --lora, --controlnet, --model-config,
-# --keyframes-dir, --engines, --allow-pickle, and any option added to `rerender run` later) keeps the
-# value the `rerender preview` command line gave it, or its default: the page cannot point the server at
-# other files or let it run code from them.
-PAGE_OPTIONS = frozenset(
-    {
-        # keyframes and propagation
-        "keyframe_interval",
-        "keyframes",
-        "no_scene_cuts",
-        "renderer",
-        "keyframes_first_index",
-        "classic_style",
-        "classic_sigma_s",
-        "classic_sigma_r",
-        "size",
-        "fit",
-        "propagate_at",
-        "flow",  # only its built-in estimators: see PAGE_VALUES
-        "threads",
-        "synth_backend",
-        "patch_size",
-        "search_vote_iters",
-        "patchmatch_iters",
-        "pyramid_levels",
-        "poisson",
-        "blend_weights",
-        # the diffusion renderer's per-run settings
-        "prompt",
-        "negative_prompt",
-        "added_prompt",
-        "control",  # only canny: see PAGE_VALUES
-        "strength",
-        "steps",
-        "cfg_scale",
-        "seed",
-        "vary_noise",
-        "cross_frame",
-        "shape_fusion",
-        "pixel_fusion",
-        "adain",
-        "mask_strength",
-        "inner_strength",
-        "fidelity_threshold",
-        "color_correct",
-        "freeu",
-        "device",
-        "dtype",
-        "direct_image",
-        "no_smooth_boundary",
-        "backend",
-        # the encode of "Render to file"
-        "codec",
-        "crf",
-        "pix_fmt",
-        "no_audio",
-        "strict",
-    }
-)
-# Options whose value may name a file: the page may choose only the values that do not.
-PAGE_VALUES = {
-    "flow": (
-        lambda value: str(value).partition(":")[0] == "dis",
-        "the page may choose dis, dis:fast or dis:ultrafast; an estimator with a weights file "
-        "(raft:WEIGHTS) is given on the `rerender preview` command line",
-    ),
-    "control": (  # repeatable (one per ControlNet): a list
-        lambda value: all(str(spec).partition(":")[0] == "canny" for spec in value or ()),
-        "the page may choose canny or canny:LOW,HIGH; a control that reads a file (hed:, depth:, video:) "
-        "is given on the `rerender preview` command line",
-    ),
+# Why the page may not give a file-reading option some values (the value syntaxes of `run_flags.Use.paths`).
+_NAMES_A_FILE = {
+    "flow": "the page may choose dis, dis:fast or dis:ultrafast; an estimator with a weights file "
+    "(raft:WEIGHTS) is given on the `rerender preview` command line",
+    "control": "the page may choose canny or canny:LOW,HIGH; a control that reads a file (hed:, depth:, "
+    "video:) is given on the `rerender preview` command line",
 }
+
+
+def page_options(flags: Iterable[RunFlag]) -> frozenset[str]:
+    """The run options (parsed names) the page may change: those whose declaration allows the page
+    (`Use.page`) and whose kind is a plain value or a file to read (then only values that name no file,
+    `page_may_set`). Every other option (the input and output, the container, the input demuxer, encoder
+    options, --model, --lora, --keyframes-dir, --allow-pickle, and any option added to `rerender run`
+    later until its declaration says otherwise) keeps the value the `rerender preview` command line gave
+    it, or its default: the page cannot point the server at other files or let it run code from them."""
+    return frozenset(f.dest for f in flags if f.use.page and f.kind in ("value", "read_path"))
 
 
 def _flag_name(dest: str) -> str:
@@ -114,25 +59,29 @@ def _flag_name(dest: str) -> str:
 
 
 def check_page_options(
-    parser: argparse.ArgumentParser, argv: list[str], fixed: argparse.Namespace, defaults: argparse.Namespace
+    parser: RunParser, argv: list[str], fixed: argparse.Namespace, defaults: argparse.Namespace
 ) -> None:
     """Refuse page settings that steer the server off its input and its own files.
 
     `argv` is what the page's settings stand for, with a stand-in output before the page's own flags (an -o
     among them comes later and wins); it is parsed by the real run parser, so every spelling argparse
-    accepts is seen as the option it sets. Options outside
-    PAGE_OPTIONS must keep the command line's value (`fixed`) or drop back to their default (`defaults`,
+    accepts is seen as the option it sets. Options the schema does not let
+    the page set (`page_may_set`) must keep the command line's value (`fixed`) or drop back to their default (`defaults`,
     e.g. the page clears --model to use the classic renderer); UsageError otherwise."""
     chosen = vars(parser.parse_args(argv))
+    flags = {flag.dest: flag for flag in parser.schema}
     fixed_values, default_values = vars(fixed), vars(defaults)
     for dest, value in chosen.items():
         if value == fixed_values.get(dest):
             continue
-        if dest in PAGE_OPTIONS:
-            allowed = PAGE_VALUES.get(dest)
-            if allowed is not None and not allowed[0](value):
+        flag = flags.get(dest)
+        if flag is not None and dest in page_options([flag]):
+            if not page_may_set(flag, value):
                 shown = " ".join(map(str, value)) if isinstance(value, list) else value
-                raise UsageError(f"{_flag_name(dest)} {shown}: {allowed[1]}")
+                why = _NAMES_A_FILE.get(
+                    flag.use.paths or "", "the page may not choose a value that names a file"
+                )
+                raise UsageError(f"{_flag_name(dest)} {shown}: {why}")
             continue
         if dest not in ("input", "output") and value == default_values.get(dest):
             continue
@@ -163,7 +112,7 @@ class Field:
     help: str
     default: str
     choices: tuple[str, ...] | None
-    fixed: bool = False  # not in PAGE_OPTIONS: the page may keep the command line's value or clear it
+    fixed: bool = False  # not in `page_options`: the page may keep the command line's value or clear it
 
 
 @dataclass(frozen=True)
@@ -187,6 +136,7 @@ def form_fields(parser: RunParser) -> list[Field]:
                 break
     names += DIFFUSION_FLAGS
     by_name = by_spelling(flags)
+    allowed = page_options(flags)
     fields: list[Field] = []
     seen: set[str] = set()
     for name in names:
@@ -202,7 +152,7 @@ def form_fields(parser: RunParser) -> list[Field]:
                 help=flag.help.replace("%(default)s", str(default)),
                 default="" if default is None or default is argparse.SUPPRESS else str(default),
                 choices=flag.choices,
-                fixed=flag.dest not in PAGE_OPTIONS,
+                fixed=flag.dest not in allowed,
             )
         )
     return fields
@@ -290,10 +240,10 @@ def fast_options(options: RunOptions, fast: FastPreview) -> RunOptions:
     input smaller than that keeps its own size: the cap does not ask for upscaling) and, for the diffusion
     renderer, the sampler steps capped at `fast.steps`."""
     filter_options = replace(options.filter, size=min(options.filter.size, fast.size))
-    diffusion = options.diffusion
-    if diffusion is not None:
-        diffusion = replace(diffusion, steps=min(diffusion.steps, fast.steps))
-    return replace(options, filter=filter_options, diffusion=diffusion)
+    renderer = options.renderer
+    if isinstance(renderer, DiffusionOptions):
+        renderer = replace(renderer, steps=min(renderer.steps, fast.steps))
+    return replace(options, filter=filter_options, renderer=renderer)
 
 
 def fast_note(options: RunOptions, fast: FastPreview) -> str:

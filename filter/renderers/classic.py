@@ -10,7 +10,7 @@ The embedded default when no model is given: the whole filter then runs on a fre
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import cv2
 import numpy as np
@@ -23,6 +23,9 @@ CLASSIC_STYLES: tuple[str, ...] = ("stylization", "pencil", "pencil-color", "car
 
 @dataclass(frozen=True)
 class ClassicOptions:
+    """The classic renderer and its look (`--renderer classic`, the default without --model)."""
+
+    name: ClassVar[str] = "classic"
     style: ClassicStyle = "stylization"
     sigma_s: float = 60.0  # spatial extent of the edge-preserving filter, 0..200 (OpenCV's default)
     sigma_r: float = 0.45  # range (colour) extent, 0..1 (OpenCV's default)

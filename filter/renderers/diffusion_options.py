@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from ..errors import UsageError
+from ..run_flags import VALUE, Use
 
 ADDED_PROMPT = "best quality, extremely detailed"
 NEGATIVE_PROMPT = (
@@ -45,6 +46,9 @@ class Window:
 
 @dataclass(frozen=True)
 class DiffusionOptions:
+    """The diffusion renderer (`--model`): the model and every setting of the sampler."""
+
+    name: ClassVar[str] = "diffusion"
     model: str
     prompt: str = ""
     negative_prompt: str = NEGATIVE_PROMPT
@@ -104,6 +108,24 @@ class DiffusionOptions:
             "no --controlnet: keyframes follow the text prompt only and will drift from the input's "
             "structure; add --controlnet PATH (an SD1.5 ControlNet, e.g. canny) to keep it",
         )
+
+
+_WEIGHTS = Use("read_path", sidecar=True, paths="whole", checkpoint=True)
+# What each flag's value is and who besides the command line may set it (`run_flags.Use`, by parsed name;
+# `add_arguments` also serves plain argparse parsers). Every flag not named is a plain value a watch
+# sidecar and the preview page may set.
+USES: dict[str, Use] = {
+    "model": _WEIGHTS,
+    "model_config": _WEIGHTS,
+    "vae": _WEIGHTS,
+    "engines": _WEIGHTS,
+    "lora": Use("read_path", sidecar=True, paths="path_scale", checkpoint=True),
+    "controlnet": Use("read_path", sidecar=True, paths="path_scale", checkpoint=True),
+    # The page may choose the hints that read no file (canny).
+    "control": Use("read_path", sidecar=True, page=True, paths="control", checkpoint=True),
+    "device": Use(page=True),  # the machine's devices are the watch daemon owner's to assign
+    "allow_pickle": VALUE,  # the command line's (or a watch preset's) alone: loading a pickle runs code
+}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -10,14 +10,37 @@ with the input's aspect ratio works); they go through the same processing geomet
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import cv2
 import numpy as np
 
 from ..errors import UsageError
 from ..geometry import Fit, ProcessingGeometry, to_uint8
+from ..option_ranges import MAX_FRAME_INDEX
 from .base import KeyframeContext
+
+
+@dataclass(frozen=True)
+class FramesOptions:
+    """The frames renderer (`--renderer frames`): the user's stylized keyframes in `keyframes_dir`, file
+    numbers counted from `first_index`. Only this renderer has a keyframes folder."""
+
+    name: ClassVar[str] = "frames"
+    keyframes_dir: Path
+    first_index: int = 0
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.keyframes_dir, Path):
+            raise UsageError("--renderer frames needs --keyframes-dir DIR, a folder of stylized keyframes")
+        if not 0 <= self.first_index <= MAX_FRAME_INDEX:
+            raise UsageError(
+                f"--keyframes-first-index expects a whole number from 0 to {MAX_FRAME_INDEX}; "
+                f"got {self.first_index}"
+            )
+
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 _DIGITS = re.compile(r"(\d+)(?!.*\d)")
