@@ -96,6 +96,13 @@ def main() -> int:
     ap.add_argument("-K", type=int, default=10)
     ap.add_argument("--gaps", type=int, default=2)
     ap.add_argument("--occluded-only", action="store_true")
+    ap.add_argument(
+        "--save",
+        type=Path,
+        default=None,
+        help="folder for side-by-side PNGs (input | per-frame stylization | each setting) of the frames "
+        "next to the middle keyframe and of a mid-gap frame",
+    )
     ap.add_argument("--settings", default="0:1,0.5:1,0.5:2,1:2,0.7:3", help="strength:reach, comma-separated")
     args = ap.parse_args()
     if not args.media.is_dir():
@@ -124,6 +131,7 @@ def main() -> int:
             reference = [stylize(image) for image in images]
             options = PropagationOptions()
             gaps = chains(images, keys, options)
+            shown: list[list[np.ndarray]] = []
             for strength, reach in settings:
                 pulled = replace(options, keyframe_pull=strength, keyframe_pull_reach=reach)
                 outputs = [reference[0]]
@@ -132,11 +140,24 @@ def main() -> int:
                     outputs += blend_gap(forward, backward, pairs, pulled, Timings(), keys=side)
                     outputs.append(reference[right])
                 fidelity, consistency, pop = quality(outputs, reference, images, keys)
+                shown.append(outputs)
                 print(
                     f"| {short} | {name} | {strength:g}, {reach} | {fidelity:.2f} | {consistency:.2f} | {pop:.2f} |",
                     flush=True,
                 )
+            if args.save is not None:
+                save_side_by_side(args.save, f"{short}-{name}", images, reference, shown, keys)
     return 0
+
+
+def save_side_by_side(folder: Path, stem: str, images, reference, outputs, keys) -> None:
+    import cv2
+
+    folder.mkdir(parents=True, exist_ok=True)
+    middle = keys[len(keys) // 2]
+    for t in (middle - 1, middle + 1, (keys[0] + keys[1]) // 2):
+        row = np.concatenate([images[t], reference[t], *(o[t] for o in outputs)], axis=1)
+        cv2.imwrite(str(folder / f"{stem}-{t:03d}.png"), cv2.cvtColor(row, cv2.COLOR_RGB2BGR))
 
 
 if __name__ == "__main__":
