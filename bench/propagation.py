@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -156,45 +156,55 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
 
 
-def propagate(frames, key_style, steps, config: Config, threads: int | None, backend: str = "cpu"):
-    """Forward propagation of the keyframe along frames[1:], the reference pipeline's sequential chain."""
-    params = (
-        config.params if threads is None else SynthParams(**{**config.params.__dict__, "threads": threads})
-    )
-    key = frames[0]
-    h, w = key.shape[:2]
-    pos_src = positional(h, w)
-    # The keyframe matches itself: the identity NNF, carried along the flow, starts the first frame.
-    ys, xs = np.mgrid[0:h, 0:w]
-    pos_tgt, prev_out, nnf = pos_src, key_style, np.dstack([xs, ys]).astype(np.int32)
-    outputs, seconds, cpu_seconds, evaluations, kept = [], [], [], [], []
-    previous = (key, edge(key), key_style, pos_src)  # the previous frame's target guides
-    for j in range(1, len(frames)):
-        step = steps[j - 1]
-        pos_tgt = step.warp(pos_tgt)
-        current = (frames[j], edge(frames[j]), step.warp(prev_out), pos_tgt)
+class Chain:
+    """Forward propagation of the keyframe along frames[1:], the reference pipeline's sequential chain, one
+    frame per `step()` call (so `main` can interleave the configurations frame by frame)."""
+
+    def __init__(self, frames, key_style, steps, config: Config, threads: int | None, backend: str = "cpu"):
+        self.frames, self.key_style, self.steps, self.config, self.backend = (
+            frames,
+            key_style,
+            steps,
+            config,
+            backend,
+        )
+        self.params = config.params if threads is None else replace(config.params, threads=threads)
+        key = frames[0]
+        h, w = key.shape[:2]
+        self.pos_src = positional(h, w)
+        # The keyframe matches itself: the identity NNF, carried along the flow, starts the first frame.
+        ys, xs = np.mgrid[0:h, 0:w]
+        self.pos_tgt, self.prev_out = self.pos_src, key_style
+        self.nnf = np.dstack([xs, ys]).astype(np.int32)
+        self.previous = (key, edge(key), key_style, self.pos_src)  # the previous frame's target guides
+        self.outputs, self.seconds, self.cpu_seconds, self.evaluations, self.kept = [], [], [], [], []
+
+    def step(self, j: int) -> None:
+        step, key, key_style = self.steps[j - 1], self.frames[0], self.key_style
+        self.pos_tgt = step.warp(self.pos_tgt)
+        current = (self.frames[j], edge(self.frames[j]), step.warp(self.prev_out), self.pos_tgt)
         guides = [
             Guide(key, current[0], GUIDE_WEIGHTS["colour"]),
             Guide(edge(key), current[1], GUIDE_WEIGHTS["edge"]),
             Guide(key_style, current[2], GUIDE_WEIGHTS["temporal"]),
-            Guide(pos_src, current[3], GUIDE_WEIGHTS["positional"]),
+            Guide(self.pos_src, current[3], GUIDE_WEIGHTS["positional"]),
         ]
-        init = step.carry_nnf(nnf) if config.carry_nnf else None
+        init = step.carry_nnf(self.nnf) if self.config.carry_nnf else None
         keep = None
-        if init is not None and config.skip is not None:
+        if init is not None and self.config.skip is not None:
+            occluded = step.occluded > 0
             keep = unchanged_pixels(
-                previous, current, step.back, step.occluded > 0, config.skip, params.patch_size
+                self.previous, current, step.back, occluded, self.config.skip, self.params.patch_size
             )
-            kept.append(float(keep.mean()))
-        previous = current
+            self.kept.append(float(keep.mean()))
+        self.previous = current
         t0, c0 = time.perf_counter(), time.process_time()
-        res = synthesize(key_style, guides, params, backend=backend, init_nnf=init, keep=keep)
-        seconds.append(time.perf_counter() - t0)
-        cpu_seconds.append(time.process_time() - c0)  # all threads: robust to other load on the machine
-        evaluations.append(res.patch_evaluations or 0)
-        prev_out, nnf = res.image, res.nnf
-        outputs.append(res.image)
-    return outputs, seconds, cpu_seconds, evaluations, kept
+        res = synthesize(key_style, guides, self.params, backend=self.backend, init_nnf=init, keep=keep)
+        self.seconds.append(time.perf_counter() - t0)
+        self.cpu_seconds.append(time.process_time() - c0)  # all threads: robust to other load on the machine
+        self.evaluations.append(res.patch_evaluations or 0)
+        self.prev_out, self.nnf = res.image, res.nnf
+        self.outputs.append(res.image)
 
 
 def main() -> int:
@@ -204,10 +214,16 @@ def main() -> int:
     ap.add_argument("--frames", type=int, default=10, help="frames propagated after the keyframe")
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--configs", default="paper,paper+init,fast")
-    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument(
+        "--threads",
+        default=None,
+        help="threads per synthesis, or a comma list (e.g. 1,2) to run every config with each, interleaved",
+    )
     ap.add_argument("--backend", choices=["cpu", "cuda"], default="cpu")
     args = ap.parse_args()
     configs = [CONFIGS[c] for c in args.configs.split(",")]
+    thread_counts = [None] if args.threads is None else [int(t) for t in args.threads.split(",")]
+    runs = [(c, t) for c in configs for t in thread_counts]
     dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
     rows = []
     for clip in args.clips.split(","):
@@ -216,39 +232,45 @@ def main() -> int:
         key_style = stylize(frames[0])
         truth = [stylize(f) for f in frames[1:]]
         steps = [FlowStep(dis, frames[i - 1], frames[i]) for i in range(1, len(frames))]
-        for config in configs:
-            outputs, seconds, cpu, evals, kept = propagate(
-                frames, key_style, steps, config, args.threads, args.backend
-            )
-            p = [psnr(o, t) for o, t in zip(outputs, truth, strict=True)]
+        chains = [Chain(frames, key_style, steps, c, t, args.backend) for c, t in runs]
+        # Frame by frame, every configuration in turn: load that comes and goes hits them all alike.
+        for j in range(1, len(frames)):
+            for chain in chains:
+                chain.step(j)
+        base = None
+        for (config, threads), chain in zip(runs, chains, strict=True):
+            p = [psnr(o, t) for o, t in zip(chain.outputs, truth, strict=True)]
             mae = [
                 float(np.abs(o.astype(int) - t.astype(int)).mean())
-                for o, t in zip(outputs, truth, strict=True)
+                for o, t in zip(chain.outputs, truth, strict=True)
             ]
-            kept_mean = f"{100 * np.mean(kept):.0f}%" if kept else "-"
+            base = np.mean(p) if base is None else base
+            kept_mean = f"{100 * np.mean(chain.kept):.0f}%" if chain.kept else "-"
+            name = config.name if threads is None else f"{config.name}, {threads} thr"
             rows.append(
-                (f"{clip} ({source})", config.name, np.mean(seconds), np.mean(cpu), np.mean(evals) / 1e6,
-                 kept_mean, np.mean(p), mae)
+                (f"{clip} ({source})", name, np.mean(chain.seconds), np.mean(chain.cpu_seconds),
+                 np.mean(chain.evaluations) / 1e6, kept_mean, np.mean(p), np.mean(p) - base, mae)
             )  # fmt: skip
-            print(f"  done {clip} {config.name}: {np.mean(seconds):.2f} s/frame", flush=True)
+            print(f"  done {clip} {name}: {np.mean(chain.seconds):.2f} s/frame", flush=True)
     n = args.frames
     print(
         f"\n{n} frames propagated per clip at {args.size}x{args.size}, backend {args.backend}, "
-        f"threads={args.threads or 'all'}"
+        f"threads={args.threads or 'default'}"
     )
     print("wall = seconds per frame as measured now; cpu = CPU seconds per frame summed over all threads")
     print(
         "patch evaluations = millions of patch distances per frame; kept = pixels keeping the carried match"
     )
+    print("dPSNR = PSNR mean minus the first configuration's on the same clip")
     print(
-        f"| clip | config | wall s/frame | cpu s/frame | patch evaluations (M) | kept | PSNR mean (dB) "
+        f"| clip | config | wall s/frame | cpu s/frame | patch evaluations (M) | kept | PSNR mean (dB) | dPSNR "
         f"| MAE f{n // 2} / f{n} |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for clip, name, wall, cpu, evals, kept, mean_p, mae in rows:
+    print("|---|---|---|---|---|---|---|---|---|")
+    for clip, name, wall, cpu, evals, kept, mean_p, delta, mae in rows:
         mid = mae[max(0, n // 2 - 1)]
         print(
-            f"| {clip} | {name} | {wall:.2f} | {cpu:.2f} | {evals:.1f} | {kept} | {mean_p:.2f} "
+            f"| {clip} | {name} | {wall:.2f} | {cpu:.2f} | {evals:.1f} | {kept} | {mean_p:.2f} | {delta:+.2f} "
             f"| {mid:.2f} / {mae[-1]:.2f} |"
         )
     print(

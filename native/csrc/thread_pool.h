@@ -18,17 +18,16 @@
 #include <cstdint>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace rr {
 
 class RowPool {
   public:
-    // `threads` in all, the calling thread included (so threads - 1 workers are started).
-    explicit RowPool(int threads) : threads_(std::max(1, threads)) {
-        workers_.reserve(threads_ - 1);
-        for (int i = 1; i < threads_; ++i) workers_.emplace_back([this] { work(); });
-    }
+    // `threads` in all, the calling thread included: threads - 1 workers, started by the first call that
+    // needs them (a synthesis whose levels are all small never starts one).
+    explicit RowPool(int threads) : threads_(std::max(1, threads)) {}
     ~RowPool() {
         {
             std::lock_guard<std::mutex> lock(mutex_);
@@ -49,6 +48,10 @@ class RowPool {
         if (threads <= 1 || threads_ == 1 || n <= 1) {
             for (int y = 0; y < n; ++y) f(y);
             return;
+        }
+        if (workers_.empty()) {
+            workers_.reserve(threads_ - 1);
+            for (int i = 1; i < threads_; ++i) workers_.emplace_back([this] { work(); });
         }
         using Fn = std::remove_reference_t<F>;
         Job job;
