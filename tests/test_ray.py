@@ -273,10 +273,11 @@ def _keyframe_actor_pids() -> list[int]:
 def test_a_killed_keyframe_actor_restarts_and_the_frames_stay_the_same(cluster, clip, local):
     out = clip.with_name("actor.mkv")
     killed: list[int] = []
+    others = set(_keyframe_actor_pids())  # kept actors of other tests' jobs
 
     def kill_actor(index: int, source, stylized) -> None:
         if index == 28 and not killed:  # mid-scene: the next keyframe needs the scene's anchor state
-            killed.extend(_keyframe_actor_pids())
+            killed.extend(set(_keyframe_actor_pids()) - others)
             for pid in killed:
                 os.kill(pid, signal.SIGKILL)
 
@@ -298,3 +299,25 @@ def test_cancel_stops_a_ray_job_and_leaves_no_output(cluster, clip):
     with pytest.raises(job.Cancelled):
         _run(_argv(clip, out, "--ray"), cancel=cancel, on_keyframe=on_keyframe)
     assert not out.exists()
+
+
+def test_watch_sends_each_clip_to_the_cluster_and_keeps_the_ledger_here(cluster, clip, tmp_path):
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    (inbox / "a.mkv").write_bytes(clip.read_bytes())
+    past = time.time() - 60  # written a minute ago: stable at the first scan
+    os.utime(inbox / "a.mkv", (past, past))
+    rerender = str(Path(sys.executable).with_name("rerender"))
+    argv = [rerender, "watch", str(inbox), "--out", str(outbox), "--once", "--poll", "0.2", "--stable", "0.5"]
+    done = subprocess.run(
+        [*argv, "--ray", "auto", "--progress", "json"], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (outbox / "a_rerender.mkv").is_file(), done.stdout[-3000:]
+    assert (outbox / ".rerender" / "ledger.sqlite").is_file()
+    # The job's keyframes rendered on the cluster's kept keyframe actor (watch sets --ray-keep-models).
+    from ray.util import list_named_actors
+
+    assert {"name": "rerender-keyframes-0", "namespace": "rerender"} in list_named_actors(all_namespaces=True)
+    actor = cluster.get_actor("rerender-keyframes-0", namespace="rerender")
+    assert cluster.get(actor.info.remote())["keyframes"] >= 6  # K = 10 with the cut: 0, 10, 19 | 20, 30, 39
