@@ -51,8 +51,14 @@ def job_argv(args: argparse.Namespace, out: Path, *extra: str) -> list[str]:
 def measure(argv: list[str]) -> dict:
     """One run_job: wall and driver CPU seconds, the job's stage seconds, frames and keyframes."""
     options = parse_run_options(argv)
+    workers: list[dict] = []
+
+    def on_event(event) -> None:
+        if getattr(event, "KIND", "") == "workers":
+            workers[:] = list(event.gaps)
+
     cpu, wall = time.process_time(), time.perf_counter()
-    result = run_job(options)
+    result = run_job(options, on_event=on_event)
     wall = time.perf_counter() - wall
     cpu = time.process_time() - cpu
     return {
@@ -61,6 +67,9 @@ def measure(argv: list[str]) -> dict:
         "frames": result.frames,
         "keyframes": result.keyframes,
         "timings": result.timings,
+        # On Ray: the seconds the workers spent in gap tasks and the frames those gaps held.
+        "gap_seconds": sum(w["seconds"] for w in workers),
+        "gap_frames": sum(w["frames"] for w in workers),
     }
 
 
@@ -122,8 +131,7 @@ def main() -> None:
     one = runs[min(runs)]["second"]
     frames, keys = one["frames"], one["keyframes"]
     t = one["timings"]
-    between = max(1, frames - keys)
-    p_frame = t.get("propagation_wall", 0.0) / between
+    p_frame = one["gap_seconds"] / max(1, one["gap_frames"])  # inside the tasks: no queueing counted
     d_frame = one["driver_cpu"] / frames
     r_key = (
         args.keyframe_seconds if args.keyframe_seconds is not None else t.get("render", 0.0) / max(1, keys)
