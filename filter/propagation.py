@@ -80,6 +80,11 @@ class PropagationOptions:
     def __post_init__(self) -> None:
         if self.blend_weights not in ("frames", "motion"):
             raise ValueError(f"--blend-weights must be frames or motion; got {self.blend_weights!r}")
+        skip = self.skip_unchanged
+        if skip is not None and (isinstance(skip, bool) or not isinstance(skip, int) or not 0 <= skip <= 255):
+            raise ValueError(
+                f"skip_unchanged must be None or an integer from 0 to 255 (levels); got {skip!r}"
+            )
         if not 0.0 <= self.keyframe_pull <= 1.0:
             raise ValueError(f"keyframe_pull must be a share in 0..1; got {self.keyframe_pull!r}")
         if not 1 <= self.keyframe_pull_reach <= 100:

@@ -246,6 +246,12 @@ def test_a_still_sequence_costs_a_small_fraction_of_a_moving_one():
         assert np.array_equal(r.image[4:-4, 4:-4], key[4:-4, 4:-4])
 
 
+@pytest.mark.parametrize("skip", [-1, 256, 2.5, True, "4"])
+def test_skip_unchanged_is_a_level_count(skip):
+    with pytest.raises(ValueError, match="skip_unchanged must be None or an integer from 0 to 255"):
+        PropagationOptions(skip_unchanged=skip)
+
+
 def test_unchanged_pixels_follow_the_flow_and_skip_occlusions_and_patch_borders():
     h, w = 40, 50
     image = texture(1, w + 10, h)
