@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, RerenderError, UsageError
+from .errors import InputError, RerenderError
 from .events import (
     DoneEvent,
     ErrorEvent,
@@ -37,12 +37,14 @@ from .events import (
 )
 from .frames import Frame
 from .geometry import ProcessingGeometry
-from .graph import PROGRESS_TICK, Filter, FilterOptions
+from .graph import PROGRESS_TICK, Filter
 from .io import open_sink, open_source
+from .job_setup import processing_note, resolve_synth_backend
 from .lavfi import LAVFI_PREFIX, open_lavfi
 from .progress import EtaEstimator, WorkState
 from .renderer_cache import RendererCache, make_renderer
 from .renderers.diffusion_options import DiffusionOptions
+from .run_args import options_from_values, parse_run_options
 from .run_options import (
     DEFAULT_SIZE,
     ProgressMode,
@@ -51,7 +53,6 @@ from .run_options import (
     Stage,
     build_run_parser,
     keyframe_schedule,
-    parse_run_options,
 )
 
 __all__ = [
@@ -67,6 +68,7 @@ __all__ = [
     "build_run_parser",
     "keyframe_schedule",
     "make_renderer",
+    "options_from_values",
     "parse_run_options",
     "processing_note",
     "run_job",
@@ -99,42 +101,6 @@ class JobResult:
     output: Path | None  # None for standard output and for the preview stages that write nothing
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage (decode, flow, ...)
     warnings: tuple[str, ...] = ()
-
-
-def _resolve_synth_backend(f: FilterOptions) -> FilterOptions:
-    """--synth-backend auto or cuda resolved once, before the first frame: a cuda request that cannot run
-    fails before any work, and the probe's one-time cost (it imports torch) is not paid inside the first
-    gap, where it would also skew the progress estimate."""
-    backend = f.propagation.backend
-    if backend == "cpu" or not f.propagate:
-        return f
-    from ..native.backends import cuda_unavailable_reason
-
-    reason = cuda_unavailable_reason()
-    if backend == "cuda" and reason is not None:
-        raise UsageError(f"--synth-backend cuda cannot run here: {reason} Use --synth-backend cpu or auto.")
-    resolved = "cuda" if reason is None else "cpu"
-    return replace(f, propagation=replace(f.propagation, backend=resolved))
-
-
-def processing_note(width: int, height: int, geometry: ProcessingGeometry, f: FilterOptions) -> str:
-    """One sentence: the processing size chosen for a width x height input, and why."""
-    canvas = f"{geometry.canvas[1]}x{geometry.canvas[0]}"
-    short = min(width, height)
-    rounding = "cropped" if f.fit == "crop" else "padded"
-    if geometry.short_side == short:
-        why = f"the input's own size {width}x{height}"
-        if geometry.canvas != (height, width):
-            why += f", {rounding} to multiples of 64"
-        if not f.upscale and short < f.size:
-            why += f"; below the default {f.size}, it is not scaled up (--size {f.size} would)"
-    elif geometry.short_side < short:
-        source = "--size" if f.upscale else f"the default size ({DEFAULT_SIZE}; --size changes it)"
-        why = f"the {width}x{height} input scaled down to a short side of {geometry.short_side} by {source}"
-    else:
-        why = f"the {width}x{height} input scaled up to a short side of {geometry.short_side} as --size asks"
-    where = "; propagation runs at the output size" if f.propagate_at == "output" else ""
-    return f"processing at {canvas}: {why}{where}"
 
 
 def run_job(
@@ -211,7 +177,7 @@ def run_job(
             )
             if stage == "keyframes":
                 f = replace(f, propagate=False)
-            f = _resolve_synth_backend(f)
+            f = resolve_synth_backend(f)
             total = (info.frame_count or known_count) if stage != "first-keyframe" else 1
             # Progress only: without a frame count (Matroska, pipes) the duration and rate give an estimate.
             rate = info.average_rate

@@ -19,11 +19,23 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from .errors import UsageError
 from .value_paths import PathSyntax, names_no_file
 
 # What a flag's value is: a plain value; the job's input or its output location; a file or folder to read
 # (or a value that may contain one, like `--flow raft:WEIGHTS`); an option handed to the encoder.
 FlagKind = Literal["value", "input", "output", "read_path", "encoder_option"]
+
+
+class FlagShapeError(UsageError):
+    """A value keyed by flag that has no flag, or the wrong shape for its flag (a list for a single value, a
+    number for a switch); the message names where the value came from."""
+
+
+class FlagValueError(UsageError):
+    """A value its flag's own type or choices refuse: the run parser's sentence for it."""
+
+
 _SWITCHES = frozenset({"store_true", "store_false", "store_const", "count"})
 
 

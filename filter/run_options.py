@@ -5,7 +5,8 @@
 dataclass per renderer (`ClassicOptions`, `FramesOptions` with its keyframes folder, `DiffusionOptions` with
 its model), so a keyframes folder without the frames renderer or a model without the diffusion renderer
 cannot be built. Each dataclass checks its own values when it is made, in sentences that name the CLI flag.
-`parse_run_options` is the argv → options mapping of `rerender run`.
+`run_args` maps flags onto it: `parse_run_options(argv)` for the CLI, `options_from_values` for values keyed
+by flag (a watch folder's settings).
 """
 
 from __future__ import annotations
@@ -15,14 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from ..native.params import SynthParams
 from . import option_ranges as ranges
 from .cli_parser import OneLineParser
-from .cluster.options import RayOptions, declare_ray_flags, ray_options_from_args
+from .cluster.options import RayOptions, declare_ray_flags
 from .errors import UsageError
-from .flow_spec import FlowSpec
 from .graph import FilterOptions
-from .io import SinkOptions, add_io_arguments, sink_options_from_args
+from .io import SinkOptions, add_io_arguments
 from .lavfi import LAVFI_PREFIX, lavfi_graph
 from .propagation import PropagationOptions
 from .renderers import diffusion_options
@@ -30,7 +29,7 @@ from .renderers.classic import CLASSIC_STYLES, ClassicOptions
 from .renderers.diffusion_options import DiffusionOptions
 from .renderers.frames import FramesOptions, scan_keyframe_files
 from .run_flags import EVERYWHERE, VALUE, FlagSchema, RunFlag, Use, build_parser, record
-from .schedule import SCENE_CUT_THRESHOLD, FixedSchedule, KeyframeSchedule, ScheduleOptions, make_schedule
+from .schedule import SCENE_CUT_THRESHOLD, FixedSchedule, KeyframeSchedule, make_schedule
 
 Stage = Literal["first-keyframe", "keyframes", "full"]
 RendererName = Literal["classic", "frames", "diffusion"]
@@ -320,73 +319,6 @@ def _declare_run_flags(p: FlagSchema) -> None:
         use=VALUE,
     )
     declare_ray_flags(p)
-
-
-def _renderer(args: argparse.Namespace) -> RendererOptions:
-    """The renderer's options; flags of another renderer than the chosen one are refused (the tree has no
-    place for them)."""
-    name = args.renderer or ("diffusion" if args.model else "classic")
-    if name != "diffusion" and args.model:
-        raise UsageError(
-            "--model is used by the diffusion renderer only; drop it or use --renderer diffusion"
-        )
-    if name != "frames" and args.keyframes_dir is not None:
-        raise UsageError("--keyframes-dir is used by the frames renderer only; add --renderer frames")
-    if name == "frames":
-        return FramesOptions(args.keyframes_dir, args.keyframes_first_index)
-    if name == "diffusion":
-        return diffusion_options.from_args(args)
-    return ClassicOptions(args.classic_style, args.classic_sigma_s, args.classic_sigma_r)
-
-
-def parse_run_options(argv: list[str]) -> RunOptions:
-    args = build_run_parser().parse_args(argv)
-    # The numeric flags' ranges are their argparse types (option_ranges.py), checked while parsing.
-    try:
-        renderer = _renderer(args)
-        synth = SynthParams(
-            patch_size=args.patch_size,
-            pyramid_levels=args.pyramid_levels,
-            search_vote_iters=args.search_vote_iters,
-            patchmatch_iters=args.patchmatch_iters,
-            threads=args.threads,
-        )
-        propagation = PropagationOptions(
-            synth=synth,
-            backend=args.synth_backend,
-            # --device cuda:N (diffusion renderer) puts the CUDA synthesizer on the same GPU as the UNet.
-            device=args.device if args.device.startswith("cuda") else None,
-            poisson=args.poisson,
-            blend_weights=args.blend_weights,
-        )
-        schedule = ScheduleOptions(
-            args.keyframe_interval,
-            args.keyframes,
-            scene_cuts=not args.no_scene_cuts,
-            scene_cut_threshold=args.scene_cut_threshold,
-        )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    filter_options = FilterOptions(
-        schedule=schedule,
-        size=DEFAULT_SIZE if args.size is None else args.size,
-        fit=args.fit,
-        propagate_at=args.propagate_at,
-        flow=str(FlowSpec.parse(args.flow)),
-        propagation=propagation,
-        upscale=args.size is not None,  # an explicit --size is honoured even above the input's size
-    )
-    return RunOptions(
-        input=args.input,
-        output=args.output,
-        input_format=args.input_format,
-        sink=sink_options_from_args(args),
-        strict=args.strict,
-        filter=filter_options,
-        renderer=renderer,
-        progress="none" if args.quiet else args.progress,
-        ray=ray_options_from_args(args),
-    )
 
 
 def keyframe_schedule(options: RunOptions) -> KeyframeSchedule:

@@ -46,3 +46,27 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+# -- the watch daemon's tests (watch_helpers.py) --------------------------------------------------------------
+
+
+@pytest.fixture
+def no_daemon_left_behind():
+    """A failing assertion must not leave a `rerender watch` daemon running on the shared machine."""
+    from watch_helpers import STARTED
+
+    yield
+    while STARTED:
+        proc = STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """A watch folder's INBOX (made) and OUTBOX (left to the daemon to make)."""
+    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
+    inbox.mkdir()
+    return inbox, outbox

@@ -19,26 +19,9 @@ import pytest
 from media import write_clip
 from rerender.filter.errors import InputError, UsageError
 from rerender.filter.watch.inbox_files import MAX_SIDECAR_BYTES, open_clip, open_in_inbox
-from test_watch_daemon import _STARTED, PRESET, Daemon, count_frames, once, visible_files
+from watch_helpers import PRESET, Daemon, count_frames, once, visible_files
 
-pytestmark = pytest.mark.timeout(300)
-
-
-@pytest.fixture(autouse=True)
-def _no_daemon_left_behind():
-    yield
-    while _STARTED:
-        proc = _STARTED.pop()
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-
-@pytest.fixture
-def folders(tmp_path):
-    inbox, outbox = tmp_path / "inbox", tmp_path / "outbox"
-    inbox.mkdir()
-    return inbox, outbox
+pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("no_daemon_left_behind")]
 
 
 class _CreatesMarker:
@@ -222,10 +205,10 @@ def test_a_fifo_or_an_oversized_sidecar_never_blocks_or_fills_the_daemon(tmp_pat
     assert not opener.is_alive(), "opening a FIFO blocked"
     assert isinstance(result[0], InputError) and "is a FIFO; expected a regular file" in str(result[0])
 
-    from rerender.filter.job import build_run_parser, parse_run_options
+    from rerender.filter.job import build_run_parser, options_from_values
     from rerender.filter.watch.settings import SettingsSource
 
-    source = SettingsSource(None, build_run_parser, parse_run_options, inbox=inbox)
+    source = SettingsSource(None, build_run_parser, options_from_values, inbox=inbox)
     (inbox / "a.mov").write_bytes(b"x")
     (inbox / "a.mov.toml").write_bytes(b"#" * (MAX_SIDECAR_BYTES + 1))
     assert "is over 64 KiB" in (source.for_clip(inbox / "a.mov").error or "")

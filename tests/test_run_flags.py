@@ -151,7 +151,7 @@ def test_a_read_path_flag_takes_from_the_page_only_values_that_name_no_file():
 
 
 def test_a_sidecar_setting_a_read_path_flag_is_confined_to_the_model_dirs_by_its_kind(tmp_path):
-    from rerender.filter.job import build_run_parser, parse_run_options
+    from rerender.filter.job import build_run_parser, options_from_values
     from rerender.filter.watch.settings import SettingsSource
 
     models = tmp_path / "models"
@@ -162,7 +162,7 @@ def test_a_sidecar_setting_a_read_path_flag_is_confined_to_the_model_dirs_by_its
     preset.write_text('model-dirs = ["models"]\n')
     inbox = tmp_path / "inbox"
     inbox.mkdir()
-    source = SettingsSource(preset, build_run_parser, parse_run_options, inbox=inbox)
+    source = SettingsSource(preset, build_run_parser, options_from_values, inbox=inbox)
     (inbox / "a.mov").write_bytes(b"x")
     (inbox / "a.mov.toml").write_text(f'flow = "raft:{tmp_path / "other.pth"}"\n')
     assert "not a file or folder inside the preset's model-dirs" in source.for_clip(inbox / "a.mov").error

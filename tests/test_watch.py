@@ -257,14 +257,14 @@ def test_commit_never_overwrites_unless_asked(tmp_path):
 
 
 def _settings(tmp_path, preset_text: str | None):
-    from rerender.filter.job import build_run_parser, parse_run_options
+    from rerender.filter.job import build_run_parser, options_from_values
     from rerender.filter.watch.settings import SettingsSource
 
     preset = None
     if preset_text is not None:
         preset = tmp_path / "preset.toml"
         preset.write_text(preset_text)
-    return SettingsSource(preset, build_run_parser, parse_run_options)
+    return SettingsSource(preset, build_run_parser, options_from_values)
 
 
 def _run_message(argv: list[str]) -> str:
@@ -283,7 +283,7 @@ def test_preset_keys_become_run_flags_and_a_sidecar_overrides_them(tmp_path):
     _touch(clip.with_name("a.mov.toml"), b"crf = 22\n")
     over = source.for_clip(clip)
     assert over.error is None and over.values["crf"] == 22 and over.digest != base.digest
-    options = source.options(over, ["-i", str(clip), "-o", str(tmp_path / "o.mov")])
+    options = source.options(over, str(clip), str(tmp_path / "o.mov"))
     assert (options.sink.crf, options.sink.audio, options.input) == (22, False, str(clip))
 
 
@@ -326,7 +326,7 @@ def test_a_sidecar_can_not_choose_the_output_nor_allow_pickles(tmp_path, sidecar
     assert settings.error is not None
     assert "\n" not in settings.error
     with pytest.raises(UsageError):
-        source.options(settings, ["-i", str(clip), "-o", str(tmp_path / "o.mov")])
+        source.options(settings, str(clip), str(tmp_path / "o.mov"))
 
 
 def test_with_a_pickle_preset_a_sidecar_can_not_choose_the_checkpoint(tmp_path):
@@ -377,7 +377,7 @@ def test_a_bad_sidecar_value_fails_its_clip_with_the_run_commands_message(tmp_pa
     _touch(clip.with_name("a.mov.toml"), b"crf = 99\n")
     settings = source.for_clip(clip)
     with pytest.raises(UsageError) as info:
-        source.options(settings, ["-i", str(clip), "-o", str(tmp_path / "o.mov")])
+        source.options(settings, str(clip), str(tmp_path / "o.mov"))
     expected = _run_message(["-i", str(clip), "-o", "o.mov", "--crf=99"])
     assert str(info.value) == f"the sidecar {clip}.toml: {expected}"
     for text, expected in [
@@ -398,7 +398,7 @@ def test_boolean_flags_with_a_no_form_map_both_ways(tmp_path):
         _touch(clip.with_name("a.mov.toml"), f"{text}\n".encode())
         settings = source.for_clip(clip)
         assert settings.error is None, settings.error
-        options = source.options(settings, ["-i", str(clip), "-o", str(tmp_path / "o.mov")])
+        options = source.options(settings, str(clip), str(tmp_path / "o.mov"))
         assert options.filter.propagation.poisson is poisson, text
 
 

@@ -17,6 +17,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -158,9 +159,6 @@ class PreviewSession:
             raise InputError(f"{self.input_path} has no video frames; give a clip with at least one frame")
         self.images.put("input", first.image)
 
-    def _output_argv(self, argv: list[str], path: Path) -> list[str]:
-        return [*argv, "-o", str(path)]
-
     def start(
         self, kind: Literal["preview", "render"], stage: str, settings: PageSettings, fast: bool
     ) -> dict:
@@ -175,19 +173,21 @@ class PreviewSession:
         check_argv = [*argv, "-o", self._check_output]
         # The user's own values are validated first (before fast mode appends its caps, which would hide a
         # bad --size or --steps): the page shows the message `rerender run` prints for them.
-        self._job.parse_run_options(check_argv)
+        checked = self._job.parse_run_options(check_argv)
         if kind == "render":
             stage, output = "full", render_path(self.input_path, self.output_dir)
         else:
             output = self.workdir / "preview.mkv"  # a by-product: Matroska takes any input's streams
-        run_argv = self._output_argv(argv, output)
-        options = self._job.parse_run_options(run_argv)
+        # The run's options are the checked ones with the run's output; fast mode is the same options with
+        # smaller caps. Both are `dataclasses.replace`, never argv edits (the argv is only shown).
+        options = replace(checked, output=str(output))
+        run_argv = [*argv, "-o", str(output)]
         note = ""
-        if fast and kind == "preview":  # fast mode is the same options with smaller caps, never argv edits
+        if fast and kind == "preview":
             note = fast_note(options, self.fast)
             options = fast_options(options, self.fast)
         # Keyframes rendered by an earlier stage with the same settings are reused by the later stages.
-        key = hashlib.sha256((shlex.join(run_argv[:-2]) + note).encode()).hexdigest()[:16]
+        key = hashlib.sha256((shlex.join(argv) + note).encode()).hexdigest()[:16]
         cache = self.workdir / "keyframes" / key
         with self._start_lock:
             self.stop()

@@ -171,20 +171,20 @@ def _status(request: StatusRequest) -> int:
 
 
 def _job_api(ray: str | None = None) -> JobApi:
-    from ..job import Cancelled, build_run_parser, parse_run_options
+    from ..job import Cancelled, build_run_parser, options_from_values
     from .worker import run_in_worker
 
     if ray is None:
         return JobApi(
-            build_parser=build_run_parser, parse=parse_run_options, run=run_in_worker, cancelled=Cancelled
+            build_parser=build_run_parser, options=options_from_values, run=run_in_worker, cancelled=Cancelled
         )
-    # Every job's argv ends with the cluster flags (they win over a preset's): its keyframes and gaps run
-    # on the cluster, whose keyframe actors keep the model loaded for the next clip.
-    extra = ["--ray", ray, "--ray-keep-models"]
+    # Every job's settings get the cluster flags last (they win over a preset's): its keyframes and gaps
+    # run on the cluster, whose keyframe actors keep the model loaded for the next clip.
+    extra = {"ray": ray, "ray_keep_models": True}
     return JobApi(
         build_parser=build_run_parser,
-        parse=lambda argv: parse_run_options([*argv, *extra]),
-        run=lambda argv, **kwargs: run_in_worker([*argv, *extra], **kwargs),
+        options=lambda values, where: options_from_values({**values, **extra}, where),
+        run=lambda values, **kwargs: run_in_worker({**values, **extra}, **kwargs),
         cancelled=Cancelled,
     )
 

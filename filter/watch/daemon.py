@@ -14,25 +14,18 @@ Crash safety rests on three orderings:
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import sqlite3
 import threading
-import traceback
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from ..errors import InputError, RerenderError
-from ..events import DoneEvent, ErrorEvent, JobEvent, NoteEvent, StartEvent, WarningEvent
+from .clip_job import ClipJobs, RunningClip
 from .events import (
-    ClipAbandoned,
-    ClipDone,
-    ClipFailed,
-    ClipJobEvent,
     ClipRecovered,
-    ClipStarted,
     DaemonMessage,
     Skipped,
     Watching,
@@ -41,7 +34,7 @@ from .inbox_files import OpenedClip, open_clip
 from .ledger import Ledger, Row
 from .lock import ClipLocks, Owner
 from .marks import FinishMarks
-from .output import Layout, fsync_path, numbered
+from .output import Layout
 from .report import Reporter
 from .scan import SeenClip, StabilityTracker, scan_inbox
 from .settings import ClipSettings, SettingsSource
@@ -67,43 +60,19 @@ class WatchOptions:
 @dataclass(frozen=True)
 class JobApi:
     """The filter's job entry points (rerender.filter.job), passed in so this module imports no renderer:
-    the run parser (to check settings before a job starts), `run` (`worker.run_in_worker`: one job in its
-    own process) and the cancelled exception."""
+    the run parser (its flags' schema, for the sidecar rules), `options` (`run_args.options_from_values`,
+    to check settings before a job starts), `run` (`worker.run_in_worker`: one job in its own process) and
+    the cancelled exception."""
 
     build_parser: Any
-    parse: Any
+    options: Any
     run: Any
     cancelled: type[BaseException]
 
 
-@dataclass
-class _Running:
-    rel: str
-    thread: threading.Thread
-    cancel: threading.Event
-    input_path: str  # what the job reads the clip as (its descriptor's path), named back as the clip
-    log: list[str] = field(default_factory=list)
+class Watcher(ClipJobs):
+    """The watch loop (module doc); one clip's job, and how it ends, are `ClipJobs`'s."""
 
-    def clip_words(self, text: str) -> str:
-        """`text` (a message of the job) with the clip's descriptor path replaced by the clip's name."""
-        return text.replace(self.input_path, self.rel) if self.input_path != self.rel else text
-
-
-class _ThreadLog(logging.Handler):
-    """Collects the log records of one worker thread for its `.error.txt`."""
-
-    def __init__(self, thread_id: int, sink: list[str]) -> None:
-        super().__init__(logging.INFO)
-        self._thread_id = thread_id
-        self._sink = sink
-        self.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.thread == self._thread_id:
-            self._sink.append(self.format(record))
-
-
-class Watcher:
     def __init__(self, options: WatchOptions, api: JobApi, reporter: Reporter) -> None:
         self.options = options
         self.api = api
@@ -113,11 +82,11 @@ class Watcher:
         self.ledger = Ledger(self.layout.ledger_path)
         self.locks = ClipLocks(options.inbox, self.owner, stale_after=options.stale_lock)
         self.marks = FinishMarks(self.locks)
-        self.settings = SettingsSource(options.preset, api.build_parser, api.parse, inbox=options.inbox)
+        self.settings = SettingsSource(options.preset, api.build_parser, api.options, inbox=options.inbox)
         self.tracker = StabilityTracker(options.stable)
         self.wake = Waker()
         self._stop_reason: str | None = None  # set by signal handlers: a plain assignment is signal-safe
-        self._running: dict[str, _Running] = {}
+        self._running: dict[str, RunningClip] = {}
         self._settled: dict[str, tuple] = {}  # clip -> signature the ledger has as done or failed
         self._mutex = threading.Lock()
 
@@ -281,16 +250,6 @@ class Watcher:
         )
         return True
 
-    def _mark(self, row: Row, state: str, output: str | None, error: str | None) -> None:
-        record = {
-            "state": state,
-            "outbox": str(self.options.outbox),
-            "output": output,
-            "error": error,
-            "by": self.owner.describe(),
-        }
-        self.marks.write(row.path, row.size, row.mtime_ns, row.settings_hash, record)
-
     def _unchanged(self, clip: SeenClip) -> bool:
         try:
             st = os.lstat(self.layout.source(clip.rel))  # the scan's signature of a link is the link's
@@ -300,7 +259,7 @@ class Watcher:
 
     def _start(self, clip: SeenClip, row: Row, settings: ClipSettings, opened: OpenedClip) -> None:
         cancel = threading.Event()
-        job = _Running(clip.rel, threading.Thread(target=lambda: None), cancel, opened.job_path)
+        job = RunningClip(clip.rel, threading.Thread(target=lambda: None), cancel, opened.job_path)
         job.thread = threading.Thread(
             target=self._work, args=(clip, row, settings, job, opened), name=f"job-{row.id}", daemon=True
         )
@@ -315,137 +274,6 @@ class Watcher:
             for rel, job in list(self._running.items()):
                 if not job.thread.is_alive():
                     del self._running[rel]
-
-    # -- one job ---------------------------------------------------------------------------------------------
-
-    def _work(
-        self, clip: SeenClip, row: Row, settings: ClipSettings, job: _Running, opened: OpenedClip
-    ) -> None:
-        rel = clip.rel
-        layout = self.layout
-        handler = _ThreadLog(threading.get_ident(), job.log)
-        logging.getLogger().addHandler(handler)
-        muxer = settings.values.get("format")
-        staged = layout.staged_output(row.id, rel, muxer if isinstance(muxer, str) else None)
-        try:
-            layout.clear_staged_output(row.id)
-            staged.parent.mkdir(parents=True, exist_ok=True)
-            row = self.ledger.start(row.id, self.owner.describe(), str(staged))
-            cache = layout.keyframe_cache(row.id)
-            reused = len(list(cache.iterdir())) if cache.is_dir() else 0
-            cache.mkdir(parents=True, exist_ok=True)
-            self.reporter.emit(ClipStarted(clip=rel, attempt=row.attempts, reused_keyframes=reused))
-            job.log.append(
-                f"clip {rel} ({clip.size} bytes), attempt {row.attempts}, settings {row.settings_hash}"
-            )
-            try:
-                argv_io = ["-i", opened.job_path, "-o", str(staged)]
-                self.settings.options(settings, argv_io)  # what the worker would refuse, refused here
-                result = self.api.run(
-                    self.settings.argv(settings, argv_io),
-                    keyframe_cache=cache,
-                    on_event=lambda event: self._job_event(rel, job, event),
-                    on_log=lambda line: job.log.append(job.clip_words(line)),
-                    cancel=job.cancel,
-                    cancelled=self.api.cancelled,
-                    pass_fds=(opened.fd,),
-                )
-            except self.api.cancelled:
-                layout.clear_staged_output(row.id)
-                self.ledger.requeue(row.id, count_attempt=False)
-                self.reporter.emit(ClipAbandoned(rel, "stopped by a signal"))
-                return
-            except RerenderError as exc:
-                self._fail(row, rel, job.clip_words(str(exc)), job)
-                return
-            except Exception as exc:  # a bug in one clip's job must not stop the daemon
-                job.log.append(traceback.format_exc())
-                self._fail(row, rel, job.clip_words(f"internal error: {type(exc).__name__}: {exc}"), job)
-                return
-            frames = _frames_of(result)
-            if not staged.is_file() or staged.stat().st_size == 0:
-                self._fail(row, rel, "the job finished without writing an output file", job)
-                return
-            if job.cancel.is_set():
-                layout.clear_staged_output(row.id)
-                self.ledger.requeue(row.id, count_attempt=False)
-                self.reporter.emit(ClipAbandoned(rel, "stopped by a signal"))
-                return
-            fsync_path(staged)
-            if not self.locks.holds(rel):
-                layout.clear_staged_output(row.id)
-                self.reporter.emit(ClipAbandoned(rel, "its lock was taken by another daemon"))
-                return
-            final = self._commit(row, staged, frames)
-            self.reporter.emit(
-                ClipDone(
-                    clip=rel,
-                    output=layout.relative_output(final),
-                    frames=frames,
-                    # Frames lost to corrupt packets: the output is shorter than the clip (the preset's
-                    # `strict = true` makes such clips fail instead).
-                    dropped=getattr(result, "dropped", 0),
-                    seconds=self.ledger.get(row.id).seconds or 0.0,
-                )
-            )
-            if self.options.done_action == "move":
-                layout.move_original(rel, "done")
-        except Exception as exc:  # ledger or file-system failure around the job: keep the daemon alive
-            job.log.append(traceback.format_exc())
-            self.reporter.emit(DaemonMessage("warning", f"{rel}: {type(exc).__name__}: {exc}"))
-        finally:
-            opened.close()
-            logging.getLogger().removeHandler(handler)
-            self.locks.release(rel)
-            self.wake.set()
-
-    def _job_event(self, rel: str, job: _Running, event: JobEvent) -> None:
-        if isinstance(event, StartEvent | DoneEvent):
-            # The daemon's own start/done events (with attempt, output) carry these; keep them in the log.
-            job.log.append(f"job {event.KIND}: {event.to_json()}")
-            if isinstance(event, StartEvent):
-                self.reporter.emit(ClipJobEvent(rel, event))
-            return
-        if isinstance(event, WarningEvent | NoteEvent | ErrorEvent):
-            event = replace(event, message=job.clip_words(event.message))
-        if isinstance(event, WarningEvent | ErrorEvent):
-            job.log.append(f"job {event.KIND}: {event.message}")
-        self.reporter.emit(ClipJobEvent(rel, event))
-
-    def _commit(self, row: Row, staged: Path, frames: int | None) -> Path:
-        """Rename the staged output to its final name; the ledger knows the name before the rename."""
-        target = self.layout.final_output(row.path, staged.suffix)
-        if self.options.overwrite:
-            self.ledger.committing(row.id, str(target), frames)
-            final = self.layout.commit(staged, target, overwrite=True)
-        else:
-            for n in range(1, 10_000):
-                candidate = numbered(target, n)
-                if candidate.exists():
-                    continue
-                self.ledger.committing(row.id, str(candidate), frames)
-                try:
-                    final = self.layout.commit(staged, candidate, overwrite=False)
-                except FileExistsError:
-                    continue
-                break
-            else:
-                raise OSError(f"no free output name next to {target}")
-        self.ledger.done(row.id, self.layout.relative_output(final), frames)
-        self._mark(row, "done", self.layout.relative_output(final), None)
-        self.layout.remove_staging(row.id)
-        return final
-
-    def _fail(self, row: Row, rel: str, reason: str, job: _Running | None, log: str = "") -> None:
-        reason = " ".join(reason.split())  # one line, whatever the exception said
-        self.layout.remove_staging(row.id)
-        log = "\n".join(job.log) if job is not None else log
-        report = self.layout.write_report(rel, row.id, f"{reason}\n\n--- log ---\n{log}\n")
-        self.ledger.failed(row.id, reason)
-        self._mark(row, "failed", None, reason)
-        self.reporter.emit(ClipFailed(rel, reason, self.layout.relative_output(report)))
-        if self.options.done_action == "move":
-            self.layout.move_original(rel, "failed")
 
     # -- recovery --------------------------------------------------------------------------------------------
 
@@ -505,8 +333,3 @@ class Watcher:
             self.ledger.requeue(row.id, count_attempt=True)
             self.reporter.emit(ClipRecovered(row.path, "re-queued after an interrupted run"))
         return self.ledger.get(row.id)
-
-
-def _frames_of(result: Any) -> int | None:
-    frames = getattr(result, "frames", None)  # JobResult.frames: frames written
-    return frames if isinstance(frames, int) else None

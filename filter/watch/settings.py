@@ -2,8 +2,9 @@
 ("Per-folder settings": AME presets, shannah's `handbrake.properties`).
 
 Keys are the long flags of `rerender run` without the dashes (`cfg-scale = 7.5` or `cfg_scale = 7.5`;
-`vary-noise = true`; repeatable flags take a list). They are turned back into an argv list and parsed by
-`rerender run`'s own parser, so validation and messages are exactly the CLI's. The daemon decides input and
+`vary-noise = true`; repeatable flags take a list). They are mapped onto the job's options as `rerender
+run` maps its flags (`run_args.options_from_values`: each flag's own type, choices and checks; no argv),
+so validation and messages are exactly the CLI's. The daemon decides input and
 output, so no file may name them. What a sidecar may set is derived from each flag's schema
 (`settings_rules.py`): the preset may set every flag plus `model-dirs`; a sidecar only the flags whose
 declaration allows it, every path it names resolved (after following links) inside `model-dirs`, and the
@@ -14,20 +15,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import RerenderError, UsageError
-from ..run_flags import RunFlag
+from ..run_flags import FlagShapeError
 from .inbox_files import read_sidecar
 from .settings_rules import (
     MODEL_DIRS_KEY,
     SidecarRules,
     absolutize,
     items,
-    key_of,
     model_dirs_of,
     model_path,
     names_a_file,
@@ -38,66 +38,11 @@ from .settings_rules import (
 if TYPE_CHECKING:
     from ..run_options import RunParser
 
-# What the daemon passes for -i/-o when it checks settings (the parser does not open them).
-_PROBE_IO = ["-i", "probe-input.mov", "-o", "probe-output.mov"]
-
-
-class FlagTable:
-    """The long flags of `rerender run` (its typed schema, `RunFlag`), to turn `key = value` pairs into argv."""
-
-    def __init__(self, flags: Iterable[RunFlag]) -> None:
-        self._by_key: dict[str, tuple[str, RunFlag]] = {}
-        for flag in flags:
-            for option in flag.spellings:
-                if option.startswith("--"):
-                    self._by_key[key_of(option)] = (option, flag)
-
-    def has(self, key: str) -> bool:
-        return key in self._by_key
-
-    def names(self) -> list[str]:
-        return sorted(k.replace("_", "-") for k in self._by_key)
-
-    def argv(self, values: dict[str, Any], where: Callable[[str], str]) -> list[str]:
-        out: list[str] = []
-        for key, value in values.items():
-            if key not in self._by_key:
-                raise UsageError(
-                    f"{where(key)} sets {key.replace('_', '-')!r}, which is not a flag of `rerender run`; "
-                    f"expected one of: {', '.join(self.names())}"
-                )
-            option, flag = self._by_key[key]
-            out += self._one(option, flag, value, where(key))
-        return out
-
-    @staticmethod
-    def _one(option: str, flag: RunFlag, value: Any, where: str) -> list[str]:
-        if not flag.takes_value:  # an on/off switch, or a --X/--no-X pair
-            if not isinstance(value, bool):
-                raise UsageError(f"{where} sets {option[2:]!r} to {value!r}; expected true or false")
-            if flag.negatable:
-                positive = flag.long_name
-                negative = "--no-" + positive[2:]
-                if option == negative:  # `no-poisson = true` is `--no-poisson`, `= false` is `--poisson`
-                    positive, negative = negative, positive
-                return [positive] if value else [negative]
-            return [option] if value else []
-        if isinstance(value, bool):
-            raise UsageError(f"{where} sets {option[2:]!r} to {str(value).lower()}; expected a value")
-        if isinstance(value, list):
-            items = [_scalar(v, option, where) for v in value]
-            if flag.repeatable:
-                return [f"{option}={item}" for item in items]
-            if flag.nargs in ("+", "*") or isinstance(flag.nargs, int):
-                return [option, *items]
-            raise UsageError(f"{where} gives a list for {option[2:]!r}; expected one value")
-        return [f"{option}={_scalar(value, option, where)}"]
-
-
-def _scalar(value: Any, option: str, where: str) -> str:
-    if isinstance(value, bool) or isinstance(value, dict | list):
-        raise UsageError(f"{where} sets {option[2:]!r} to {value!r}; expected a number or a string")
-    return str(value)
+# What the daemon passes for the input and output when it checks settings (nothing opens them).
+_PROBE_IO = {"input": "probe-input.mov", "output": "probe-output.mov"}
+# Maps values keyed by flag onto `RunOptions` (`run_args.options_from_values`), naming `where(key)` for a
+# value of the wrong shape.
+ValuesToOptions = Callable[[dict[str, Any], Callable[[str], str]], Any]
 
 
 @dataclass(frozen=True)
@@ -116,19 +61,18 @@ def digest_of(values: dict[str, Any]) -> str:
 
 
 class SettingsSource:
-    """The folder's preset plus per-clip sidecars, turned into `RunOptions` with `parse_run_options`."""
+    """The folder's preset plus per-clip sidecars, mapped onto `RunOptions` by `to_options`
+    (`run_args.options_from_values`: the flags' own types, choices and checks, no argv)."""
 
     def __init__(
         self,
         preset: Path | None,
         build_parser: Callable[[], RunParser],
-        parse: Callable[[list[str]], Any],
+        to_options: ValuesToOptions,
         inbox: Path | None = None,
     ) -> None:
-        self._parse = parse
-        schema = build_parser().schema
-        self._flags = FlagTable(schema)
-        self.rules = SidecarRules.of(schema)
+        self._to_options = to_options
+        self.rules = SidecarRules.of(build_parser().schema)
         self._preset_path = preset
         self._inbox = inbox
         self._preset: dict[str, Any] = {}
@@ -140,10 +84,11 @@ class SettingsSource:
                 label = f"the preset {preset}"
                 self.model_dirs = model_dirs_of(values.pop(MODEL_DIRS_KEY), table.folder, label, inbox)
             self._preset = absolutize(values, table.folder, self.rules.path_splits)
-            # Validate now with the CLI's own parser, so a bad preset stops the daemon at start.
-            argv = self._flags.argv(self._preset, lambda key: f"the preset {preset}")
+            # Validate now as `rerender run` would, so a bad preset stops the daemon at start.
             try:
-                parse(_PROBE_IO + argv)
+                to_options({**self._preset, **_PROBE_IO}, lambda key: f"the preset {preset}")
+            except FlagShapeError:
+                raise  # the message names the preset
             except RerenderError as exc:
                 raise UsageError(f"the preset {preset}: {exc}") from None
 
@@ -206,29 +151,28 @@ class SettingsSource:
         """The settings, refused (with the run parser's own sentence) if `rerender run` would refuse them."""
         digest = digest_of(values)
         try:
-            argv = self._flags.argv(values, lambda key: sources[key])
-        except RerenderError as exc:  # the message names the file that set the key
+            self._to_options({**values, **_PROBE_IO}, lambda key: sources.get(key, "the daemon"))
+        except FlagShapeError as exc:  # the message names the file that set the key
             return ClipSettings(values, sources, digest, error=str(exc))
-        try:
-            if label is not None:  # the preset alone was checked at start
-                self._parse(_PROBE_IO + argv)
         except RerenderError as exc:
+            if label is None:  # the preset alone was checked at start
+                return ClipSettings(values, sources, digest)
             return ClipSettings(values, sources, digest, error=f"{label}: {exc}")
-        except Exception as exc:  # noqa: BLE001 - a parser bug must fail this clip, never the daemon
+        except Exception as exc:  # noqa: BLE001 - a mapping bug must fail this clip, never the daemon
             reason = f"{label or 'the settings'}: {type(exc).__name__}: {exc}"
             return ClipSettings(values, sources, digest, error=" ".join(reason.split()))
         return ClipSettings(values, sources, digest)
 
-    def argv(self, settings: ClipSettings, argv_io: list[str]) -> list[str]:
-        """The `rerender run` argv of one job (`argv_io`: the daemon's input/output arguments)."""
-        if settings.error is not None:
-            raise UsageError(settings.error)
-        return argv_io + self._flags.argv(settings.values, lambda key: settings.sources[key])
+    def job_values(self, settings: ClipSettings, input_path: str, output: str) -> dict[str, Any]:
+        """The values of one job (the settings plus the daemon's input and output), checked as the worker
+        will map them; raises the CLI's UsageError/InputError."""
+        self.options(settings, input_path, output)
+        return {**settings.values, "input": input_path, "output": output}
 
-    def options(self, settings: ClipSettings, argv_io: list[str]) -> Any:
-        """`RunOptions` for one job: settings flags plus the daemon's input/output arguments. Raises the
-        CLI's UsageError/InputError."""
+    def options(self, settings: ClipSettings, input_path: str, output: str) -> Any:
+        """`RunOptions` for one job: the settings plus the daemon's input and output. Raises the CLI's
+        UsageError/InputError."""
         if settings.error is not None:
             raise UsageError(settings.error)
-        argv = self._flags.argv(settings.values, lambda key: settings.sources[key])
-        return self._parse(argv_io + argv)
+        values = {**settings.values, "input": input_path, "output": output}
+        return self._to_options(values, lambda key: settings.sources.get(key, "the daemon"))

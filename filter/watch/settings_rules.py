@@ -228,5 +228,3 @@ def model_path(split: PathSplit, item: Any, flag: str, label: str, dirs: tuple[s
             f"model-dirs ({', '.join(dirs)}); name one that is there"
         )
     return head + real + tail
-
-

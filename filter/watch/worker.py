@@ -3,8 +3,10 @@ allocation the kernel kills, an exception — can take the daemon or the other r
 job's outcome comes back as a failure of that clip with a one-line reason.
 
 The daemon starts `python -m rerender.filter.watch.worker` and writes the request to its standard input
-(JSON with the `rerender run` argv, the keyframe cache and the two pipe descriptors; not on the command
-line, where every user's `ps` would show the prompts). The worker reads nothing but that: the job's
+(JSON with the job's settings keyed by `rerender run` flag, the files that set them, the keyframe cache and
+the two pipe descriptors; not on the command line, where every user's `ps` would show the prompts). The
+worker maps the settings onto its options with `run_args.options_from_values`, as the daemon did to check
+them: no argv in between. The worker reads nothing but that: the job's
 events come back as JSON lines on one pipe (never pickles: the daemon does not load objects from a process
 that reads dropped files; `events.from_json` checks each line back into its typed event); the other pipe carries the daemon's cancel (one byte) and, by its end of file,
 the daemon's death, on which the worker exits at once (its successor recovers the clip). The clip's open
@@ -51,8 +53,9 @@ class WorkerResult:
 
 
 def run_in_worker(
-    argv: list[str],
+    values: dict[str, Any],
     *,
+    sources: dict[str, str] | None = None,
     keyframe_cache: Path,
     on_event: Callable[[JobEvent], None],
     on_log: Callable[[str], None],
@@ -60,12 +63,14 @@ def run_in_worker(
     cancelled: type[BaseException],
     pass_fds: tuple[int, ...] = (),
 ) -> WorkerResult:
-    """Run `rerender run ARGV` in a worker process. Raises `cancelled` when `cancel` stopped it, JobFailed
-    with the job's message, JobCrashed when the process died without a result."""
+    """Run the job `values` stand for (flag keys, TOML-typed, with `input` and `output`; `sources`: the file
+    that set each key, for messages) in a worker process. Raises `cancelled` when `cancel` stopped it,
+    JobFailed with the job's message, JobCrashed when the process died without a result."""
     events_r, events_w = os.pipe()
     control_r, control_w = os.pipe()
     request = {
-        "argv": argv,
+        "values": values,
+        "sources": sources or {},
         "keyframe_cache": str(keyframe_cache),
         "events_fd": events_w,
         "control_fd": control_r,
@@ -227,10 +232,13 @@ def main() -> int:
     logging.getLogger().addHandler(_LogToDaemon(send))
     logging.getLogger().setLevel(logging.INFO)
 
-    from ..job import Cancelled, parse_run_options, run_job
+    from ..job import Cancelled, options_from_values, run_job
 
     try:
-        options = parse_run_options(list(request["argv"]))
+        sources = request.get("sources") or {}
+        options = options_from_values(
+            dict(request["values"]), lambda key: str(sources.get(key, "the settings"))
+        )
         result = run_job(
             options,
             on_event=lambda event: send({"kind": "event", "event": event.to_json()}),
