@@ -1,9 +1,11 @@
-"""Ranges of `rerender run`'s numeric options, checked once while the command line is parsed.
+"""Ranges of `rerender run`'s numeric options, each checked once.
 
-Each range is an argparse `type`: a value outside it (or not a number, or not finite) becomes one sentence
-that names the flag and the range, exit status 2 (`cli_parser.OneLineParser`). The same parser serves the CLI, the
-watch daemon's sidecars and the preview's extra flags, so no path reaches the synthesizer or the decoder
-with an unchecked number.
+The ranges of options held by other layers' dataclasses (the synthesis parameters, the schedule, the
+geometry) are argparse `type`s here: a value outside one (or not a number, or not finite) becomes one
+sentence that names the flag and the range, exit status 2 (`cli_parser.OneLineParser`). Options whose
+dataclass checks its own range (`ClassicOptions`, `FramesOptions`, `DiffusionOptions`) are only converted
+here (`number`, `whole_number`). Every program maps flags through the same types (`run_args`), so no path
+reaches the synthesizer or the decoder with an unchecked number.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import math
 import os
 from collections.abc import Callable
 
+from .errors import UsageError
 from .geometry import MAX_SHORT_SIDE as MAX_SHORT_SIDE  # the --size range
 
 MIN_SHORT_SIDE = 64
@@ -71,3 +74,41 @@ def float_range(low: float, high: float, *, low_open: bool = False) -> Callable[
 
     parse.__name__ = "float"
     return parse
+
+
+def whole_number(text: str) -> int:
+    """An argparse type that only converts: a whole number (its range is its dataclass's)."""
+    try:
+        return int(text.strip(), 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a whole number; got {text!r}") from None
+
+
+whole_number.__name__ = "int"
+
+
+def number(text: str) -> float:
+    """An argparse type that only converts: a number (its range, finiteness included, is its dataclass's)."""
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expects a number; got {text!r}") from None
+
+
+number.__name__ = "float"
+
+
+def check_number(flag: str, value: float, low: float, high: float, *, low_open: bool = False) -> float:
+    """`value` if it is a finite number in [low, high] (`low_open`: (low, high]); UsageError otherwise."""
+    inside = (low < value if low_open else low <= value) and value <= high
+    if not math.isfinite(value) or not inside:
+        bracket = "(" if low_open else "["
+        raise UsageError(f"{flag} expects a number in {bracket}{low:g}, {high:g}]; got {value}")
+    return value
+
+
+def check_whole(flag: str, value: int, low: int, high: int) -> int:
+    """`value` if it is a whole number in [low, high]; UsageError otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UsageError(f"{flag} expects a whole number from {low} to {high}; got {value}")
+    return value

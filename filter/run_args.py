@@ -16,6 +16,7 @@ from .errors import UsageError
 from .flow_spec import FlowSpec
 from .graph import FilterOptions
 from .io import sink_options_from_args
+from .option_ranges import MAX_FRAME_INDEX, check_whole
 from .propagation import PropagationOptions
 from .renderers import diffusion_options
 from .renderers.classic import ClassicOptions
@@ -41,11 +42,15 @@ def _renderer(args: argparse.Namespace) -> RendererOptions:
         )
     if name != "frames" and args.keyframes_dir is not None:
         raise UsageError("--keyframes-dir is used by the frames renderer only; add --renderer frames")
+    # The classic look's and the keyframe files' flags are refused out of range whichever renderer runs
+    # (the page sends them always): each is checked once, by its dataclass, or here when it has none.
+    classic = ClassicOptions(args.classic_style, args.classic_sigma_s, args.classic_sigma_r)
     if name == "frames":
         return FramesOptions(args.keyframes_dir, args.keyframes_first_index)
+    check_whole("--keyframes-first-index", args.keyframes_first_index, 0, MAX_FRAME_INDEX)
     if name == "diffusion":
         return diffusion_options.from_args(args)
-    return ClassicOptions(args.classic_style, args.classic_sigma_s, args.classic_sigma_r)
+    return classic
 
 
 def parse_run_options(argv: list[str]) -> RunOptions:

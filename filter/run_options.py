@@ -175,7 +175,7 @@ def _declare_run_flags(p: FlagSchema) -> None:
     )
     g.add_argument(
         "--keyframes-first-index",
-        type=ranges.int_range(0, ranges.MAX_FRAME_INDEX),
+        type=ranges.whole_number,  # its range: FramesOptions
         default=0,
         metavar="N",
         help="frames renderer: the number in the first frame's file name, 0 or more (default: %(default)s; "
@@ -191,7 +191,7 @@ def _declare_run_flags(p: FlagSchema) -> None:
     )
     g.add_argument(
         "--classic-sigma-s",
-        type=ranges.float_range(0, 200, low_open=True),
+        type=ranges.number,  # its range: ClassicOptions
         default=60.0,
         metavar="PIXELS",
         help="classic: spatial extent in pixels, (0, 200] (default: %(default)s)",
@@ -199,7 +199,7 @@ def _declare_run_flags(p: FlagSchema) -> None:
     )
     g.add_argument(
         "--classic-sigma-r",
-        type=ranges.float_range(0, 1, low_open=True),
+        type=ranges.number,  # its range: ClassicOptions
         default=0.45,
         metavar="R",
         help="classic: colour extent as a fraction of the colour range, (0, 1] (default: %(default)s)",

@@ -15,6 +15,8 @@ from typing import ClassVar, Literal
 import cv2
 import numpy as np
 
+from ..errors import UsageError
+from ..option_ranges import check_number, check_whole
 from .base import KeyframeContext
 
 ClassicStyle = Literal["stylization", "pencil", "pencil-color", "cartoon", "detail"]
@@ -33,13 +35,12 @@ class ClassicOptions:
 
     def __post_init__(self) -> None:
         if self.style not in CLASSIC_STYLES:
-            raise ValueError(f"classic style must be one of {', '.join(CLASSIC_STYLES)}; got {self.style!r}")
-        if not 0 < self.sigma_s <= 200:
-            raise ValueError(f"--classic-sigma-s must be in (0, 200]; got {self.sigma_s}")
-        if not 0 < self.sigma_r <= 1:
-            raise ValueError(f"--classic-sigma-r must be in (0, 1]; got {self.sigma_r}")
-        if not 2 <= self.levels <= 64:
-            raise ValueError(f"--classic-levels must be between 2 and 64; got {self.levels}")
+            raise UsageError(
+                f"--classic-style expects one of {', '.join(CLASSIC_STYLES)}; got {self.style!r}"
+            )
+        check_number("--classic-sigma-s", self.sigma_s, 0, 200, low_open=True)
+        check_number("--classic-sigma-r", self.sigma_r, 0, 1, low_open=True)
+        check_whole("cartoon levels", self.levels, 2, 64)
 
 
 class ClassicRenderer:

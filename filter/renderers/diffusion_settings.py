@@ -5,6 +5,7 @@ Importing this module must stay cheap (no torch import).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
@@ -81,13 +82,44 @@ class DiffusionOptions:
     vae: str | None = None  # --vae: replaces the model's VAE (a diffusers folder or a single file)
 
     def __post_init__(self) -> None:
+        """Every value checked once, here, in sentences that name the flag (`from_args` only converts)."""
         if isinstance(self.control, str):  # one spec for every ControlNet, as the flag's single form
             object.__setattr__(self, "control", (self.control,))
-        if len(self.control) > 1 and len(self.control) != len(self.controlnets):
+        for path, scale in self.controlnets:
+            in_range(f"--controlnet {path}: SCALE", scale, *CONTROLNET_SCALE_RANGE)
+        if self.vae is not None and self.engines is not None:
             raise UsageError(
-                f"--control was given {len(self.control)} times for {len(self.controlnets)} --controlnet; "
-                "give one --control for all ControlNets or one per --controlnet, in the same order"
+                "--vae is not part of the graphs in --engines (they hold the VAE they were exported with); "
+                "drop --engines to render with --vae on torch"
             )
+        for path, scale in self.loras:
+            in_range(f"--lora {path}: SCALE", scale, *LORA_SCALE_RANGE)
+        _check_controls(self.control, len(self.controlnets))
+        in_range("--strength", self.strength, 0.0, 1.0, low_open=True)
+        int_in_range("--steps", self.steps, 1, MAX_STEPS)
+        in_range("--cfg-scale", self.cfg_scale, 0.0, MAX_CFG_SCALE)
+        int_in_range("--seed", self.seed, 0, MAX_SEED)
+        for flag, window in (
+            ("--shape-fusion", self.shape_fusion),
+            ("--pixel-fusion", self.pixel_fusion),
+            ("--adain", self.adain),
+        ):
+            if not (0.0 <= window.start <= window.end <= 1.0):
+                raise UsageError(
+                    f"{flag} expects 0 <= START <= END <= 1; got '{window.start:g},{window.end:g}'"
+                )
+        in_range("--mask-strength", self.mask_strength, 0.0, 1.0)
+        in_range("--inner-strength", self.inner_strength, 0.0, 1.0)
+        in_range("--fidelity-threshold", self.fidelity_threshold, 0.0, MAX_FIDELITY_THRESHOLD)
+        if self.freeu is not None:
+            if len(self.freeu) != 4:
+                raise UsageError(f"--freeu expects four numbers B1,B2,S1,S2; got {self.freeu}")
+            for name, value in zip(("B1", "B2"), self.freeu[:2], strict=True):
+                in_range(f"--freeu {name}", value, *FREEU_BACKBONE_RANGE)
+            for name, value in zip(("S1", "S2"), self.freeu[2:], strict=True):
+                in_range(f"--freeu {name}", value, *FREEU_SKIP_RANGE)
+        if not re.fullmatch(r"auto|cpu|cuda(:\d{1,2})?", self.device):
+            raise UsageError(f"--device expects auto, cpu, cuda or cuda:N; got {self.device!r}")
 
     def control_specs(self) -> tuple[str, ...]:
         """The hint spec of each ControlNet, in --controlnet order."""
@@ -101,4 +133,35 @@ class DiffusionOptions:
         return (
             "no --controlnet: keyframes follow the text prompt only and will drift from the input's "
             "structure; add --controlnet PATH (an SD1.5 ControlNet, e.g. canny) to keep it",
+        )
+
+
+def in_range(flag: str, value: float, low: float, high: float, low_open: bool = False) -> float:
+    if value != value or value > high or value < low or (low_open and value == low):
+        bracket = "(" if low_open else "["
+        raise UsageError(f"{flag} must be in {bracket}{low:g}, {high:g}]; got {value}")
+    return value
+
+
+def int_in_range(flag: str, value: int, low: int, high: int) -> int:
+    if not low <= value <= high:
+        raise UsageError(f"{flag} must be an integer from {low} to {high}; got {value}")
+    return value
+
+
+def _check_controls(specs: tuple[str, ...], controlnets: int) -> None:
+    for spec in specs:
+        if spec.partition(":")[0] not in CONTROL_KINDS:
+            raise UsageError(
+                f"--control expects canny, canny:LOW,HIGH, hed:WEIGHTS, depth:FOLDER or video:PATH; got {spec!r}"
+            )
+    if specs and controlnets == 0:
+        raise UsageError(
+            f"--control {specs[0]} needs a ControlNet to condition: add --controlnet PATH (the hint is "
+            "what a ControlNet reads; without one it would be ignored)"
+        )
+    if len(specs) > 1 and len(specs) != controlnets:
+        raise UsageError(
+            f"--control was given {len(specs)} times for {controlnets} --controlnet; give one --control for "
+            "all ControlNets or one per --controlnet, in the same order"
         )

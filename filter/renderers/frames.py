@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import UsageError
 from ..geometry import Fit, ProcessingGeometry, to_uint8
-from ..option_ranges import MAX_FRAME_INDEX
+from ..option_ranges import MAX_FRAME_INDEX, check_whole
 from .base import KeyframeContext
 
 
@@ -35,11 +35,7 @@ class FramesOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.keyframes_dir, Path):
             raise UsageError("--renderer frames needs --keyframes-dir DIR, a folder of stylized keyframes")
-        if not 0 <= self.first_index <= MAX_FRAME_INDEX:
-            raise UsageError(
-                f"--keyframes-first-index expects a whole number from 0 to {MAX_FRAME_INDEX}; "
-                f"got {self.first_index}"
-            )
+        check_whole("--keyframes-first-index", self.first_index, 0, MAX_FRAME_INDEX)
 
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
