@@ -420,3 +420,21 @@ def test_flow_is_parsed_in_one_place(text, weights, error):
         return
     spec = FlowSpec.parse(text)
     assert spec.weights == weights and FlowSpec.parse(str(spec)) == spec
+
+
+def test_values_keyed_by_flag_map_onto_the_same_options_and_messages_as_argv():
+    from rerender.filter.job import options_from_values
+
+    argv = ["-i", "a.mp4", "-o", "b.mp4", "-K", "5", "--model", "m", "--lora", "x:0.5", "--lora", "y"]
+    argv += ["--no-poisson", "--crf", "20", "--freeu", "1.1,1.2,1,0.2", "--no-scene-cuts"]
+    values = {
+        "input": "a.mp4", "output": "b.mp4", "keyframe_interval": 5, "model": "m", "lora": ["x:0.5", "y"],
+        "poisson": False, "crf": 20, "freeu": "1.1,1.2,1,0.2", "no_scene_cuts": True,
+    }  # fmt: skip
+    assert options_from_values(values) == parse_run_options(argv)
+    for key, value, flag in (("size", 100, "--size"), ("fit", "x", "--fit"), ("steps", 0, "--steps")):
+        with pytest.raises(UsageError) as by_values:
+            options_from_values({"input": "a.mp4", "output": "b.mp4", "model": "m", key: value})
+        with pytest.raises(UsageError) as by_argv:
+            parse_run_options(["-i", "a.mp4", "-o", "b.mp4", "--model", "m", f"{flag}={value}"])
+        assert str(by_values.value) == str(by_argv.value)
