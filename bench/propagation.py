@@ -41,6 +41,7 @@ class Config:
     params: SynthParams
     carry_nnf: bool  # start each frame from the previous frame's NNF moved along the flow
     skip: int | None = None  # keep the carried match where the guides did not change (synthesis.md §11)
+    skip_bilinear: bool = False  # compare with the previous guides warped bilinearly (not nearest)
 
 
 CONFIGS = {
@@ -57,6 +58,8 @@ CONFIGS = {
     "paper+skip2": Config("paper 12x6 + init_nnf + skip 2", PRESETS["paper"], True, 2),
     "paper+skip4": Config("paper 12x6 + init_nnf + skip 4", PRESETS["paper"], True, 4),
     "paper+skip8": Config("paper 12x6 + init_nnf + skip 8", PRESETS["paper"], True, 8),
+    "paper+skip4b": Config("paper 12x6 + init_nnf + skip 4 bilinear", PRESETS["paper"], True, 4, True),
+    "paper+skip8b": Config("paper 12x6 + init_nnf + skip 8 bilinear", PRESETS["paper"], True, 8, True),
     "fast+skip2": Config("fast + skip 2", PRESETS["fast"], True, 2),
     "fast+skip4": Config("fast + skip 4", PRESETS["fast"], True, 4),
     "paper+3x3": Config("paper 12x6 + init_nnf + 3x3 pass", SynthParams(extra_pass_3x3=True), True),
@@ -194,7 +197,13 @@ class Chain:
         if init is not None and self.config.skip is not None:
             occluded = step.occluded > 0
             keep = unchanged_pixels(
-                self.previous, current, step.back, occluded, self.config.skip, self.params.patch_size
+                self.previous,
+                current,
+                step.back,
+                occluded,
+                self.config.skip,
+                self.params.patch_size,
+                nearest=not self.config.skip_bilinear,
             )
             self.kept.append(float(keep.mean()))
         self.previous = current

@@ -165,13 +165,14 @@ def unchanged_pixels(
     occluded: np.ndarray,
     tolerance: int,
     patch_size: int,
+    nearest: bool = True,
 ) -> np.ndarray:
     """Pixels whose whole patch is unchanged since the previous frame (docs/synthesis.md §11): every guide of
     the current frame within `tolerance` levels of the previous frame's guide moved along `flow` (nearest,
     as the NNF is carried), and no pixel of the patch occluded. bool [H, W]."""
     same = ~occluded
     for before, now in zip(previous, current, strict=True):
-        moved = warp(before, flow, nearest=True)
+        moved = warp(before, flow, nearest=nearest)
         diff = np.abs(moved.astype(np.int16) - now.astype(np.int16))
         same &= (diff.max(axis=2) if diff.ndim == 3 else diff) <= tolerance
     kernel = np.ones((patch_size, patch_size), np.uint8)
