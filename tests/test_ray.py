@@ -321,3 +321,23 @@ def test_watch_sends_each_clip_to_the_cluster_and_keeps_the_ledger_here(cluster,
     assert {"name": "rerender-keyframes-0", "namespace": "rerender"} in list_named_actors(all_namespaces=True)
     actor = cluster.get_actor("rerender-keyframes-0", namespace="rerender")
     assert cluster.get(actor.info.remote())["keyframes"] >= 6  # K = 10 with the cut: 0, 10, 19 | 20, 30, 39
+
+
+def test_an_address_where_nothing_answers_fails_in_one_line_without_waiting_for_ray(clip, tmp_path):
+    pytest.importorskip("ray", reason="the ray extra is not installed: pip install -e '.[ray]'")
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rerender = str(Path(sys.executable).with_name("rerender"))
+    out = tmp_path / "out.mkv"
+    for address, expected in ((f"127.0.0.1:{port}", "nothing answers"), ("ray://nohost", "HOST:PORT")):
+        done = subprocess.run(
+            [rerender, "run", "-i", str(clip), "-o", str(out), "--ray", address],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 2 and expected in done.stderr.strip().splitlines()[-1]
+        assert not out.exists()

@@ -37,15 +37,10 @@ class RayOptions:
 
     def __post_init__(self) -> None:
         a = self.address
-        if (
-            not isinstance(a, str)
-            or not a
-            or len(a) > MAX_ADDRESS_LENGTH
-            or any(c.isspace() or not c.isprintable() for c in a)
-        ):
+        if not isinstance(a, str) or (a != AUTO and _endpoint(a) is None):
             raise UsageError(
-                f"--ray expects 'auto' or a Ray address such as 10.0.0.5:6379 (no spaces, at most "
-                f"{MAX_ADDRESS_LENGTH} characters); got {a!r}"
+                "--ray expects 'auto' or a Ray address HOST:PORT or ray://HOST:PORT (port 1 to 65535, at "
+                f"most {MAX_ADDRESS_LENGTH} characters), e.g. 10.0.0.5:6379; got {a!r}"
             )
         _check_number(self.gpus_per_keyframe, "--ray-gpus-per-keyframe", 0.0, MAX_GPUS_PER_KEYFRAME, False)
         _check_number(self.cpus_per_gap, "--ray-cpus-per-gap", 0.0, MAX_CPUS_PER_GAP, True)
@@ -56,6 +51,31 @@ class RayOptions:
             raise UsageError(
                 f"--ray-max-gaps expects a whole number from 1 to {MAX_GAPS_IN_FLIGHT}; got {m!r}"
             )
+
+    def endpoint(self) -> tuple[str, int]:
+        """(host, port) of an explicit address (not for 'auto')."""
+        found = _endpoint(self.address)
+        if found is None:
+            raise ValueError(f"{self.address!r} names no host and port")
+        return found
+
+
+def _endpoint(address: str) -> tuple[str, int] | None:
+    """(host, port) of HOST:PORT or ray://HOST:PORT ([v6]:PORT too), or None."""
+    if (
+        not address
+        or len(address) > MAX_ADDRESS_LENGTH
+        or any(c.isspace() or not c.isprintable() for c in address)
+    ):
+        return None
+    rest = address.removeprefix("ray://")
+    host, sep, port = rest.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or "/" in host or "@" in host or not port.isdigit() or not port.isascii():
+        return None
+    number = int(port)
+    return (host, number) if 1 <= number <= 65535 else None
 
 
 def _check_number(value: Any, flag: str, low: float, high: float, low_open: bool) -> None:

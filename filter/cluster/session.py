@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import math
+import socket
 from dataclasses import dataclass
 from types import ModuleType
 
@@ -18,6 +19,7 @@ RAY_MISSING = "--ray needs the Ray extra, which is not installed here: pip insta
 NAMESPACE = "rerender"  # named keyframe actors live here (shared by the jobs of one cluster)
 MAX_KEYFRAME_ACTORS = 256
 CPUS_PER_GAP = 2.0  # one per propagation chain (the forward and backward chains run at once)
+CONNECT_TIMEOUT = 10.0  # seconds to reach an explicit address before Ray's own (minutes-long) retries
 
 
 def require_ray() -> ModuleType:
@@ -57,6 +59,14 @@ def connect(options: RayOptions) -> tuple[ModuleType, str]:
         return ray, "connected"
     quiet = {"log_to_driver": False, "logging_level": "ERROR", "include_dashboard": False}
     if options.address != AUTO:
+        host, port = options.endpoint()
+        try:
+            socket.create_connection((host, port), timeout=CONNECT_TIMEOUT).close()
+        except OSError as exc:
+            raise UsageError(
+                f"--ray {options.address}: nothing answers at {host}:{port} ({exc.strerror or exc}); start "
+                "the cluster with `ray start --head` there or check the address"
+            ) from None
         try:
             ray.init(address=options.address, namespace=NAMESPACE, log_to_driver=False, logging_level="ERROR")
         except (ConnectionError, ValueError, RuntimeError) as exc:
