@@ -341,3 +341,47 @@ def test_memory_stays_flat_over_a_long_stream():
     assert filt.keyframe_count == 301  # 0, 10, ..., 2990 and the last frame: propagation ran throughout
     # Keeping every frame (input, 64x64 keyframe copies, flow pairs: ~10 kB and more) would add >25 MB.
     assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 2,700 frames"
+
+
+class PoolRunner:
+    """A gap runner of the caller's own (gaps.py's protocol): three threads, a window of three gaps."""
+
+    window = 3
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(3)
+        self.futures: list = []
+        self.most_unfinished = 0
+
+    def submit(self, task, hooks):
+        from rerender.filter.gaps import run_gap
+
+        unfinished = sum(not f.done() for f in self.futures)
+        self.most_unfinished = max(self.most_unfinished, unfinished)
+
+        def work():
+            hooks.started()
+            return run_gap(task, hooks.timings, hooks.step, None)
+
+        future = self.pool.submit(work)
+        self.futures.append(future)
+        return future
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+def test_gaps_run_on_a_runner_passed_in_with_its_window_and_the_same_frames():
+    frames = make_frames(41)
+    expected = run(Filter(Posterize(record=False), options(4)), frames)
+    runner = PoolRunner()
+    filt = Filter(Posterize(record=False), options(4), gaps=runner)
+    out = run(filt, frames)
+    assert [(f.index, f.pts) for f in out] == [(f.index, f.pts) for f in expected]
+    assert all(np.array_equal(a.image, b.image) for a, b in zip(out, expected, strict=True))
+    work = filt.work()
+    assert work.gaps == len(runner.futures) == 10 and work.propagated == 41 - 11
+    assert work.synthesized == work.propagated_steps == 2 * 30 and work.gap is None
+    assert runner.most_unfinished <= runner.window - 1  # the Filter waited for the oldest beyond the window

@@ -341,3 +341,14 @@ def test_an_address_where_nothing_answers_fails_in_one_line_without_waiting_for_
         )
         assert done.returncode == 2 and expected in done.stderr.strip().splitlines()[-1]
         assert not out.exists()
+
+
+def test_a_rerun_resumes_from_the_keyframe_cache_on_the_driver(cluster, clip, local, tmp_path):
+    cache = tmp_path / "keyframes"
+    first, _, _ = _run(_argv(clip, tmp_path / "first.mkv", "--ray"), keyframe_cache=cache)
+    assert len(list(cache.glob("keyframe_*.png"))) == first.keyframes
+    out = tmp_path / "again.mkv"
+    result, captured, events = _run(_argv(clip, out, "--ray"), keyframe_cache=cache)
+    (actor,) = [e for e in events if isinstance(e, WorkersEvent)][-1].keyframes
+    assert actor["keyframes"] == 0  # every keyframe came from the cache: nothing rendered on the cluster
+    _same_output(local, out, captured)
