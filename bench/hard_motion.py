@@ -76,6 +76,7 @@ VARIANTS: dict[str, Callable[[FilterOptions], FilterOptions]] = {
     "no poisson": lambda o: _propagation(o, poisson=False),
     "poisson": lambda o: _propagation(o, poisson=True),
     "frame weights": lambda o: _propagation(o, blend_weights="frames"),
+    "no keyframe pull": lambda o: _propagation(o, keyframe_pull=0.0),
     "refined flow": lambda o: o,  # the estimator is FLOWS' below
     "refined flow photometric 3": lambda o: replace(o, occlusion=RULES["fb + photometric 3"]),
     "adaptive": lambda o: replace(o, schedule=replace(o.schedule, mode="adaptive")),

@@ -73,9 +73,10 @@ class PropagationOptions:
     # "frames" is the authors' formula; "motion" measured better on uneven motion (README).
     blend_weights: Literal["frames", "motion"] = "motion"
     # The blend pulls the `keyframe_pull_reach` frames on each side of a keyframe towards the keyframe
-    # carried along the flow, by up to this share (`pull_towards_keyframes`); 0 turns it off.
-    keyframe_pull: float = 0.0
-    keyframe_pull_reach: int = 2
+    # carried along the flow, by up to this share (`pull_towards_keyframes`); 0 turns it off. The defaults
+    # measured best on the harder test set (README, *Hard motion*; docs/decisions.md 18).
+    keyframe_pull: float = 0.7
+    keyframe_pull_reach: int = 4
 
     def __post_init__(self) -> None:
         if self.blend_weights not in ("frames", "motion"):

@@ -272,7 +272,14 @@ def test_blend_gap_pulls_only_when_asked():
     pairs = _still_pairs(n, h, w)
     plain = blend_gap(forward, backward, pairs, PropagationOptions(), Timings())
     same = blend_gap(forward, backward, pairs, PropagationOptions(keyframe_pull=0.0), Timings(), keys=keys)
-    pulled = blend_gap(forward, backward, pairs, PropagationOptions(keyframe_pull=1.0), Timings(), keys=keys)
+    pulled = blend_gap(
+        forward,
+        backward,
+        pairs,
+        PropagationOptions(keyframe_pull=1.0, keyframe_pull_reach=1),
+        Timings(),
+        keys=keys,
+    )
     assert all(np.array_equal(a, b) for a, b in zip(plain, same, strict=True))
     assert np.array_equal(pulled[0], keys[0]) and np.array_equal(pulled[-1], keys[1])
     with pytest.raises(ValueError, match="keyframe_pull"):
