@@ -68,6 +68,7 @@ class RayGapRunner:
         ray: ModuleType,
         *,
         cpus_per_gap: float,
+        gpus_per_gap: float = 0.0,
         window: int,
         book: WorkerBook,
         on_submit: Callable[[], None] | None = None,
@@ -80,6 +81,8 @@ class RayGapRunner:
         self._remote = ray.remote(propagate_remote).options(
             num_cpus=cpus_per_gap, max_retries=TASK_RETRIES, retry_exceptions=False
         )
+        # Gaps of the CUDA synthesizer hold a share of a GPU (Ray hides the GPUs from tasks that hold none).
+        self._remote_cuda = self._remote.options(num_gpus=gpus_per_gap) if gpus_per_gap > 0 else self._remote
         self._lock = threading.Lock()
         self._running: dict[Any, tuple[GapHooks, Future]] = {}  # ObjectRef -> (hooks, the Filter's future)
         # Finished gaps are unpacked (and their frames converted by the Filter) here, not on Ray's own thread.
@@ -91,7 +94,8 @@ class RayGapRunner:
     def submit(self, task: GapTask, hooks: GapHooks) -> Future[list[np.ndarray]]:
         out: Future[list[np.ndarray]] = Future()
         hooks.started()
-        ref = self._remote.remote(task, self._cpus)
+        remote = self._remote_cuda if task.options.backend == "cuda" else self._remote
+        ref = remote.remote(task, self._cpus)
         with self._lock:
             self._running[ref] = (hooks, out)
         frames = len(task.targets)

@@ -53,6 +53,7 @@ class RayJob:
         runner = RayGapRunner(
             self.ray,
             cpus_per_gap=self.plan.cpus_per_gap,
+            gpus_per_gap=self.plan.gpus_per_gap,
             window=self.plan.max_gaps,
             book=self.book,
             on_submit=self.report,

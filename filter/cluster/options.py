@@ -25,13 +25,16 @@ class RayOptions:
     """`address`: "auto" connects to the cluster this machine belongs to (`ray start`, RAY_ADDRESS) or,
     when there is none, starts a local one; otherwise a Ray address (host:port or ray://host:port).
     `gpus_per_keyframe`: GPUs each keyframe actor holds (None: 1 where the cluster has GPUs, else 0).
-    `cpus_per_gap`: CPUs each propagation task holds (None: 2, one per chain). `max_gaps`: gaps in flight
+    `cpus_per_gap`: CPUs each propagation task holds (None: 2, one per chain). `gpus_per_gap`: GPUs each
+    propagation task holds when the synthesis runs on CUDA (None: a quarter where the cluster has GPUs,
+    else 0; tasks of the CPU synthesizer hold none). `max_gaps`: gaps in flight
     at once (None: enough to keep every CPU of the cluster busy, at least 2). `keep_models`: the keyframe
     actors outlive the job, so the next job on the cluster finds its model loaded (the watch daemon)."""
 
     address: str = AUTO
     gpus_per_keyframe: float | None = None
     cpus_per_gap: float | None = None
+    gpus_per_gap: float | None = None
     max_gaps: int | None = None
     keep_models: bool = False
 
@@ -44,6 +47,7 @@ class RayOptions:
             )
         _check_number(self.gpus_per_keyframe, "--ray-gpus-per-keyframe", 0.0, MAX_GPUS_PER_KEYFRAME, False)
         _check_number(self.cpus_per_gap, "--ray-cpus-per-gap", 0.0, MAX_CPUS_PER_GAP, True)
+        _check_number(self.gpus_per_gap, "--ray-gpus-per-gap", 0.0, MAX_GPUS_PER_KEYFRAME, False)
         m = self.max_gaps
         if m is not None and (
             isinstance(m, bool) or not isinstance(m, int) or not 1 <= m <= MAX_GAPS_IN_FLIGHT
@@ -118,6 +122,14 @@ def declare_ray_flags(p: Any) -> None:
         help=f"CPUs each propagation task holds, (0, {MAX_CPUS_PER_GAP:g}] (default: 2, one per chain)",
     )
     g.add_argument(
+        "--ray-gpus-per-gap",
+        type=ranges.float_range(0, MAX_GPUS_PER_KEYFRAME),
+        default=None,
+        metavar="N",
+        help=f"GPUs each propagation task holds when the synthesis runs on CUDA, 0 to "
+        f"{MAX_GPUS_PER_KEYFRAME:g} (default: 0.25 when the cluster has GPUs, else 0)",
+    )
+    g.add_argument(
         "--ray-max-gaps",
         type=ranges.int_range(1, MAX_GAPS_IN_FLIGHT),
         default=None,
@@ -133,7 +145,14 @@ def declare_ray_flags(p: Any) -> None:
     )
 
 
-RAY_FLAGS = ("--ray", "--ray-gpus-per-keyframe", "--ray-cpus-per-gap", "--ray-max-gaps", "--ray-keep-models")
+RAY_FLAGS = (
+    "--ray",
+    "--ray-gpus-per-keyframe",
+    "--ray-cpus-per-gap",
+    "--ray-gpus-per-gap",
+    "--ray-max-gaps",
+    "--ray-keep-models",
+)
 
 
 def ray_options_from_args(args: Any) -> RayOptions | None:
@@ -142,6 +161,7 @@ def ray_options_from_args(args: Any) -> RayOptions | None:
         given = (
             args.ray_gpus_per_keyframe,
             args.ray_cpus_per_gap,
+            args.ray_gpus_per_gap,
             args.ray_max_gaps,
             args.ray_keep_models or None,
         )
@@ -156,6 +176,7 @@ def ray_options_from_args(args: Any) -> RayOptions | None:
         address=args.ray,
         gpus_per_keyframe=args.ray_gpus_per_keyframe,
         cpus_per_gap=args.ray_cpus_per_gap,
+        gpus_per_gap=args.ray_gpus_per_gap,
         max_gaps=args.ray_max_gaps,
         keep_models=args.ray_keep_models,
     )

@@ -19,6 +19,7 @@ RAY_MISSING = "--ray needs the Ray extra, which is not installed here: pip insta
 NAMESPACE = "rerender"  # named keyframe actors live here (shared by the jobs of one cluster)
 MAX_KEYFRAME_ACTORS = 256
 CPUS_PER_GAP = 2.0  # one per propagation chain (the forward and backward chains run at once)
+GPUS_PER_GAP = 0.25  # CUDA synthesis: four gap tasks share a GPU
 CONNECT_TIMEOUT = 10.0  # seconds to reach an explicit address before Ray's own (minutes-long) retries
 
 
@@ -40,6 +41,7 @@ class ClusterPlan:
     gpus: float
     gpus_per_keyframe: float
     cpus_per_gap: float
+    gpus_per_gap: float  # held by gap tasks of the CUDA synthesizer only
     max_gaps: int
     keyframe_actors: int  # slots: one per GPU share, or one per node without GPUs
 
@@ -48,7 +50,8 @@ class ClusterPlan:
         return (
             f"ray: {self.address}, {self.nodes} node(s), {self.cpus:g} CPU(s), {self.gpus:g} GPU(s); "
             f"keyframes on up to {self.keyframe_actors} actor(s) with {gpu} each, gaps as tasks with "
-            f"{self.cpus_per_gap:g} CPU(s) each, at most {self.max_gaps} in flight"
+            f"{self.cpus_per_gap:g} CPU(s) each (and {self.gpus_per_gap:g} GPU with --synth-backend cuda), "
+            f"at most {self.max_gaps} in flight"
         )
 
 
@@ -106,6 +109,13 @@ def plan_resources(ray: ModuleType, options: RayOptions, where: str) -> ClusterP
         raise UsageError(
             f"--ray-cpus-per-gap {per_gap:g} asks for more CPUs than the cluster has ({cpus:g}); lower it"
         )
+    per_gap_gpu = options.gpus_per_gap
+    if per_gap_gpu is None:
+        per_gap_gpu = GPUS_PER_GAP if gpus > 0 else 0.0
+    if per_gap_gpu > gpus:
+        raise UsageError(
+            f"--ray-gpus-per-gap {per_gap_gpu:g} asks for more GPUs than the cluster has ({gpus:g}); lower it"
+        )
     max_gaps = options.max_gaps
     if max_gaps is None:
         # Every CPU busy, plus one gap per slot waiting so that none idles between two gaps.
@@ -117,6 +127,7 @@ def plan_resources(ray: ModuleType, options: RayOptions, where: str) -> ClusterP
         gpus=gpus,
         gpus_per_keyframe=per_key,
         cpus_per_gap=per_gap,
+        gpus_per_gap=per_gap_gpu,
         max_gaps=max_gaps,
         keyframe_actors=max(1, min(MAX_KEYFRAME_ACTORS, actors)),
     )
