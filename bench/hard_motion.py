@@ -14,7 +14,7 @@ Each sequence has `--length` frames (31: keyframes 0, 10, 20, 30 at K = 10) at s
 Part A (`--part occlusion`, fast): the share of pixels the forward-backward check flags as occluded between
 consecutive frames and between keyframes K apart, and how many of those flagged pixels in fact warp to within
 3 levels (false occlusions), for the authors' rule and the photometric rule (engines/flow.py
-`OcclusionRule`).
+`OcclusionRule`), for each DIS setting of `--flows`.
 
 Part B (`--part pipeline`): the whole pipeline (classic renderer, both chains and the blend) at K = 10 for
 each variant of the defaults (`--variants`: another occlusion rule, Poisson fusion off or on, frame weights): PSNR of all frames against the classic stylization applied to every frame, and the warp
@@ -163,9 +163,20 @@ def frames_needed(n: int) -> int:
     return 5 * n  # speed5 and hold-fast reach furthest
 
 
-def occlusion_rows(images: list[np.ndarray], k: int) -> list[tuple[str, str, float, float]]:
+# Part A's estimators (`--flows`): DIS medium (the default), the same with a longer and smoother variational
+# refinement, and DIS fast.
+ESTIMATORS: dict[str, Callable[[], FlowEstimator]] = {
+    "medium": DISFlow,
+    "refined": lambda: DISFlow(refinement_iterations=20, smoothness=40.0),
+    "fast": lambda: DISFlow("fast"),
+}
+
+
+def occlusion_rows(
+    images: list[np.ndarray], k: int, flow: str = "medium"
+) -> list[tuple[str, str, float, float]]:
     """(pairs, rule, occluded share, share of FB-flagged pixels that warp within 3 levels)."""
-    dis = DISFlow()
+    dis = ESTIMATORS[flow]()
     pairs = {
         "consecutive": list(zip(images, images[1:], strict=False)),
         f"{k} apart": [(images[i], images[i + k]) for i in range(0, len(images) - k, k)],
@@ -287,6 +298,7 @@ def main() -> int:
         default="defaults,photometric 3,no poisson",
         help=f"part B, among: {', '.join(VARIANTS)}",
     )
+    p.add_argument("--flows", default="medium", help=f"part A, among: {', '.join(ESTIMATORS)}")
     p.add_argument("--search-vote-iters", type=int, default=12)
     p.add_argument("--patchmatch-iters", type=int, default=6)
     args = p.parse_args()
@@ -304,6 +316,10 @@ def main() -> int:
         )
         return 2
     variants = [v for v in args.variants.split(",") if v]
+    flows = [f for f in args.flows.split(",") if f]
+    if any(f not in ESTIMATORS for f in flows):
+        print(f"bench/hard_motion.py: --flows among {list(ESTIMATORS)}; got {flows}", file=sys.stderr)
+        return 2
     if any(v not in VARIANTS for v in variants):
         print(f"bench/hard_motion.py: --variants among {list(VARIANTS)}; got {variants}", file=sys.stderr)
         return 2
@@ -324,9 +340,13 @@ def main() -> int:
         for name in names:
             images = SEQUENCES[name](frames, args.length)
             if args.part in ("occlusion", "both"):
-                for pairs, rule, occluded, share in occlusion_rows(images, args.K):
-                    share_text = "" if np.isnan(share) else f"{100 * share:.0f}%"
-                    print(f"| {short} | {name} | {pairs} | {rule} | {100 * occluded:.1f}% | {share_text} |")
+                for flow in flows:
+                    for pairs, rule, occluded, share in occlusion_rows(images, args.K, flow):
+                        share_text = "" if np.isnan(share) else f"{100 * share:.0f}%"
+                        print(
+                            f"| {short} | {name} | {pairs} | DIS {flow}, {rule} | {100 * occluded:.1f}% "
+                            f"| {share_text} |"
+                        )
             if args.part in ("pipeline", "both"):
                 size = min(images[0].shape[:2])
                 base = FilterOptions(
