@@ -352,3 +352,27 @@ def test_a_rerun_resumes_from_the_keyframe_cache_on_the_driver(cluster, clip, lo
     (actor,) = [e for e in events if isinstance(e, WorkersEvent)][-1].keyframes
     assert actor["keyframes"] == 0  # every keyframe came from the cache: nothing rendered on the cluster
     _same_output(local, out, captured)
+
+
+def test_an_error_on_a_keyframe_actor_is_the_jobs_own_one_line_error(cluster, clip, tmp_path):
+    from rerender.filter.errors import UsageError
+
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for i in (0, 8):
+        (keys / f"{i:04d}.png").write_bytes(_png(_shot_frame(i, 96, 64)))
+    (keys / "0016.png").write_bytes(b"\x89PNG\r\n\x1a\n not a picture")  # decodes on the actor: fails there
+    out = tmp_path / "out.mkv"
+    argv = ["-i", str(clip), "-o", str(out), "--codec", "ffv1", "--renderer", "frames", "--keyframes-dir"]
+    with pytest.raises(UsageError) as caught:
+        _run([*argv, str(keys), "--progress", "none", "--ray"])
+    assert "0016.png" in str(caught.value) and len(str(caught.value).splitlines()) == 1
+    assert not out.exists()
+
+
+def _png(image: np.ndarray) -> bytes:
+    import cv2
+
+    ok, data = cv2.imencode(".png", image[..., ::-1])
+    assert ok
+    return data.tobytes()

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..gaps import GapHooks, GapTask
+from .session import plain_error
 from .workers import propagate_remote
 
 TASK_RETRIES = 3  # a gap whose worker died runs again, up to this many times
@@ -106,7 +107,7 @@ class RayGapRunner:
             try:
                 images, seconds, info = done.result()
             except BaseException as exc:  # the task's error (or its cancellation) is the gap's
-                _settle(out, exc)
+                _settle(out, plain_error(self._ray, exc))
                 return
             for stage, value in seconds.items():
                 hooks.timings.add(stage, value)

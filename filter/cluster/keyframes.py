@@ -23,7 +23,7 @@ import numpy as np
 from ..renderers.base import KeyframeContext
 from ..run_options import RunOptions
 from .gap_runner import WorkerBook
-from .session import NAMESPACE, ClusterPlan
+from .session import NAMESPACE, ClusterPlan, plain_error
 from .workers import KeyframeWorker
 
 ACTOR_RESTARTS = 3
@@ -97,7 +97,10 @@ class RayKeyframeRenderer:
             except BaseException:
                 self._ray.cancel(ref)
                 raise
-        stylized, notes = self._ray.get(ref)
+        try:
+            stylized, notes = self._ray.get(ref)
+        except self._ray.exceptions.RayError as exc:
+            raise plain_error(self._ray, exc) from None
         for note in notes:
             self._on_note(note)
         return stylized

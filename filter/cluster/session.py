@@ -86,6 +86,20 @@ def connect(options: RayOptions) -> tuple[ModuleType, str]:
         return ray, "a local cluster started for this run"
 
 
+def plain_error(ray: ModuleType, exc: BaseException) -> BaseException:
+    """The error a task or actor call raised, as the job should report it: the remote exception itself
+    (rerender's own errors keep their one-line message and exit status), or one line for the cluster's
+    own failures (a worker lost after every retry, an actor that cannot restart)."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, BaseException):
+            return cause
+    if isinstance(exc, ray.exceptions.RayError):
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+        return RuntimeError(f"the Ray cluster failed the job: {type(exc).__name__}: {first}")
+    return exc
+
+
 def plan_resources(ray: ModuleType, options: RayOptions, where: str) -> ClusterPlan:
     resources = ray.cluster_resources()
     cpus = float(resources.get("CPU", 0.0))
