@@ -39,12 +39,17 @@ class RayJob:
     """What `run_job` takes from the cluster: `renderer` for the Filter, and `gaps()` for its gap runner."""
 
     def __init__(
-        self, ray: Any, plan: ClusterPlan, renderer: RayKeyframeRenderer, emit: Callable[[Any], None]
+        self,
+        ray: Any,
+        plan: ClusterPlan,
+        renderer: RayKeyframeRenderer,
+        book: WorkerBook,
+        emit: Callable[[Any], None],
     ):
         self.ray = ray
         self.plan = plan
         self.renderer = renderer
-        self.book = renderer._book
+        self.book = book
         self._emit = emit
         self._reported = float("-inf")
         self._runners: list[RayGapRunner] = []
@@ -96,7 +101,7 @@ def ray_job(
     renderer = RayKeyframeRenderer(
         ray, plan, options, canvas, short_side, check=check, on_note=note, book=book
     )
-    job = RayJob(ray, plan, renderer, emit)
+    job = RayJob(ray, plan, renderer, book, emit)
     try:
         yield job
     finally:
