@@ -282,7 +282,7 @@ class Filter:
     def _apply(self, plan: Plan) -> None:
         """Render the plan's keyframes, each closing the gap of pending frames before it."""
         if self._on_scene_cut is not None:
-            for cut in getattr(plan, "cuts", ()):
+            for cut in plan.cuts:
                 self._on_scene_cut(cut)
         for index in plan.keyframes:
             position = next((i for i, e in enumerate(self._pending) if e.frame.index == index), None)
