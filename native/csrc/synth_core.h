@@ -144,12 +144,21 @@ RR_HD Match propagate_pixel(const SynthView& v, const int* nnf_in, const float* 
     Match best = current_match(v, nnf_in, err_in, tx, ty);
     const int dxs[4] = {-k, k, 0, 0};
     const int dys[4] = {0, 0, -k, k};
+    int tried_x[4], tried_y[4], tried = 0;
     for (int n = 0; n < 4; ++n) {
         const int nx = tx + dxs[n], ny = ty + dys[n];
         if (nx < 0 || ny < 0 || nx >= v.tw || ny >= v.th) continue;
         const size_t j = (size_t)ny * v.tw + nx;
         const int sx = nnf_in[2 * j] - dxs[n], sy = nnf_in[2 * j + 1] - dys[n];
         if (!in_valid_source(v, sx, sy)) continue;
+        // Two neighbours often offer the same match: trying it again cannot change the result (it either
+        // became the best or lost against a bound that has only fallen since), so it is skipped.
+        bool seen = false;
+        for (int m = 0; m < tried; ++m) seen = seen || (tried_x[m] == sx && tried_y[m] == sy);
+        if (seen) continue;
+        tried_x[tried] = sx;
+        tried_y[tried] = sy;
+        ++tried;
         try_candidate(v, tx, ty, sx, sy, best, evals);
     }
     return best;
