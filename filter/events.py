@@ -165,6 +165,18 @@ class ErrorEvent(_Event):
     message: str
 
 
+@dataclass(frozen=True)
+class WorkersEvent(_Event):
+    """Per-worker detail of a job on Ray (`filter/cluster`): `gaps`, one report per worker process that
+    propagated gaps (worker "host:pid", node, gaps, frames, seconds); `keyframes`, one per keyframe actor
+    (its host, pid, model loads, keyframes rendered, anchors rebuilt after a restart, open jobs). Each
+    report is a flat object of numbers, strings and nulls."""
+
+    KIND: ClassVar[str] = "workers"
+    gaps: tuple[dict[str, Any], ...]
+    keyframes: tuple[dict[str, Any], ...]
+
+
 ProgressLike = KeyframeEvent | FrameEvent | ProgressEvent
 EVENT_TYPES: tuple[type, ...] = (
     StartEvent,
@@ -176,6 +188,7 @@ EVENT_TYPES: tuple[type, ...] = (
     SceneCutEvent,
     DoneEvent,
     ErrorEvent,
+    WorkersEvent,
 )
 _BY_KIND: dict[str, type] = {t.KIND: t for t in EVENT_TYPES}  # type: ignore[attr-defined]
 
@@ -203,6 +216,15 @@ _CHECKS = {
 }
 
 
+MAX_WORKER_REPORTS = 4096  # a workers event read back from JSON lists at most this many reports per kind
+
+
+def _is_flat_report(v: Any) -> bool:
+    return isinstance(v, dict) and all(
+        isinstance(k, str) and (w is None or isinstance(w, str | bool) or _is_number(w)) for k, w in v.items()
+    )
+
+
 def _field_value(cls: type, name: str, annotation: str, value: Any) -> Any:
     if annotation == "WorkCounts":
         if not isinstance(value, dict):
@@ -212,6 +234,12 @@ def _field_value(cls: type, name: str, annotation: str, value: Any) -> Any:
         if not (isinstance(value, list | tuple) and len(value) == 2 and all(map(_is_int, value))):
             raise BadEvent(f"{cls.KIND}.{name}: expected two whole numbers")  # type: ignore[attr-defined]
         return tuple(value)
+    if annotation == "tuple[dict[str, Any], ...]":
+        if not (isinstance(value, list | tuple) and len(value) <= MAX_WORKER_REPORTS):
+            raise BadEvent(f"{cls.KIND}.{name}: expected a list of reports")  # type: ignore[attr-defined]
+        if not all(map(_is_flat_report, value)):
+            raise BadEvent(f"{cls.KIND}.{name}: a report is not a flat object")  # type: ignore[attr-defined]
+        return tuple(dict(v) for v in value)
     if not _CHECKS[annotation](value):
         raise BadEvent(f"{name}: expected {annotation}, got {type(value).__name__}")
     return value

@@ -350,3 +350,22 @@ def test_a_real_scene_cut_is_an_event_and_a_quiet_note(tmp_path):
     assert quiet.returncode == 0
     assert quiet.stderr.decode().splitlines() == [f"rerender run: {cuts[0].sentence()}"]
     assert quiet.stderr.decode().startswith("rerender run: scene cut at frame 10 (")
+
+
+def test_workers_event_round_trips_and_refuses_reports_that_are_not_flat_objects():
+    from rerender.filter.events import WorkersEvent
+
+    event = WorkersEvent(
+        gaps=({"worker": "h:12", "node": "n1", "gaps": 3, "frames": 27, "seconds": 4.5},),
+        keyframes=({"host": "h", "pid": 13, "loads": 1, "keyframes": 4, "anchors_rebuilt": 0},),
+    )
+    line = json.dumps(event.to_json())
+    assert from_json(json.loads(line)) == event
+    for bad in (
+        {"event": "workers", "gaps": {}, "keyframes": []},
+        {"event": "workers", "gaps": [{"worker": {"nested": 1}}], "keyframes": []},
+        {"event": "workers", "gaps": [], "keyframes": [3]},
+        {"event": "workers", "gaps": [{}] * 5000, "keyframes": []},
+    ):
+        with pytest.raises(BadEvent):
+            from_json(bad)

@@ -22,8 +22,8 @@ import pytest
 import tiny_models
 from media import texture
 from rerender.filter import job
-from rerender.filter.cluster.job import WorkersEvent
 from rerender.filter.cluster.session import RAY_MISSING
+from rerender.filter.events import WorkersEvent
 
 FRAMES = 40
 CUT = 20  # the first frame of the second shot

@@ -10,29 +10,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
+from ..events import WorkersEvent
 from ..run_options import RunOptions
 from .gap_runner import RayGapRunner, WorkerBook
 from .keyframes import RayKeyframeRenderer
 from .session import ClusterPlan, connect, plan_resources
 
 REPORT_INTERVAL = 1.0  # seconds between two workers events while gaps are submitted
-
-
-@dataclass(frozen=True)
-class WorkersEvent:
-    """Per-worker detail of a job on Ray: `gaps`, one entry per worker process that propagated gaps
-    (worker "host:pid", node, gaps, frames, seconds); `keyframes`, one per keyframe actor (its host, pid,
-    model loads, keyframes rendered, anchors rebuilt after a restart, open jobs)."""
-
-    KIND: ClassVar[str] = "workers"
-    gaps: tuple[dict[str, Any], ...]
-    keyframes: tuple[dict[str, Any], ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"event": self.KIND, "gaps": list(self.gaps), "keyframes": list(self.keyframes)}
 
 
 class RayJob:
