@@ -324,7 +324,8 @@ def propagate_gap(
             backward_results = backward_future.result()
     else:
         forward_results, backward_results = forward(), backward()
-    return blend_gap(forward_results, backward_results, pairs, options, timings)
+    keys = (left.stylized, right.stylized)  # the pull towards both keyframes (docs/method.md §4.2)
+    return blend_gap(forward_results, backward_results, pairs, options, timings, keys=keys)
 
 
 def blend_weights(pairs: Sequence[FlowPair], mode: Literal["frames", "motion"]) -> list[float]:
