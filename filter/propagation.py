@@ -86,8 +86,8 @@ class PropagationOptions:
             raise ValueError(
                 f"skip_unchanged must be None or an integer from 0 to 255 (levels); got {skip!r}"
             )
-        if not 0.0 <= self.keyframe_pull <= 1.0:
-            raise ValueError(f"keyframe_pull must be a share in 0..1; got {self.keyframe_pull!r}")
+        if not 0.0 <= self.keyframe_pull <= 1.0:  # also refuses nan
+            raise ValueError(f"--keyframe-pull expects a share from 0 to 1; got {self.keyframe_pull!r}")
         if not 1 <= self.keyframe_pull_reach <= 100:
             raise ValueError(f"keyframe_pull_reach must be 1..100 frames; got {self.keyframe_pull_reach!r}")
 

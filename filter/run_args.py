@@ -84,6 +84,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
             device=args.device if args.device.startswith("cuda") else None,
             poisson=args.poisson,
             blend_weights=args.blend_weights,
+            keyframe_pull=args.keyframe_pull,
         )
         schedule = ScheduleOptions(
             args.keyframe_interval,

@@ -302,6 +302,15 @@ def _declare_run_flags(p: FlagSchema) -> None:
         "position (the paper) or by the motion between them (default: %(default)s)",
         use=EVERYWHERE,
     )
+    g.add_argument(
+        "--keyframe-pull",
+        type=ranges.number,
+        default=PropagationOptions.keyframe_pull,
+        metavar="SHARE",
+        help="pull the frames next to each keyframe towards it where nothing was occluded on the way, by "
+        "up to this share, 0 to 1; 0 turns it off; softens the step into a keyframe (default: %(default)s)",
+        use=EVERYWHERE,
+    )
     diffusion_options.add_arguments(p.using(diffusion_options.USES, default=EVERYWHERE))
     out = p.add_argument_group("progress")
     out.add_argument(

@@ -256,6 +256,9 @@ def test_processing_size_follows_the_input_unless_size_asks(tmp_path, size_args,
         ("--keyframes-first-index", "-1"),
         ("--classic-sigma-s", "nan"),
         ("--classic-sigma-r", "inf"),
+        ("--keyframe-pull", "1.5"),
+        ("--keyframe-pull", "nan"),
+        ("--scene-cut-threshold", "0"),
     ],
 )
 def test_numeric_options_out_of_range_are_one_sentence_naming_the_flag(tmp_path, flag, value):
