@@ -71,6 +71,10 @@ def _propagation(options: FilterOptions, **changes) -> FilterOptions:
 # Part B's variants: each changes the defaults in one way (the first is the defaults themselves).
 VARIANTS: dict[str, Callable[[FilterOptions], FilterOptions]] = {
     "defaults": lambda o: o,
+    # The authors' settings: Poisson fusion, weights by frame position, no keyframe pull, full search.
+    "paper": lambda o: _propagation(
+        o, poisson=True, blend_weights="frames", keyframe_pull=0.0, skip_unchanged=None
+    ),
     "photometric 3": lambda o: replace(o, occlusion=RULES["fb + photometric 3"]),
     "photometric 6": lambda o: replace(o, occlusion=RULES["fb + photometric 6"]),
     "no poisson": lambda o: _propagation(o, poisson=False),

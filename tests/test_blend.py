@@ -282,7 +282,7 @@ def test_blend_gap_pulls_only_when_asked():
     )
     assert all(np.array_equal(a, b) for a, b in zip(plain, same, strict=True))
     assert np.array_equal(pulled[0], keys[0]) and np.array_equal(pulled[-1], keys[1])
-    with pytest.raises(ValueError, match="keyframe_pull"):
+    with pytest.raises(ValueError, match="--keyframe-pull"):
         PropagationOptions(keyframe_pull=1.5)
     with pytest.raises(ValueError, match="keyframe_pull_reach"):
         PropagationOptions(keyframe_pull_reach=0)
