@@ -25,7 +25,7 @@ ITERATIONS = 12
 def _read_state(path: Path) -> dict[str, torch.Tensor]:
     from .loading import read_checkpoint
 
-    # Decided by content (engines/loading.py): safetensors by its header, else torch's tensor-only loader;
+    # Decided by content (engines/checkpoint.py): safetensors by its header, else torch's tensor-only loader;
     # a file that needs code to load is refused, and --allow-pickle is not offered for flow weights.
     return read_checkpoint(path, allow_pickle=False, flag_owner="--flow raft:", allow_pickle_offered=False)
 
