@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from ..native.params import SynthParams
@@ -21,8 +22,15 @@ from .propagation import PropagationOptions
 from .renderers import diffusion_options
 from .renderers.classic import ClassicOptions
 from .renderers.frames import FramesOptions
-from .run_flags import FlagShapeError, FlagValueError, RunFlag
-from .run_options import DEFAULT_SIZE, RendererOptions, RunOptions, build_run_parser, run_flags
+from .run_flags import FlagShapeError, FlagValueError, RunFlag, build_parser
+from .run_options import (
+    DEFAULT_SIZE,
+    RendererOptions,
+    RunOptions,
+    RunParser,
+    build_run_parser,
+    run_flags,
+)
 from .schedule import ScheduleOptions
 
 PROG = "rerender run"
@@ -133,8 +141,18 @@ def namespace_of(
 ) -> argparse.Namespace:
     """What the run parser would make of these flags given these values: each flag's default, and each
     value converted by its flag's argparse type and checked against its choices."""
-    by_key = {key: flag for flag in flags for key in flag.keys}
     parsed = {flag.dest: _default(flag) for flag in flags}
+    parsed.update(converted_values(flags, values, where))
+    return argparse.Namespace(**parsed)
+
+
+def converted_values(
+    flags: tuple[RunFlag, ...], values: dict[str, Any], where: Callable[[str], str]
+) -> dict[str, Any]:
+    """Only the flags `values` gives, keyed by parsed name (dest), each value converted by its flag's
+    argparse type and checked against its choices (the run parser's sentences); no defaults."""
+    by_key = {key: flag for flag in flags for key in flag.keys}
+    parsed: dict[str, Any] = {}
     for key, value in values.items():
         flag = by_key.get(key)
         name = key.replace("_", "-")
@@ -144,7 +162,17 @@ def namespace_of(
                 f"{where(key)} sets {name!r}, which is not a flag of `{PROG}`; expected one of: {known}"
             )
         parsed[flag.dest] = _value(flag, key, value, where(key))
-    return argparse.Namespace(**parsed)
+    return parsed
+
+
+def given_values(argv: list[str]) -> dict[str, Any]:
+    """The flags a `rerender run` command line fragment gives (only those: no defaults, none required),
+    keyed by parsed name (dest), as the run parser reads them: the same spellings, abbreviations, types,
+    choices and one-line errors (UsageError naming `rerender run --help`)."""
+    quiet = {"default": argparse.SUPPRESS, "required": False}
+    flags = [replace(f, arguments=tuple({**dict(f.arguments), **quiet}.items())) for f in run_flags()]
+    parser = build_parser(RunParser(prog=PROG), flags)
+    return vars(parser.parse_args(argv))
 
 
 def _value(flag: RunFlag, key: str, value: Any, where: str) -> Any:

@@ -390,6 +390,61 @@ def test_fast_mode_never_scales_a_small_input_up(clip, tmp_path):
         srv.stop()
 
 
+# -- the page's settings are options -------------------------------------------------------------
+
+
+def test_fields_and_more_flags_give_the_options_run_parses(clip, tmp_path):
+    """A field's text and the same flag in "more flags" give the options `rerender run` parses from its
+    argv, merged with the `rerender preview` command line's (a bad value gets the same sentence); and no
+    module of the preview builds a run argv for its fields or parses one to check them."""
+    import ast
+
+    from rerender.filter.errors import UsageError
+    from rerender.filter.job import parse_run_options
+    from rerender.filter.preview.session import PreviewSession
+    from rerender.filter.preview.settings import PageSettings
+
+    command_line = ["-i", str(clip), "--allow-pickle", "--search-vote-iters", "2", "-K", "7"]
+    session = PreviewSession(clip, command_line, workdir=tmp_path)
+    form, extra = session.initial_values, session.initial_extra  # what the page starts from
+    assert form == {"-K": "7"} and "--search-vote-iters" in extra
+    check = str(tmp_path / "check.mp4")
+    for flag, text in [
+        ("-K", "3"),
+        ("--keyframes", "adaptive"),
+        ("--size", "128"),
+        ("--classic-sigma-s", "20"),
+    ]:
+        expected = parse_run_options([*command_line, flag, text, "-o", check])
+        for settings in (
+            PageSettings({**form, flag: text}, extra),
+            PageSettings(form, f"{extra} {flag} {text}"),
+            PageSettings({**form, flag: ""}, f"{extra} {flag}={text}"),  # "more flags" wins over a field
+        ):
+            options, shown = session.options_for(settings)
+            assert options == expected, (settings, options, expected)
+        options, shown = session.options_for(PageSettings({flag: text}, ""))
+        assert "--allow-pickle" in shown  # the command line's fixed options keep their values
+    for flag, text in [("-K", "x"), ("-K", "0"), ("--size", "abc"), ("--keyframes", "sometimes")]:
+        message = run_message([*command_line, flag, text, "-o", check])
+        for settings in (PageSettings({flag: text}, ""), PageSettings({}, f"{flag} {text}")):
+            with pytest.raises(UsageError) as info:
+                session.options_for(settings)
+            assert str(info.value) == message
+    session.close()
+    modules = sorted((REPO / "filter" / "preview").glob("*.py"))
+    assert len(modules) > 5
+    for path in modules:
+        tree = ast.parse(path.read_text())
+        defined = {node.name for node in ast.walk(tree) if isinstance(node, ast.FunctionDef)}
+        called = {
+            getattr(node.func, "attr", getattr(node.func, "id", None))
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Call)
+        }
+        assert "page_argv" not in defined and "parse_run_options" not in called, path
+
+
 # -- command line ---------------------------------------------------------------------------------
 
 

@@ -10,6 +10,7 @@ change; runs take turns on it (one job at a time).
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import shlex
 import sys
@@ -27,15 +28,15 @@ from .. import job
 from ..errors import InputError, RerenderError, UsageError
 from ..events import FrameEvent, JobEvent, StartEvent
 from ..frames import Frame
+from ..run_args import options_from_args
 from .latest import LatestImages
 from .settings import (
     FastPreview,
     PageSettings,
-    check_page_options,
     fast_note,
     fast_options,
     form_fields,
-    page_argv,
+    page_choice,
     split_run_argv,
 )
 from .sheet import KeyframeSheet
@@ -142,11 +143,18 @@ class PreviewSession:
     # -- runs ----------------------------------------------------------------------------------------
 
     def check_initial(self) -> None:
-        """Validate the command line's run options as `rerender run` would (UsageError otherwise)."""
-        argv = page_argv(
-            str(self.input_path), PageSettings(self.initial_values, self.initial_extra), self.fields
+        """Validate the command line's run options as `rerender run` would (UsageError otherwise), through
+        the page's own path: the form starts from them."""
+        self.options_for(PageSettings(self.initial_values, self.initial_extra))
+
+    def options_for(self, settings: PageSettings) -> tuple[job.RunOptions, list[str]]:
+        """The run options the page's settings stand for, checked as `rerender run` checks its flags and
+        against what the page may set (output: the stand-in every check uses), and the `rerender run` words
+        shown on the page for them (without -o). UsageError otherwise."""
+        choice = page_choice(
+            settings, self.fields, self.parser.schema, vars(self._fixed), vars(self._defaults)
         )
-        self._job.parse_run_options([*argv, "-o", self._check_output])
+        return options_from_args(argparse.Namespace(**choice.chosen)), choice.shown
 
     def show_first_frame(self) -> None:
         """Open the input once at start: a file that is not a usable video is a one-line InputError now,
@@ -165,29 +173,23 @@ class PreviewSession:
         """Validate the settings exactly as `rerender run` does and start the run; UsageError otherwise."""
         if stage not in STAGES:
             raise UsageError(f"stage must be one of {', '.join(STAGES)}; got {stage!r}")
-        argv = page_argv(str(self.input_path), settings, self.fields)
-        # The stand-in output goes first: an -o among the page's flags would come later and be seen.
-        check_page_options(
-            self.parser, [*argv[:2], "-o", self._check_output, *argv[2:]], self._fixed, self._defaults
-        )
-        check_argv = [*argv, "-o", self._check_output]
-        # The user's own values are validated first (before fast mode appends its caps, which would hide a
-        # bad --size or --steps): the page shows the message `rerender run` prints for them.
-        checked = self._job.parse_run_options(check_argv)
+        # The user's own values are validated first (before fast mode caps them, which would hide a bad
+        # --size or --steps): the page shows the message `rerender run` prints for them.
+        checked, shown = self.options_for(settings)
         if kind == "render":
             stage, output = "full", render_path(self.input_path, self.output_dir)
         else:
             output = self.workdir / "preview.mkv"  # a by-product: Matroska takes any input's streams
         # The run's options are the checked ones with the run's output; fast mode is the same options with
-        # smaller caps. Both are `dataclasses.replace`, never argv edits (the argv is only shown).
+        # smaller caps. Both are `dataclasses.replace` (the command line is only shown).
         options = replace(checked, output=str(output))
-        run_argv = [*argv, "-o", str(output)]
+        run_argv = [*shown, "-o", str(output)]
         note = ""
         if fast and kind == "preview":
             note = fast_note(options, self.fast)
             options = fast_options(options, self.fast)
         # Keyframes rendered by an earlier stage with the same settings are reused by the later stages.
-        key = hashlib.sha256((shlex.join(argv) + note).encode()).hexdigest()[:16]
+        key = hashlib.sha256(repr(replace(options, output="")).encode()).hexdigest()[:16]
         cache = self.workdir / "keyframes" / key
         with self._start_lock:
             self.stop()

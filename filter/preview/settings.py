@@ -1,22 +1,25 @@
-"""The page's settings form and the `rerender run` argument list it stands for.
+"""The page's settings form and the run options it stands for.
 
-The page never validates anything itself: its fields are turned back into an argv list and handed to the
-job's own `parse_run_options`, so a bad value gets exactly the message `rerender run` would print. The fields
-are read from the run parser's typed schema (`RunFlag`), so every flag the page shows is one the CLI has.
-Which options the page may change at all is the schema's too (`page_options`, `run_flags.page_may_set`),
-checked on what the run parser made of the page's flags.
+The page never validates anything itself: each field's text is converted by its flag's own type and choices
+(`run_args.converted_values`, what a watch preset's values go through) and the "more flags" box, a command
+line the user types, is read by the run parser (`run_args.given_values`); merged with the `rerender preview`
+command line's options they go through the job's one `options_from_args`, so a bad value gets exactly the
+message `rerender run` would print. The fields are read from the run parser's typed schema (`RunFlag`), so
+every flag the page shows is one the CLI has. Which options the page may change at all is the schema's too
+(`page_options`, `run_flags.page_may_set`), checked on the merged values (`check_page_values`).
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
 from ..renderers.diffusion_options import DiffusionOptions
+from ..run_args import converted_values, given_values
 from ..run_flags import RunFlag, by_spelling, page_may_set
 
 if TYPE_CHECKING:
@@ -58,23 +61,20 @@ def _flag_name(dest: str) -> str:
     return "-i/--input" if dest == "input" else "--" + dest.replace("_", "-")
 
 
-def check_page_options(
-    parser: RunParser, argv: list[str], fixed: argparse.Namespace, defaults: argparse.Namespace
+def check_page_values(
+    flags: Iterable[RunFlag], chosen: dict[str, Any], fixed: dict[str, Any], defaults: dict[str, Any]
 ) -> None:
     """Refuse page settings that steer the server off its input and its own files.
 
-    `argv` is what the page's settings stand for, with a stand-in output before the page's own flags (an -o
-    among them comes later and wins); it is parsed by the real run parser, so every spelling argparse
-    accepts is seen as the option it sets. Options the schema does not let
-    the page set (`page_may_set`) must keep the command line's value (`fixed`) or drop back to their default (`defaults`,
-    e.g. the page clears --model to use the classic renderer); UsageError otherwise."""
-    chosen = vars(parser.parse_args(argv))
-    flags = {flag.dest: flag for flag in parser.schema}
-    fixed_values, default_values = vars(fixed), vars(defaults)
+    `chosen` is every option (by parsed name) of the run the page asks for: the command line's options
+    merged with the page's fields and "more flags" (`page_choice`). Options the schema does not let the page
+    set (`page_may_set`) must keep the command line's value (`fixed`) or drop back to their default
+    (`defaults`, e.g. the page clears --model to use the classic renderer); UsageError otherwise."""
+    by_dest = {flag.dest: flag for flag in flags}
     for dest, value in chosen.items():
-        if value == fixed_values.get(dest):
+        if value == fixed.get(dest):
             continue
-        flag = flags.get(dest)
+        flag = by_dest.get(dest)
         if flag is not None and dest in page_options([flag]):
             if not page_may_set(flag, value):
                 shown = " ".join(map(str, value)) if isinstance(value, list) else value
@@ -83,7 +83,7 @@ def check_page_options(
                 )
                 raise UsageError(f"{_flag_name(dest)} {shown}: {why}")
             continue
-        if dest not in ("input", "output") and value == default_values.get(dest):
+        if dest not in ("input", "output") and value == defaults.get(dest):
             continue
         raise UsageError(
             f"{_flag_name(dest)} cannot be set from the page (it names files or decides what the server "
@@ -217,22 +217,92 @@ class PageSettings:
         return cls({k: str(v) for k, v in values.items()}, extra)
 
 
-def page_argv(input_path: str, settings: PageSettings, fields: list[Field]) -> list[str]:
-    """The `rerender run` argv the page's settings stand for (without an output)."""
+@dataclass(frozen=True)
+class PageChoice:
+    """What the page's settings stand for: every option of the run by parsed name (for `options_from_args`)
+    and the `rerender run` command line shown on the page (without -o)."""
+
+    chosen: dict[str, Any]
+    shown: list[str]
+
+
+def field_values(
+    settings: PageSettings, fields: list[Field], flags: tuple[RunFlag, ...], defaults: dict[str, Any]
+) -> dict[str, Any]:
+    """The form's fields as option values keyed by parsed name: each typed string converted by its flag's
+    own type and choices (`converted_values`, so a bad value gets the sentence `rerender run` prints for
+    it); an empty field is its flag's default (the page cleared it)."""
     known = {f.flag for f in fields}
-    argv = ["-i", input_path]
-    for flag, value in settings.values.items():
-        if flag not in known:
-            raise UsageError(f"the page has no field {flag!r}; put other run flags into 'more flags'")
-        if value.strip() != "":
-            argv += [flag, value.strip()]
+    by_name = by_spelling(flags)
+    chosen: dict[str, Any] = {}
+    for name, text in settings.values.items():
+        if name not in known:
+            raise UsageError(f"the page has no field {name!r}; put other run flags into 'more flags'")
+        flag = by_name[name]
+        if text.strip() == "":
+            chosen[flag.dest] = defaults[flag.dest]
+        else:
+            chosen.update(converted_values(flags, {flag.keys[0]: text.strip()}, _the_field(name)))
+    return chosen
+
+
+def _the_field(name: str) -> Callable[[str], str]:
+    return lambda key: f"the page's field {name}"
+
+
+def more_flags_values(extra: str) -> tuple[dict[str, Any], list[str]]:
+    """The "more flags" box: a `rerender run` command line fragment the user typed, split like a shell line
+    and read by the run parser (`given_values`: only the flags it gives, by parsed name); and its words."""
     try:
-        extra = shlex.split(settings.extra)
+        words = shlex.split(extra)
     except ValueError as exc:
         raise UsageError(
             f"'more flags' could not be split like a shell line ({exc}); check the quotes"
         ) from None
-    return argv + extra
+    return given_values(words), words
+
+
+def page_choice(
+    settings: PageSettings,
+    fields: list[Field],
+    flags: tuple[RunFlag, ...],
+    fixed: dict[str, Any],
+    defaults: dict[str, Any],
+) -> PageChoice:
+    """The run the page's settings ask for. Options the page may change (`page_options`) are what its
+    fields and "more flags" say, else their default (the form starts from the command line's values); every
+    other option keeps the `rerender preview` command line's value (`fixed`) unless the page clears it.
+    "More flags" wins over a field for the same option. Checked by `check_page_values`."""
+    allowed = page_options(flags)
+    from_fields = field_values(settings, fields, flags, defaults)
+    from_extra, words = more_flags_values(settings.extra)
+    stated = {**from_fields, **from_extra}
+    chosen = {dest: defaults[dest] if dest in allowed else value for dest, value in fixed.items()}
+    chosen.update(stated)
+    check_page_values(flags, chosen, fixed, defaults)
+    by_dest = {flag.dest: flag for flag in flags}
+    shown = ["-i", str(chosen["input"])]
+    for dest, value in chosen.items():  # the command line's own options the page did not state
+        if dest not in stated and dest not in ("input", "output") and value != defaults.get(dest):
+            shown += shown_words(by_dest[dest].long_name, by_dest[dest], value)
+    by_name = by_spelling(flags)
+    for field in fields:
+        dest = by_name[field.flag].dest
+        if dest in from_fields and dest not in from_extra and from_fields[dest] != defaults.get(dest):
+            shown += shown_words(field.flag, by_dest[dest], from_fields[dest])
+    return PageChoice(chosen, shown + words)
+
+
+def shown_words(name: str, flag: RunFlag, value: Any) -> list[str]:
+    """How the command line shown on the page writes `value` of `flag` (spelled `name`)."""
+    if not flag.takes_value:
+        if flag.negatable and not value:
+            return ["--no-" + name.lstrip("-")]
+        return [name] if value else []
+    items = value if isinstance(value, list) else [value]
+    if flag.repeatable:
+        return [word for item in items for word in (name, str(item))]
+    return [name, *map(str, items)]
 
 
 def fast_options(options: RunOptions, fast: FastPreview) -> RunOptions:
