@@ -259,6 +259,10 @@ def test_processing_size_follows_the_input_unless_size_asks(tmp_path, size_args,
         ("--keyframe-pull", "1.5"),
         ("--keyframe-pull", "nan"),
         ("--scene-cut-threshold", "0"),
+        ("--ray-max-gaps", "100000"),
+        ("--ray-cpus-per-gap", "0"),
+        ("--ray-gpus-per-keyframe", "nan"),
+        ("--ray-gpus-per-gap", "1e9"),
     ],
 )
 def test_numeric_options_out_of_range_are_one_sentence_naming_the_flag(tmp_path, flag, value):
